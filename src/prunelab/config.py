@@ -1,0 +1,267 @@
+"""Every setting of a prunelab run, in one flat dataclass; presets are small dicts of overrides.
+
+A run is fully described by its resolved `Config`, which is written to `runs/<name>/config.json`.
+Settings are validated here, in one place, before any long work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class PrunelabError(Exception):
+    """A problem the user can fix. The CLI prints it as one line and exits non-zero."""
+
+
+IMPORTANCES = ("l1", "l2", "taylor", "bn_scale", "lamp", "fpgm", "random")
+MODELS = ("resnet18_cifar",)
+DATA_FORMATS = ("auto", "cifar-batches", "image-folder", "synthetic")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field with its help text (shown by `prunelab run --help`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class Config:
+    # --- run ---
+    name: str = _f("", "run name: the run directory is <out_dir>/<name> (default: the preset name)")
+    out_dir: str = _f("runs", "folder that holds run directories")
+    seed: int = _f(0, "seed for weights, data order, augmentation and subsets")
+    device: str = _f("auto", "auto | cpu | cuda")
+    precision: str = _f("auto", "training precision: auto (bf16 where supported, else fp32) | fp32 | bf16 | fp16 (CUDA only)")
+    channels_last: bool = _f(True, "use channels_last memory format (faster convolutions on CPU and tensor cores)")
+    num_threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
+    progress: bool = _f(True, "show progress bars")
+
+    # --- data ---
+    data_dir: str = _f("data", "folder with cifar-10-batches-py/ or an image-folder tree train/<class>/*, test/<class>/*")
+    data_format: str = _f("auto", "auto | cifar-batches | image-folder | synthetic")
+    download: bool = _f(False, "download the official CIFAR-10 into data_dir if it is not there (needs a network)")
+    cache_dir: str = _f("", "where decoded image folders are cached (default: ~/.cache/prunelab)")
+    train_subset: int = _f(0, "use this many training images (0 = all), drawn at random with the seed")
+    test_subset: int = _f(0, "use this many test images (0 = all), drawn at random with the seed")
+    val_size: int = _f(0, "images carved from train as a validation split (0 = none); the test set is only for reported numbers")
+    synthetic_size: int = _f(512, "training images when data_format=synthetic (test gets a quarter)")
+    mean: list = _f([0.4914, 0.4822, 0.4465], "per-channel input mean on the 0-1 scale (seed's constants)")
+    std: list = _f([0.2470, 0.2430, 0.2610], "per-channel input std on the 0-1 scale (seed's constants)")
+    crop_padding_px: int = _f(4, "random-crop padding in pixels (0 = no crop augmentation)")
+    flip: bool = _f(True, "random horizontal flip")
+
+    # --- model ---
+    model: str = _f("resnet18_cifar", "model builder: " + " | ".join(MODELS))
+    baseline: str = _f("", "path to a trained dense model (.safetensors) to start from instead of training one")
+
+    # --- optimisation (the same SGD settings train the baseline and every fine-tune) ---
+    batch_size: int = _f(128, "training batch size, images")
+    eval_batch_size: int = _f(500, "evaluation batch size, images")
+    lr: float = _f(0.1, "SGD learning rate for the dense baseline (at batch_size)")
+    finetune_lr: float = _f(0.1, "SGD learning rate for every fine-tune (at batch_size)")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(5e-4, "SGD weight decay")
+    nesterov: bool = _f(False, "Nesterov momentum")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
+    epochs: int = _f(10, "epochs to train the dense baseline (cosine schedule over them, stepped per batch)")
+
+    # --- pruning (Torch-Pruning) ---
+    importance: str = _f("l2", "filter importance: " + " | ".join(IMPORTANCES))
+    pruning_ratio: float = _f(0.9, "channel pruning ratio reached after the last step, in (0, 1)")
+    iterative_steps: int = _f(20, "pruning steps; the ratio grows linearly to pruning_ratio")
+    global_pruning: bool = _f(False, "rank channels across layers instead of within each layer")
+    max_pruning_ratio: float = _f(1.0, "with global pruning: no layer loses more than this share of its channels")
+    round_to: int = _f(2, "keep channel counts a multiple of this (0 = no rounding)")
+    taylor_batches: int = _f(4, "batches of training data whose gradients feed the taylor importance")
+    finetune_epochs_per_step: int = _f(1, "fine-tune epochs after each pruning step (0 = none)")
+    final_finetune_epochs: int = _f(10, "fine-tune epochs after the last step (cosine over them)")
+
+    # --- measurement ---
+    latency_batch_sizes: list = _f([1, 128], "batch sizes at which latency is measured")
+    latency_warmup: int = _f(3, "untimed forward passes before timing")
+    latency_min_reps: int = _f(5, "timed forward passes at least")
+    latency_min_seconds: float = _f(1.0, "keep timing until this many seconds have passed (median and p90 are reported)")
+    measure_latency_every_step: bool = _f(True, "measure latency after every pruning step, not only dense and final")
+
+    # --- report ---
+    reduced: str = _f("", "what this preset reduces compared with the seed recipe (written into report.md)")
+
+
+# Presets are plain data: overrides on top of the defaults above (which are the seed recipe).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The course project exactly: 10 dense epochs, L2 importance, ratio 0.9 in 20 linear steps,
+    # 1 fine-tune epoch per step, 10 final fine-tune epochs, batch 128, SGD 0.1/0.9/5e-4, cosine.
+    "seed": {},
+    # The same flow sized for a 2-core CPU in about 15 minutes on the real data.
+    # Measured with `prunelab run --preset quick` (see docs/RESULTS.md).
+    "quick": {
+        "train_subset": 5000,
+        "test_subset": 2000,
+        "epochs": 3,
+        "iterative_steps": 5,
+        "final_finetune_epochs": 4,
+        "latency_min_seconds": 0.5,
+        "reduced": "5,000 training images (of 50,000), 2,000 test images (of 10,000), 3 dense epochs "
+                   "(of 10), 5 pruning steps (of 20), 4 final fine-tune epochs (of 10)",
+    },
+    # The smallest run that passes through every stage: for tests and trying the CLI.
+    "tiny": {
+        "data_format": "synthetic",
+        "synthetic_size": 256,
+        "epochs": 1,
+        "iterative_steps": 2,
+        "final_finetune_epochs": 1,
+        "batch_size": 64,
+        "latency_batch_sizes": [1, 8],
+        "latency_warmup": 1,
+        "latency_min_reps": 2,
+        "latency_min_seconds": 0.0,
+        "reduced": "synthetic data, 1 epoch per stage, 2 pruning steps",
+    },
+}
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Convert a value from the command line or a config file to the type of the field's default."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is list:
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            inner = type(default[0]) if default else str
+            return [inner(v) for v in value]
+        if kind is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    raise PrunelabError(f"config: '{name}' must be a {kind.__name__}, got {value!r}; fix the value in your config or command line")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read overrides from a YAML or JSON file (a flat mapping of setting -> value)."""
+    p = Path(path)
+    if not p.is_file():
+        raise PrunelabError(f"config file not found: {p}; pass an existing .yaml or .json file to --config")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+            data = yaml.safe_load(text)
+    except Exception as e:  # the parser's own message is long; keep the first line
+        raise PrunelabError(f"config file {p} is not valid {p.suffix.lstrip('.') or 'YAML'}: {str(e).splitlines()[0]}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PrunelabError(f"config file {p} must hold a mapping of setting: value, not a {type(data).__name__}")
+    return data
+
+
+def make_config(preset: str = "seed", overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the preset, then the overrides (file, then command line); validated."""
+    if preset not in PRESETS:
+        raise PrunelabError(f"unknown preset '{preset}'{_suggest(preset, PRESETS)}; choose one of: {', '.join(PRESETS)}")
+    merged = {**PRESETS[preset], **(overrides or {})}
+    defaults = Config()
+    values = {}
+    for key, value in merged.items():
+        if key not in field_names():
+            raise PrunelabError(f"config: unknown setting '{key}'{_suggest(key, field_names())}; "
+                                "see `prunelab run --help` for the list")
+        values[key] = _coerce(key, value, getattr(defaults, key))
+    cfg = dataclasses.replace(defaults, **values)
+    if not cfg.name:
+        cfg.name = preset
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a resolved config (e.g. from runs/<name>/config.json)."""
+    return make_config("seed", d)
+
+
+def validate(cfg: Config) -> None:
+    """Raise PrunelabError naming the first setting that makes no sense."""
+    def need(cond: bool, msg: str):
+        if not cond:
+            raise PrunelabError(f"config: {msg}")
+
+    need(cfg.importance in IMPORTANCES,
+         f"unknown importance '{cfg.importance}'{_suggest(cfg.importance, IMPORTANCES)}; choose one of: {', '.join(IMPORTANCES)}")
+    need(cfg.model in MODELS, f"unknown model '{cfg.model}'{_suggest(cfg.model, MODELS)}; choose one of: {', '.join(MODELS)}")
+    need(cfg.data_format in DATA_FORMATS, f"unknown data_format '{cfg.data_format}'; choose one of: {', '.join(DATA_FORMATS)}")
+    need(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}'; choose one of: {', '.join(PRECISIONS)}")
+    need(cfg.device in DEVICES, f"unknown device '{cfg.device}'; choose one of: {', '.join(DEVICES)}")
+    need(0.0 < cfg.pruning_ratio < 1.0, f"pruning_ratio must be in (0, 1), got {cfg.pruning_ratio}; e.g. 0.9 removes 90% of channels")
+    need(0.0 < cfg.max_pruning_ratio <= 1.0, f"max_pruning_ratio must be in (0, 1], got {cfg.max_pruning_ratio}")
+    need(cfg.iterative_steps >= 1, f"iterative_steps must be at least 1, got {cfg.iterative_steps}")
+    need(cfg.epochs >= 1 or bool(cfg.baseline), f"epochs must be at least 1, got {cfg.epochs} (or pass --baseline PATH to skip training)")
+    need(cfg.epochs >= 0, f"epochs must not be negative, got {cfg.epochs}")
+    need(cfg.finetune_epochs_per_step >= 0, f"finetune_epochs_per_step must be 0 or more, got {cfg.finetune_epochs_per_step}")
+    need(cfg.final_finetune_epochs >= 0, f"final_finetune_epochs must be 0 or more, got {cfg.final_finetune_epochs}")
+    need(cfg.batch_size >= 1, f"batch_size must be at least 1, got {cfg.batch_size}")
+    need(cfg.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {cfg.eval_batch_size}")
+    need(cfg.lr > 0 and cfg.finetune_lr > 0, f"lr and finetune_lr must be positive, got {cfg.lr} and {cfg.finetune_lr}")
+    need(0.0 <= cfg.momentum < 1.0, f"momentum must be in [0, 1), got {cfg.momentum}")
+    need(cfg.weight_decay >= 0, f"weight_decay must be 0 or more, got {cfg.weight_decay}")
+    need(0.0 <= cfg.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    need(cfg.round_to >= 0, f"round_to must be 0 or more, got {cfg.round_to}")
+    need(cfg.taylor_batches >= 1, f"taylor_batches must be at least 1, got {cfg.taylor_batches}")
+    need(cfg.train_subset >= 0 and cfg.test_subset >= 0 and cfg.val_size >= 0,
+         "train_subset, test_subset and val_size must be 0 or more")
+    need(cfg.synthetic_size >= 16, f"synthetic_size must be at least 16, got {cfg.synthetic_size}")
+    need(len(cfg.mean) == 3 and len(cfg.std) == 3 and all(s > 0 for s in cfg.std),
+         "mean and std must have 3 values each and std must be positive")
+    need(cfg.crop_padding_px >= 0, f"crop_padding_px must be 0 or more, got {cfg.crop_padding_px}")
+    need(len(cfg.latency_batch_sizes) >= 1 and all(b >= 1 for b in cfg.latency_batch_sizes),
+         f"latency_batch_sizes must be positive integers, got {cfg.latency_batch_sizes}")
+    need(cfg.latency_warmup >= 0 and cfg.latency_min_reps >= 1 and cfg.latency_min_seconds >= 0,
+         "latency_warmup must be >= 0, latency_min_reps >= 1 and latency_min_seconds >= 0")
+    need(cfg.num_threads >= 0, f"num_threads must be 0 or more, got {cfg.num_threads}")
+    need(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
+         f"name must be a plain folder name, got '{cfg.name}'")
+    need(not (cfg.precision == "fp16" and cfg.device == "cpu"), "precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    if cfg.baseline:
+        need(Path(cfg.baseline).is_file(), f"baseline file not found: {cfg.baseline}; pass a .safetensors file of a trained dense model")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,250 @@
+"""The order of stages, and the run directory they all write to. Nothing else knows the order.
+
+    dense (train or load) -> prune step 1..n (each: prune, measure, fine-tune, measure) -> final fine-tune
+    -> results.json, report.md, results.png
+
+Every finished stage leaves a checkpoint (checkpoints/dense, step_XX, final: .safetensors + .json) and
+lines in metrics.jsonl tagged with the stage number. `resume` restarts after the last checkpoint:
+metric lines of the unfinished stage are dropped and the stage runs again. Each stage draws its random
+numbers from generators seeded by (seed, stage, epoch), so a resumed run makes the same decisions.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import report
+from .config import Config, PrunelabError, config_from_dict, to_dict
+from .data import Data, load_data
+from .export import load_dense_baseline, load_weights, read_description, save_model
+from .files import read_jsonl, write_json, write_text
+from .measure import file_size_bytes, latency_devices, machine, measure_model
+from .models import build_model
+from .prune import build_pruner, history, prune_step, restore, step_ratio
+from .train import Trainer, cosine_schedule, evaluate, make_optimizer, resolve_device, train_epoch
+
+
+def log(msg: str) -> None:
+    tqdm.write(msg)
+
+
+class RunDir:
+    """runs/<name>/: config.json, metrics.jsonl, checkpoints/, results.json, report.md, results.png."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.metrics = self.path / "metrics.jsonl"
+        self.checkpoints = self.path / "checkpoints"
+        self.results = self.path / "results.json"
+
+    def checkpoint(self, stage: int, n_steps: int) -> Path:
+        name = "dense" if stage == 0 else "final" if stage == n_steps + 1 else f"step_{stage:02d}"
+        return self.checkpoints / name
+
+    def last_checkpoint(self, n_steps: int) -> int:
+        """The highest stage whose checkpoint is complete (its JSON written last), or -1."""
+        for stage in range(n_steps + 1, -1, -1):
+            if self.checkpoint(stage, n_steps).with_suffix(".json").is_file():
+                return stage
+        return -1
+
+    def append_metrics(self, row: dict) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def keep_metrics_up_to(self, stage: int) -> None:
+        rows = [r for r in read_jsonl(self.metrics) if r.get("stage", 0) <= stage]
+        write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def prepare(cfg: Config) -> RunDir:
+    """Create a new run directory for cfg; refuse to overwrite an existing run."""
+    rd = RunDir(Path(cfg.out_dir) / cfg.name)
+    if rd.config.exists():
+        raise PrunelabError(f"run directory {rd.path} already exists; continue it with `prunelab run --resume {rd.path}` "
+                            "or pick another --name")
+    try:
+        rd.checkpoints.mkdir(parents=True, exist_ok=True)
+        probe = rd.path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise PrunelabError(f"cannot write to {rd.path} ({e.strerror}); choose a writable --out-dir")
+    write_json(rd.config, to_dict(cfg))
+    return rd
+
+
+def open_existing(path: str | Path) -> tuple[RunDir, Config]:
+    rd = RunDir(path)
+    if not rd.config.is_file():
+        raise PrunelabError(f"{rd.path} is not a prunelab run directory (no config.json); start one with `prunelab run`")
+    try:
+        cfg = config_from_dict(json.loads(rd.config.read_text()))
+    except json.JSONDecodeError as e:
+        raise PrunelabError(f"{rd.config} is damaged ({e}); start a new run")
+    return rd, cfg
+
+
+def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
+    """Run (or resume) the whole pipeline; returns the run directory."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    trainer = Trainer.from_config(cfg, device)  # validates precision for the device
+    data = load_data(cfg)  # data errors surface before anything is written
+    rd = RunDir(resume_dir) if resume_dir else prepare(cfg)
+    if rd.results.is_file():
+        log(f"{rd.path} is already finished; redrawing its report")
+        report.render(rd.path)
+        return rd.path
+    n = cfg.iterative_steps
+    done = rd.last_checkpoint(n)
+    rd.keep_metrics_up_to(done)
+    log(f"prunelab run '{cfg.name}' -> {rd.path}  device={device} precision={trainer.amp_dtype or torch.float32} "
+        f"threads={torch.get_num_threads()}")
+    log(f"data: {data.source}; train {len(data.train)}, val {len(data.val) if data.val else 0}, test {len(data.test)}")
+    if done >= 0:
+        log(f"resuming after {rd.checkpoint(done, n).name}")
+    train, test = data.train.to(device), data.test.to(device)
+    val = data.val.to(device) if data.val else None
+    stage_ctx = _Stages(cfg, rd, trainer, device, train, val, test, data)
+
+    if done >= 1:  # rebuild the pruned model and the pruner's progress from the last checkpoint
+        model, pruner = stage_ctx.resume_pruned(min(done, n))
+    else:  # stage 0: the dense model, trained, loaded from --baseline, or from its checkpoint
+        model = stage_ctx.load_stage(0) if done == 0 else stage_ctx.dense()
+        pruner = build_pruner(model, cfg)
+    # Stages 1..n: iterative pruning, each followed by a short fine-tune.
+    for k in range(max(done, 0) + 1, n + 1):
+        stage_ctx.prune_stage(model, pruner, k)
+    # Stage n+1: the final fine-tune.
+    if done < n + 1:
+        stage_ctx.final(model, pruner)
+
+    results = report.build_results(rd.path)
+    write_json(rd.results, results)
+    report.render(rd.path)
+    log(report.key_results_markdown(results))
+    log(f"wrote {rd.path}/results.json, report.md, results.png, checkpoints/final.safetensors + final.json")
+    return rd.path
+
+
+class _Stages:
+    """The work of each stage; shared context so that each method reads as the recipe does."""
+
+    def __init__(self, cfg: Config, rd: RunDir, trainer: Trainer, device, train, val, test, data: Data):
+        self.cfg, self.rd, self.trainer, self.device = cfg, rd, trainer, device
+        self.train, self.val, self.test, self.num_classes = train, val, test, len(data.classes)
+        self.data_info = {"data": data.source, "classes": data.classes, "train_images": len(data.train),
+                          "val_images": len(data.val) if data.val else 0, "test_images": len(data.test)}
+        self.n = cfg.iterative_steps
+
+    def _prepare_model(self, model):
+        model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.cfg.channels_last else model
+
+    def _fit(self, model, stage: int, phase: str, epochs: int, lr: float) -> None:
+        """`epochs` epochs of SGD with a fresh optimiser and a cosine schedule over them."""
+        if epochs == 0:
+            return
+        optimizer = make_optimizer(model, self.cfg, lr)
+        batches_per_epoch = -(-len(self.train) // self.cfg.batch_size)
+        scheduler = cosine_schedule(optimizer, epochs * batches_per_epoch)
+        for epoch in range(1, epochs + 1):
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + stage * 1000 + epoch)
+            stats = train_epoch(model, self.train, optimizer, scheduler, self.trainer, gen,
+                                desc=f"{phase} {epoch}/{epochs}")
+            row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, **stats}
+            if self.val is not None:
+                row["val_accuracy"] = self._accuracy(model, self.val)
+            self.rd.append_metrics(row)
+            log(f"  {phase} epoch {epoch}/{epochs}: loss {stats['loss']:.3f} train acc {stats['train_accuracy']:.3f}"
+                + (f" val acc {row['val_accuracy']:.3f}" if "val_accuracy" in row else "")
+                + f"  ({stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f} s)")
+
+    def _accuracy(self, model, split) -> float:
+        return evaluate(model, split, self.trainer.normalizer, self.cfg.eval_batch_size)["accuracy"]
+
+    def _measure(self, model, latency: bool = True) -> dict:
+        cfg = self.cfg
+        return measure_model(model, batch_sizes=cfg.latency_batch_sizes if latency else [],
+                             devices=latency_devices(self.device), warmup=cfg.latency_warmup,
+                             min_reps=cfg.latency_min_reps, min_seconds=cfg.latency_min_seconds,
+                             channels_last=cfg.channels_last)
+
+    def _save(self, model, stage: int, hist: list, row: dict) -> None:
+        weights = save_model(self.rd.checkpoint(stage, self.n), model, self.cfg.model, hist,
+                             extra={"stage": stage, "metrics": row, "config": to_dict(self.cfg)})
+        row["file_size_bytes"] = file_size_bytes(weights)
+        self.rd.append_metrics(row)  # after the checkpoint: a stage's summary line means it is complete
+
+    def load_stage(self, stage: int):
+        desc, weights = read_description(self.rd.checkpoint(stage, self.n).with_suffix(".json"))
+        model = build_model(self.cfg.model, self.num_classes)
+        load_weights(model, weights)
+        return self._prepare_model(model)
+
+    def dense(self):
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        start = time.perf_counter()
+        if cfg.baseline:
+            log(f"dense: loading baseline {cfg.baseline}")
+            model = self._prepare_model(load_dense_baseline(cfg.baseline, cfg.model, self.num_classes))
+        else:
+            log(f"dense: training {cfg.model} for {cfg.epochs} epochs")
+            model = self._prepare_model(build_model(cfg.model, self.num_classes))
+            self._fit(model, 0, "dense", cfg.epochs, cfg.lr)
+        row = {"event": "dense", "stage": 0, "ratio": 0.0, "accuracy": self._accuracy(model, self.test),
+               **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": machine()}
+        self._save(model, 0, [], row)
+        log(f"dense: test acc {row['accuracy']:.4f}, {row['params'] / 1e6:.2f} M params, {row['macs'] / 1e6:.1f} M MACs")
+        return model
+
+    def resume_pruned(self, stage: int):
+        """Rebuild model and pruner at the end of `stage`: dense model, pruner, replayed history, weights."""
+        desc, weights = read_description(self.rd.checkpoint(stage, self.n).with_suffix(".json"))
+        model = self._prepare_model(build_model(self.cfg.model, self.num_classes))
+        pruner = build_pruner(model, self.cfg)
+        restore(pruner, desc["pruning_history"], stage)
+        load_weights(model, weights)
+        return self._prepare_model(model), pruner
+
+    def prune_stage(self, model, pruner, k: int) -> None:
+        cfg = self.cfg
+        start = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1000 + k)  # random importance draws from the global generator
+        prune_step(pruner, model, self._gradient_batches() if cfg.importance == "taylor" else None)
+        self._prepare_model(model)
+        before = self._accuracy(model, self.test)
+        self._fit(model, k, f"step {k}/{self.n} fine-tune", cfg.finetune_epochs_per_step, cfg.finetune_lr)
+        row = {"event": "step", "stage": k, "step": k, "ratio": step_ratio(pruner, k),
+               "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
+               **self._measure(model, latency=cfg.measure_latency_every_step), "seconds": time.perf_counter() - start}
+        self._save(model, k, history(pruner), row)
+        log(f"step {k}/{self.n}: ratio {row['ratio']:.3f}  acc {before:.4f} -> {row['accuracy']:.4f}  "
+            f"{row['params'] / 1e6:.3f} M params  {row['macs'] / 1e6:.1f} M MACs  ({row['seconds']:.0f} s)")
+
+    def final(self, model, pruner) -> None:
+        cfg = self.cfg
+        start = time.perf_counter()
+        before = self._accuracy(model, self.test)
+        log(f"final fine-tune: {cfg.final_finetune_epochs} epochs")
+        self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, cfg.finetune_lr)
+        row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n),
+               "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
+               **self._measure(model), "seconds": time.perf_counter() - start, "machine": machine()}
+        self._save(model, self.n + 1, history(pruner), row)
+        log(f"final: test acc {row['accuracy']:.4f}")
+
+    def _gradient_batches(self):
+        n = self.cfg.taylor_batches * self.cfg.batch_size
+        for start in range(0, min(n, len(self.train)), self.cfg.batch_size):
+            yield (self.trainer.normalizer(self.train.images[start:start + self.cfg.batch_size]),
+                   self.train.labels[start:start + self.cfg.batch_size])

@@ -1,0 +1,182 @@
+"""Tables and plots from the files of a run directory. Reads files only; never re-runs anything."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import PrunelabError
+from .files import read_jsonl, write_atomic, write_text
+
+
+def build_results(run_dir: str | Path) -> dict:
+    """The summary of a finished run, from config.json and metrics.jsonl."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    dense = next((r for r in rows if r["event"] == "dense"), None)
+    final = next((r for r in rows if r["event"] == "final"), None)
+    if dense is None or final is None:
+        raise PrunelabError(f"{run_dir} has not finished (no {'dense' if dense is None else 'final'} metrics); "
+                            f"finish it with `prunelab run --resume {run_dir}`")
+    steps = sorted((r for r in rows if r["event"] == "step"), key=lambda r: r["step"])
+    epochs = [r for r in rows if r["event"] == "epoch"]
+    return {
+        "name": config["name"], "reduced": config.get("reduced", ""), "config": config,
+        "data": {k: dense.get(k) for k in ("data", "train_images", "val_images", "test_images")},
+        "machine": final.get("machine", dense.get("machine")),
+        "dense": _strip(dense), "steps": [_strip(s) for s in steps], "final": _strip(final),
+        "wall_time_s": {"dense": dense["seconds"], "pruning_steps": sum(s["seconds"] for s in steps),
+                        "final_finetune": final["seconds"],
+                        "total": dense["seconds"] + sum(s["seconds"] for s in steps) + final["seconds"]},
+        "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "loss", "train_accuracy", "images_per_s", "seconds")
+                    if k in e} for e in epochs],
+    }
+
+
+def _strip(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("event", "machine", "classes", "data")}
+
+
+def _latency_keys(row: dict) -> list[str]:
+    keys = [k for k in row if k.startswith("latency_ms_")]
+    return sorted(keys, key=lambda k: (k.split("_")[2], int(k.rsplit("_b", 1)[1])))
+
+
+def _fmt_count(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def _latency_label(key: str) -> str:
+    device, batch = key[len("latency_ms_"):].rsplit("_b", 1)
+    return f"Latency {device.upper()} batch {batch}"
+
+
+def key_results_markdown(results: dict) -> str:
+    """The seed's Key Results table: original, pruned, change."""
+    d, f = results["dense"], results["final"]
+    lines = ["| Metric | Original model | Pruned model | Change |", "| :--- | :---: | :---: | :---: |",
+             f"| Accuracy (test) | {100 * d['accuracy']:.2f}% | **{100 * f['accuracy']:.2f}%** | "
+             f"{100 * (f['accuracy'] - d['accuracy']):+.2f} pts |"]
+    for key, label in (("params", "Parameters"), ("macs", "MACs")):
+        lines.append(f"| {label} | {_fmt_count(d[key])} | **{_fmt_count(f[key])}** | "
+                     f"{100 * (f[key] / d[key] - 1):+.1f}% ({d[key] / f[key]:.0f}x fewer) |")
+    for key in _latency_keys(f):
+        if key in d:
+            lines.append(f"| {_latency_label(key)} | {d[key]:.2f} ms | **{f[key]:.2f} ms** | "
+                         f"{d[key] / f[key]:.1f}x faster |")
+    if "file_size_bytes" in d and "file_size_bytes" in f:
+        lines.append(f"| File size (safetensors) | {d['file_size_bytes'] / 1e6:.2f} MB | "
+                     f"**{f['file_size_bytes'] / 1e6:.3f} MB** | {d['file_size_bytes'] / f['file_size_bytes']:.0f}x smaller |")
+    return "\n".join(lines)
+
+
+def steps_markdown(results: dict) -> str:
+    rows = [results["dense"], *results["steps"], results["final"]]
+    lat = [k for k in _latency_keys(results["final"])]
+    head = ["Stage", "Channel ratio", "Acc. before FT", "Acc. after FT", "Params", "MACs",
+            *[_latency_label(k).replace("Latency ", "") + " (ms)" for k in lat], "Wall time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
+    for r in rows:
+        stage = "dense" if r["stage"] == 0 else ("final" if "step" not in r else f"step {r['step']}")
+        before = f"{100 * r['accuracy_before_finetune']:.2f}%" if "accuracy_before_finetune" in r else ""
+        lats = [f"{r[k]:.2f}" if k in r else "" for k in lat]
+        lines.append("| " + " | ".join([stage, f"{r['ratio']:.3f}", before, f"{100 * r['accuracy']:.2f}%",
+                                        _fmt_count(r["params"]), _fmt_count(r["macs"]), *lats,
+                                        f"{r['seconds']:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def report_markdown(results: dict) -> str:
+    cfg, m, w = results["config"], results.get("machine") or {}, results["wall_time_s"]
+    parts = [
+        f"# prunelab run `{results['name']}`", "",
+        f"{cfg['model']} pruned with Torch-Pruning ({cfg['importance']} importance, "
+        f"{'global' if cfg['global_pruning'] else 'per-layer'}), channel ratio {cfg['pruning_ratio']} in "
+        f"{cfg['iterative_steps']} steps, {cfg['finetune_epochs_per_step']} fine-tune epoch(s) per step and "
+        f"{cfg['final_finetune_epochs']} at the end; dense baseline "
+        + (f"loaded from `{cfg['baseline']}`." if cfg.get("baseline") else f"trained for {cfg['epochs']} epochs."),
+        "",
+        f"Data: {results['data']['data']} ({results['data']['train_images']} training, "
+        f"{results['data']['test_images']} test images).",
+    ]
+    if results.get("reduced"):
+        parts += ["", f"**Reduced from the seed recipe:** {results['reduced']}."]
+    parts += ["", "## Key results", "", key_results_markdown(results), "",
+              f"Latency: fp32 forward pass in eval mode, median of timed runs after warm-up, "
+              f"{m.get('torch_threads', '?')} CPU threads"
+              + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ".", "",
+              "![results](results.png)", "",
+              "## Every stage", "", steps_markdown(results), "",
+              f"Wall time: dense {w['dense']:.0f} s, pruning steps {w['pruning_steps']:.0f} s, "
+              f"final fine-tune {w['final_finetune']:.0f} s, total {w['total']:.0f} s.", "",
+              f"Machine: {m.get('processor', '?')}, {m.get('cpu_count', '?')} CPUs, {m.get('platform', '?')}, "
+              f"torch {m.get('torch', '?')}" + (f", {m['gpu']}" if m.get("gpu") else "") + ".", ""]
+    return "\n".join(parts)
+
+
+def plot(results: dict, path: str | Path) -> None:
+    """The seed's figure, every point from results: accuracy, size and latency against the channel ratio,
+    and original-vs-pruned bars for accuracy, parameters, MACs and latency."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d, steps, f = results["dense"], results["steps"], results["final"]
+    ratios = [0.0] + [s["ratio"] for s in steps]
+    fig = plt.figure(figsize=(15, 8.5), layout="constrained")
+    grid = fig.add_gridspec(2, 12)
+    ax_acc, ax_size, ax_lat = (fig.add_subplot(grid[0, i * 4:(i + 1) * 4]) for i in range(3))
+
+    ax_acc.plot([s["ratio"] for s in steps], [100 * s["accuracy_before_finetune"] for s in steps], "o--",
+                color="tab:red", label="after pruning, before fine-tune")
+    ax_acc.plot(ratios, [100 * d["accuracy"]] + [100 * s["accuracy"] for s in steps], "o-", color="tab:blue",
+                label="after fine-tune")
+    ax_acc.plot([f["ratio"]], [100 * f["accuracy"]], "*", ms=14, color="tab:green", label="after final fine-tune")
+    ax_acc.set(xlabel="channel pruning ratio", ylabel="test accuracy (%)", title="Accuracy")
+    ax_acc.legend(fontsize=8)
+
+    ax_size.plot(ratios, [d["params"] / 1e6] + [s["params"] / 1e6 for s in steps], "o-", label="parameters (M)")
+    ax_size.plot(ratios, [d["macs"] / 1e6] + [s["macs"] / 1e6 for s in steps], "s-", label="MACs (M)")
+    ax_size.set(xlabel="channel pruning ratio", ylabel="millions (log scale)", yscale="log", title="Size and compute")
+    ax_size.legend(fontsize=8)
+
+    lat_keys = _latency_keys(d)
+    for key in lat_keys:
+        xs = [r for r, row in zip(ratios, [d] + steps) if key in row]
+        ys = [row[key] for row in [d] + steps if key in row]
+        ax_lat.plot(xs, ys, "o-", label=_latency_label(key))
+    ax_lat.set(xlabel="channel pruning ratio", ylabel="ms (log scale)", yscale="log", title="Latency (median)")
+    ax_lat.legend(fontsize=8)
+
+    lat_key = lat_keys[-1] if lat_keys else None
+    bars = [("accuracy", "Accuracy (%)", 100), ("params", "Parameters (M)", 1e-6), ("macs", "MACs (M)", 1e-6)]
+    if lat_key:
+        bars.append((lat_key, _latency_label(lat_key) + " (ms)", 1))
+    for i, (key, label, scale) in enumerate(bars):
+        ax = fig.add_subplot(grid[1, i * 3:(i + 1) * 3])
+        vals = [d[key] * scale, f[key] * scale]
+        b = ax.bar(["original", "pruned"], vals, color=["tab:gray", "tab:green"])
+        ax.bar_label(b, labels=[f"{v:.3g}" for v in vals])
+        ax.set_title(label)
+        ax.margins(y=0.15)
+    fig.suptitle(f"prunelab run '{results['name']}': {results['config']['model']}, "
+                 f"{results['config']['importance']} importance, {len(steps)} steps")
+    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def render(run_dir: str | Path) -> None:
+    """Write report.md and results.png of a finished run from its results.json."""
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        if not (run_dir / "config.json").is_file():
+            raise PrunelabError(f"{run_dir} is not a prunelab run directory (no config.json)")
+        raise PrunelabError(f"{run_dir} has no results.json: the run has not finished; "
+                            f"finish it with `prunelab run --resume {run_dir}`")
+    results = json.loads(results_path.read_text())
+    plot(results, run_dir / "results.png")
+    write_text(run_dir / "report.md", report_markdown(results))

@@ -1,0 +1,142 @@
+"""One loop for training and fine-tuning, and evaluate(). Plain functions with explicit arguments."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import Config, PrunelabError
+from .data import Normalizer, Split, eval_batches, train_batches
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PrunelabError("device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for training, or None for plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise PrunelabError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    # auto: bf16 where the hardware does it natively (CPUs with AVX-512 bf16 / AMX, Ampere+ GPUs)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else None
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+@dataclass
+class Trainer:
+    """What every training or fine-tuning epoch needs besides the model and the optimiser."""
+    device: torch.device
+    normalizer: Normalizer
+    amp_dtype: torch.dtype | None
+    batch_size: int
+    eval_batch_size: int
+    crop_padding_px: int
+    flip: bool
+    label_smoothing: float
+    progress: bool
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device) -> "Trainer":
+        return cls(device=device, normalizer=Normalizer(cfg.mean, cfg.std, device, cfg.channels_last),
+                   amp_dtype=autocast_dtype(cfg.precision, device), batch_size=cfg.batch_size,
+                   eval_batch_size=cfg.eval_batch_size, crop_padding_px=cfg.crop_padding_px, flip=cfg.flip,
+                   label_smoothing=cfg.label_smoothing, progress=cfg.progress)
+
+
+def make_optimizer(model: nn.Module, cfg: Config, lr: float) -> torch.optim.Optimizer:
+    """SGD over the model's live parameters. Rebuild it after every pruning step: Torch-Pruning
+    replaces the parameter objects, so an old optimiser would update tensors the model no longer has."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_batches: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine from the base lr to 0 over total_batches, stepped once per batch."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total_batches) / max(total_batches, 1))))
+
+
+def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer,
+                generator: torch.Generator, desc: str = "train") -> dict:
+    """One pass over `split` (already on trainer.device). Returns loss, accuracy, images/s, seconds."""
+    model.train()  # building a pruner or evaluating leaves the model in eval mode
+    scaler = torch.amp.GradScaler("cuda") if trainer.amp_dtype == torch.float16 else None
+    n_batches = math.ceil(len(split) / trainer.batch_size)
+    loss_sum = torch.zeros((), device=trainer.device)
+    correct = torch.zeros((), device=trainer.device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    bar = tqdm(total=n_batches, desc=desc, unit="batch", disable=not trainer.progress, leave=False, dynamic_ncols=True)
+    for i, (images, labels) in enumerate(train_batches(split, trainer.batch_size, generator,
+                                                        trainer.crop_padding_px, trainer.flip)):
+        x = trainer.normalizer(images)
+        with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
+            logits = model(x)
+            loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        bar.update(1)
+        if i % 20 == 0 or i == n_batches - 1:  # reading the loss syncs a GPU: only now and then
+            mean_loss = loss_sum.item() / seen
+            if not math.isfinite(mean_loss):
+                bar.close()
+                raise PrunelabError(f"{desc}: the loss became {mean_loss} at batch {i + 1}; lower the learning rate "
+                                    "(--lr/--finetune-lr) or use --precision fp32")
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {"loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
+            "images_per_s": seen / seconds, "seconds": seconds}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Split, normalizer: Normalizer, batch_size: int = 500,
+             amp_dtype: torch.dtype | None = None) -> dict:
+    """Top-1 accuracy and mean loss over `split` (fp32 unless amp_dtype is given). Leaves the model in eval mode."""
+    model.eval()
+    device = normalizer.mean.device
+    loss_sum, correct = 0.0, 0
+    for images, labels in eval_batches(split, batch_size):
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(normalizer(images))
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+    return {"accuracy": correct / len(split), "loss": loss_sum / len(split)}
