@@ -1,18 +1,62 @@
-"""prunelab: structured pruning of CNNs, end to end (train, prune, fine-tune, measure, report, export)."""
+"""prunelab: structured pruning of CNNs, end to end (train, prune, fine-tune, measure, report, export).
+
+Python API (the CLI calls the same functions):
+
+    import prunelab
+    cfg = prunelab.make_config("quick", {"data_dir": "../shared/data/cifar10-jpeg"})
+    run_dir = prunelab.run(cfg)                      # or prunelab.run(cfg, resume_dir=run_dir)
+    model, desc = prunelab.load(run_dir)             # final model, rebuilt from safetensors + JSON
+    prunelab.evaluate(model, desc["config"])         # test accuracy on the data the run used
+    prunelab.measure(model)                          # params, MACs, CPU latency at batch 1 and 128
+    prunelab.export_onnx(model, "model.onnx")
+"""
 __version__ = "0.1.0"
 
 from .config import PRESETS, Config, PrunelabError, make_config  # noqa: E402
 
-__all__ = ["Config", "PRESETS", "PrunelabError", "make_config", "run", "load"]
+__all__ = ["Config", "PRESETS", "PrunelabError", "make_config", "run", "load", "evaluate", "measure", "export_onnx"]
 
 
 def run(config: Config, resume_dir=None):
-    """Run (or resume) the whole pipeline; returns the run directory. See prunelab.pipeline."""
+    """Run (or resume) the whole pipeline; returns the run directory."""
     from .pipeline import run as _run
     return _run(config, resume_dir)
 
 
-def load(path, device="cpu"):
-    """Load a model saved by prunelab (.safetensors + .json) in any process: returns (model, description)."""
+def load(path, device="cpu", trust_pickle: bool = False):
+    """Load a model saved by prunelab (run directory, .safetensors or .json): returns (model, description)."""
     from .export import load_model
-    return load_model(path, device)
+    return load_model(path, device, trust_pickle=trust_pickle)
+
+
+def evaluate(model, config, split: str = "test") -> float:
+    """Accuracy of `model` on the test (or val) split of the data that `config` (a Config or dict) describes."""
+    import torch
+
+    from .data import Normalizer, load_data
+    from .train import evaluate as _evaluate
+    cfg = config if isinstance(config, Config) else make_config("seed", {**config, "baseline": ""})
+    data = load_data(cfg)
+    part = {"test": data.test, "val": data.val}.get(split)
+    if part is None:
+        raise PrunelabError(f"no '{split}' split (val needs val_size > 0)")
+    device = next(model.parameters()).device
+    if cfg.channels_last:  # evaluate exactly as the pipeline did, so recorded accuracies reproduce bit for bit
+        model = model.to(memory_format=torch.channels_last)
+    normalizer = Normalizer(cfg.mean, cfg.std, device, cfg.channels_last)
+    return _evaluate(model, part.to(device), normalizer, cfg.eval_batch_size)["accuracy"]
+
+
+def measure(model, batch_sizes=(1, 128), min_seconds: float = 1.0) -> dict:
+    """Params, MACs and CPU latency (median and p90, ms) of `model`."""
+    import torch
+
+    from .measure import measure_model
+    return measure_model(model, batch_sizes=list(batch_sizes), devices=[torch.device("cpu")], warmup=3,
+                         min_reps=5, min_seconds=min_seconds, channels_last=False)
+
+
+def export_onnx(model, path) -> dict:
+    """Write an ONNX model (dynamic batch), checked by onnx.checker and against PyTorch within 1e-4."""
+    from .export import export_onnx as _export
+    return _export(model, path)

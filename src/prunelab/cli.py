@@ -38,6 +38,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="redraw report.md and results.png of a finished run from its files")
     p.add_argument("run_dir")
+
+    p = sub.add_parser("eval", help="test accuracy of a saved model (a run directory's final model, or a file)",
+                       description="Loads the model in this process and evaluates it on the test data the run used.")
+    p.add_argument("model", metavar="RUN_DIR_OR_MODEL")
+    p.add_argument("--data-dir", help="data folder (default: the one recorded in the model's config)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled whole model (.pt); only for files you made")
+
+    p = sub.add_parser("bench", help="measure models side by side: params, MACs, file size, latency (PyTorch, ONNX Runtime)",
+                       description="A run directory stands for its dense and final models. Speed-ups are over the first model.")
+    p.add_argument("models", nargs="+", metavar="RUN_DIR_OR_MODEL")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 128])
+    p.add_argument("--device", default="auto", help="auto (CPU, plus CUDA when present) | cpu | cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    p.add_argument("--onnx", action="store_true", help="also time each model's ONNX Runtime session")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--min-reps", type=int, default=20)
+    p.add_argument("--min-seconds", type=float, default=2.0)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                   help="run PyTorch in channels_last (default: off; NCHW is faster at batch 1 on CPU)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--trust-pickle", action="store_true", help="allow loading pickled whole models (.pt)")
+
+    p = sub.add_parser("export", help="export a run's final model (or a model file) to ONNX, checked against PyTorch")
+    p.add_argument("model", metavar="RUN_DIR_OR_MODEL")
+    p.add_argument("--onnx", action="store_true", default=True, help="write ONNX (the default and only format for now)")
+    p.add_argument("--out", metavar="FILE", help="output path (default: RUN_DIR/model.onnx or beside the model)")
     return parser
 
 
@@ -69,10 +95,84 @@ def cmd_report(args) -> None:
     print(f"wrote {args.run_dir}/report.md and results.png")
 
 
+def cmd_eval(args) -> None:
+    import json as _json
+
+    from . import evaluate
+    from .export import load_model
+
+    model, desc = load_model(args.model, trust_pickle=args.trust_pickle)
+    if not desc.get("config"):
+        raise PrunelabError(f"{args.model} records no data settings; evaluate it from Python with prunelab.evaluate")
+    cfg = make_config("seed", {**desc["config"], **({"data_dir": args.data_dir} if args.data_dir else {}),
+                               "baseline": ""})
+    acc = evaluate(model, cfg)
+    recorded = (desc.get("metrics") or {}).get("accuracy")
+    line = f"test accuracy {100 * acc:.2f}% ({cfg.data_dir}, test_subset={cfg.test_subset or 'all'})"
+    if recorded is not None:
+        line += f"; recorded {100 * recorded:.2f}% ({'identical' if acc == recorded else f'{100 * (acc - recorded):+.2f} pts'})"
+    print(line)
+    print(_json.dumps({"accuracy": acc, "recorded_accuracy": recorded}))
+
+
+def _bench_models(paths, trust_pickle):
+    from pathlib import Path
+
+    from .export import load_model, resolve_model_path
+    out = []
+    for p in paths:
+        targets = [("dense", resolve_model_path(p, "dense")), ("final", resolve_model_path(p, "final"))] \
+            if Path(p).is_dir() else [(Path(p).stem, Path(p))]
+        for which, path in targets:
+            model, desc = load_model(path, trust_pickle=trust_pickle)
+            label = f"{Path(p).name}:{which}" if Path(p).is_dir() else which
+            weights = path.with_name(desc["weights_file"]) if desc.get("weights_file") else path
+            out.append((label, model, weights))
+    return out
+
+
+def cmd_bench(args) -> None:
+    import tempfile
+
+    import torch
+
+    from .files import write_json
+    from .measure import bench, bench_table
+    from .train import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
+        raise PrunelabError("--batch-sizes must be positive integers")
+    device = resolve_device(args.device)
+    devices = [torch.device("cpu")] + ([device] if device.type == "cuda" else [])
+    models = _bench_models(args.models, args.trust_pickle)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = bench(models, args.batch_sizes, devices, warmup=args.warmup, min_reps=args.min_reps,
+                       min_seconds=args.min_seconds, onnx_dir=tmp if args.onnx else None,
+                       channels_last=args.channels_last)
+    print(bench_table(result))
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+
+
+def cmd_export(args) -> None:
+    from pathlib import Path
+
+    from .export import export_onnx, load_model
+    model, _ = load_model(args.model)
+    src = Path(args.model)
+    out = Path(args.out) if args.out else (src / "model.onnx" if src.is_dir() else src.with_suffix(".onnx"))
+    info = export_onnx(model, out)
+    print(f"wrote {out} (onnx.checker passed; onnxruntime matches PyTorch within {info['max_abs_diff']:.1e})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"run": cmd_run, "report": cmd_report}[args.command](args)
+        {"run": cmd_run, "report": cmd_report, "eval": cmd_eval, "bench": cmd_bench,
+         "export": cmd_export}[args.command](args)
     except PrunelabError as e:
         print(f"prunelab: error: {e}", file=sys.stderr)
         return 2

@@ -90,6 +90,9 @@ class Config:
     latency_min_seconds: float = _f(1.0, "keep timing until this many seconds have passed (median and p90 are reported)")
     measure_latency_every_step: bool = _f(True, "measure latency after every pruning step, not only dense and final")
 
+    # --- export ---
+    export_onnx: bool = _f(True, "write model.onnx of the final model (checked against PyTorch; needs onnx + onnxruntime)")
+
     # --- report ---
     reduced: str = _f("", "what this preset reduces compared with the seed recipe (written into report.md)")
 
@@ -102,14 +105,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The same flow sized for a 2-core CPU in about 15 minutes on the real data.
     # Measured with `prunelab run --preset quick` (see docs/RESULTS.md).
     "quick": {
-        "train_subset": 5000,
+        "train_subset": 10000,
         "test_subset": 2000,
-        "epochs": 3,
+        "epochs": 5,
         "iterative_steps": 5,
-        "final_finetune_epochs": 4,
+        "final_finetune_epochs": 5,
         "latency_min_seconds": 0.5,
-        "reduced": "5,000 training images (of 50,000), 2,000 test images (of 10,000), 3 dense epochs "
-                   "(of 10), 5 pruning steps (of 20), 4 final fine-tune epochs (of 10)",
+        "reduced": "10,000 training images (of 50,000), 2,000 test images (of 10,000), 5 dense epochs "
+                   "(of 10), 5 pruning steps (of 20), 5 final fine-tune epochs (of 10)",
     },
     # The smallest run that passes through every stage: for tests and trying the CLI.
     "tiny": {

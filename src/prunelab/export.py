@@ -23,6 +23,7 @@ from .prune import layer_widths, rebuild
 
 FORMAT = "prunelab-model"
 FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin")
 
 
 def _sha256(path: Path) -> str:
@@ -58,15 +59,26 @@ def save_model(stem: str | Path, model: nn.Module, model_name: str, pruning_hist
     return weights
 
 
+def resolve_model_path(path: str | Path, which: str = "final") -> Path:
+    """A model file from a run directory (its checkpoints/<which>.json) or a model file given directly."""
+    p = Path(path)
+    if p.is_dir():
+        desc = p / "checkpoints" / f"{which}.json"
+        if not desc.is_file():
+            raise PrunelabError(f"{p} has no checkpoints/{which}.json; is it a finished prunelab run directory?")
+        return desc
+    return p
+
+
 def read_description(path: str | Path) -> tuple[dict, Path]:
     """The JSON description of a saved model (given the .json or the .safetensors path) and its weights path."""
     p = Path(path)
     desc_path = p if p.suffix == ".json" else p.with_suffix(".json")
     if not p.exists():
         raise PrunelabError(f"model file not found: {p}")
-    if p.suffix in (".pt", ".pth", ".pkl", ".ckpt", ".bin"):
-        raise PrunelabError(f"{p} looks like a pickle; prunelab loads only .safetensors + .json models "
-                            "(pickles can run code when loaded)")
+    if p.suffix in PICKLE_SUFFIXES:
+        raise PrunelabError(f"{p} looks like a pickle, which can run code when loaded; prunelab loads .safetensors "
+                            "+ .json models (pass --trust-pickle only for a file you made yourself)")
     if not desc_path.is_file():
         raise PrunelabError(f"{desc_path} not found: a prunelab model needs its .json description beside the weights")
     try:
@@ -81,8 +93,16 @@ def read_description(path: str | Path) -> tuple[dict, Path]:
     return desc, desc_path.with_name(desc.get("weights_file", p.with_suffix(".safetensors").name))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a saved model in any process: returns (model in eval mode, its JSON description)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", trust_pickle: bool = False) -> tuple[nn.Module, dict]:
+    """Rebuild a saved model in any process: returns (model in eval mode, its JSON description).
+    `path` is a run directory (its final model), a .safetensors or a .json file. A whole-model pickle
+    (.pt/.pth) is loaded only with trust_pickle=True, since unpickling can run arbitrary code."""
+    path = resolve_model_path(path)
+    if path.suffix in PICKLE_SUFFIXES and trust_pickle and path.is_file():
+        model = torch.load(path, map_location=device, weights_only=False)
+        if not isinstance(model, nn.Module):
+            raise PrunelabError(f"{path} holds a {type(model).__name__}, not a whole model; save it with prunelab instead")
+        return model.eval(), {"model": type(model).__name__, "pruning_history": None, "source": "pickle"}
     desc, weights = read_description(path)
     if not weights.is_file():
         raise PrunelabError(f"weights file {weights} named by the description is missing")
@@ -126,3 +146,38 @@ def load_dense_baseline(path: str | Path, model_name: str, num_classes: int = 10
     model = build_model(model_name, num_classes)
     load_weights(model, p)
     return model
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_size: int = 32, opset: int = 17,
+                atol: float = 1e-4) -> dict:
+    """Write an ONNX model with a dynamic batch dimension, check it with onnx.checker, and compare
+    onnxruntime's outputs with PyTorch's on random inputs at two batch sizes. Returns the check's numbers."""
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError:
+        raise PrunelabError("ONNX export needs the onnx and onnxruntime packages: pip install 'prunelab[onnx]'")
+    import numpy as np
+
+    model = model.float().eval().cpu().to(memory_format=torch.contiguous_format)
+    x = torch.randn(2, 3, input_size, input_size)
+
+    def write(tmp: Path) -> None:
+        torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
+        onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
+
+    write_atomic(path, write)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    max_diff = 0.0
+    for batch in (1, 7):
+        xb = torch.randn(batch, 3, input_size, input_size)
+        with torch.inference_mode():
+            ref = model(xb).numpy()
+        out = session.run(None, {"images": xb.numpy()})[0]
+        max_diff = max(max_diff, float(np.abs(out - ref).max()))
+    if max_diff > atol:
+        Path(path).unlink(missing_ok=True)
+        raise PrunelabError(f"ONNX export differs from PyTorch by {max_diff:.2e} (> {atol}); not written")
+    return {"onnx_path": str(path), "max_abs_diff": max_diff, "opset": opset}

@@ -82,3 +82,80 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def onnx_latency_ms(onnx_path: str | Path, batch_size: int, *, warmup: int = 3, min_reps: int = 5,
+                    min_seconds: float = 1.0, threads: int | None = None, input_size: int = 32) -> dict:
+    """Latency of an ONNX Runtime CPU session, timed like latency_ms (same warm-up and repetition rule)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    x = {"images": np.random.default_rng(0).standard_normal((batch_size, 3, input_size, input_size), dtype=np.float32)}
+    for _ in range(warmup):
+        session.run(None, x)
+    times = []
+    start_all = time.perf_counter()
+    while (len(times) < min_reps or time.perf_counter() - start_all < min_seconds) and len(times) < 1000:
+        t0 = time.perf_counter()
+        session.run(None, x)
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+            "reps": len(times)}
+
+
+def bench(models: list[tuple[str, nn.Module, Path | None]], batch_sizes, devices, *, warmup: int = 3,
+          min_reps: int = 10, min_seconds: float = 2.0, onnx_dir: Path | None = None,
+          channels_last: bool = True) -> dict:
+    """Measure several models side by side in this process: params, MACs, file size, PyTorch latency on each
+    device and (with onnx_dir) ONNX Runtime latency, at each batch size; plus speed-ups over the first model."""
+    from .export import export_onnx
+
+    rows = []
+    for label, model, weights in models:
+        model = model.float().eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        row = {"model": label, **measure_model(model, batch_sizes=batch_sizes, devices=devices, warmup=warmup,
+                                               min_reps=min_reps, min_seconds=min_seconds,
+                                               channels_last=channels_last)}
+        if weights is not None:
+            row["file_size_bytes"] = file_size_bytes(weights)
+        if onnx_dir is not None:
+            onnx_path = Path(onnx_dir) / f"model{len(rows)}.onnx"
+            export_onnx(model, onnx_path)
+            for b in batch_sizes:
+                r = onnx_latency_ms(onnx_path, b, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
+                row[f"latency_ms_onnxrt_b{b}"] = r["median_ms"]
+                row[f"latency_p90_ms_onnxrt_b{b}"] = r["p90_ms"]
+        rows.append(row)
+    first = rows[0]
+    for row in rows:
+        row["speedup"] = {k[len("latency_ms_"):]: first[k] / row[k] for k in row if k.startswith("latency_ms_")}
+        row["macs_ratio"] = first["macs"] / row["macs"]
+    return {"models": rows, "batch_sizes": list(batch_sizes), "warmup": warmup, "min_reps": min_reps,
+            "min_seconds": min_seconds, "machine": machine()}
+
+
+def bench_table(result: dict) -> str:
+    """The bench result as a Markdown table: one row per model and latency setting."""
+    lines = ["| model | params | MACs | file (MB) | runtime | batch | median (ms) | p90 (ms) | speed-up | MACs ratio |",
+             "| :--- | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in result["models"]:
+        size = f"{row['file_size_bytes'] / 1e6:.3f}" if "file_size_bytes" in row else ""
+        for key in [k for k in row if k.startswith("latency_ms_")]:
+            setting = key[len("latency_ms_"):]
+            runtime, batch = setting.rsplit("_b", 1)
+            runtime = {"cpu": "PyTorch CPU", "cuda": "PyTorch CUDA", "onnxrt": "ONNX Runtime CPU"}.get(runtime, runtime)
+            lines.append(f"| {row['model']} | {row['params'] / 1e6:.3f} M | {row['macs'] / 1e6:.1f} M | {size} | "
+                         f"{runtime} | {batch} | {row[key]:.3f} | {row['latency_p90_ms_' + setting]:.3f} | "
+                         f"{row['speedup'][setting]:.1f}x | {row['macs_ratio']:.1f}x |")
+    m = result["machine"]
+    lines.append(f"\n{m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}"
+                 + (f", {m['gpu']}" if m.get("gpu") else "") + f"; warm-up {result['warmup']}, at least "
+                 f"{result['min_reps']} runs and {result['min_seconds']} s per setting.")
+    return "\n".join(lines)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import report
 from .config import Config, PrunelabError, config_from_dict, to_dict
 from .data import Data, load_data
-from .export import load_dense_baseline, load_weights, read_description, save_model
+from .export import export_onnx, load_dense_baseline, load_model, load_weights, read_description, save_model
 from .files import read_jsonl, write_json, write_text
 from .measure import file_size_bytes, latency_devices, machine, measure_model
 from .models import build_model
@@ -127,12 +127,27 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     if done < n + 1:
         stage_ctx.final(model, pruner)
 
+    written = ["checkpoints/final.safetensors + final.json"]
+    if cfg.export_onnx:
+        written.append(_export_onnx(rd))
     results = report.build_results(rd.path)
-    write_json(rd.results, results)
+    write_json(rd.results, results)  # last: its presence means the run is complete
     report.render(rd.path)
     log(report.key_results_markdown(results))
-    log(f"wrote {rd.path}/results.json, report.md, results.png, checkpoints/final.safetensors + final.json")
+    log(f"wrote {rd.path}/: results.json, report.md, results.png, " + ", ".join(w for w in written if w))
     return rd.path
+
+
+def _export_onnx(rd: RunDir) -> str:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        log("ONNX export skipped: install onnx and onnxruntime (pip install 'prunelab[onnx]'), then `prunelab export`")
+        return ""
+    model, _ = load_model(rd.checkpoints / "final.json")
+    export_onnx(model, rd.path / "model.onnx")
+    return "model.onnx"
 
 
 class _Stages:

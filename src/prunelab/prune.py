@@ -75,7 +75,19 @@ def history(pruner: tp.pruner.BasePruner) -> list:
 
 
 def restore(pruner: tp.pruner.BasePruner, pruning_history: list, steps_done: int) -> None:
-    """Replay a recorded history on the (dense) model the pruner was built on, and continue after step `steps_done`."""
+    """Replay a recorded history on the (dense) model the pruner was built on, and continue after step `steps_done`.
+
+    Torch-Pruning (1.6) records each ranking scope's channel count lazily, at the first step() it
+    runs; a pruner that first steps on an already-pruned model would take the pruned widths as the
+    100% mark and over-prune. So we first run one step on the dense model without pruning anything
+    (the interactive generator yields groups we leave alone), then replay the history."""
+    importance = pruner.importance
+    pruner.importance = tp.importance.MagnitudeImportance(p=2)  # only channel counts matter here
+    try:
+        for _ in pruner.step(interactive=True) or ():
+            pass
+    finally:
+        pruner.importance = importance
     try:
         pruner.load_pruning_history([list(h) for h in pruning_history])
     except Exception as e:

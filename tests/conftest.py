@@ -1,0 +1,28 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
+BASELINE = ROOT.parent / "shared" / "models" / "resnet18-cifar10jpeg-seedrecipe.safetensors"
+
+
+def run_cli(*args, cwd=None, timeout=600):
+    """Run `python -m prunelab ARGS` in a fresh process; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "prunelab", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def real_data():
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real CIFAR-10 copy not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Decoded-image caches go to one folder per test session, not the user's home."""
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

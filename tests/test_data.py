@@ -1,0 +1,134 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prunelab.config import PrunelabError, make_config
+from prunelab.data import augment, load_data, train_batches
+
+
+def write_cifar_batches(root, n_per_batch=20, n_batches=2, seed=0):
+    """Files in the official python-batches layout, written the way the official ones are (pickled dicts)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    all_x, all_y = [], []
+    for name in [f"data_batch_{i + 1}" for i in range(n_batches)] + ["test_batch"]:
+        x = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        y = [int(v) for v in rng.integers(0, 10, n_per_batch)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"labels": y, b"data": x}, f)
+        all_x.append(x)
+        all_y.append(y)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in "abcdefghij"]}, f)
+    return all_x, all_y
+
+
+def write_image_folder(root, classes=("cat", "dog", "frog"), per_class=4, size=32):
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(root / split / c / f"{i:04d}.png")
+                arrays[(split, c, i)] = arr
+    return arrays
+
+
+def cfg_for(root, **kw):
+    return make_config("seed", {"data_dir": str(root), **kw})
+
+
+def test_official_batches_layout_is_read_with_images_and_labels_in_order(tmp_path):
+    xs, ys = write_cifar_batches(tmp_path)
+    data = load_data(cfg_for(tmp_path))
+    assert data.train.images.shape == (40, 3, 32, 32) and data.train.images.dtype == torch.uint8
+    assert torch.equal(data.train.images[0].flatten(), torch.from_numpy(xs[0][0]))
+    assert torch.equal(data.train.labels[20:], torch.tensor(ys[1]))
+    assert torch.equal(data.test.images.reshape(20, -1), torch.from_numpy(xs[2]))
+    assert data.classes == list("abcdefghij")
+
+
+def test_batch_file_with_code_in_its_pickle_is_refused(tmp_path):
+    write_cifar_batches(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": []}, f)
+    with pytest.raises(PrunelabError, match="unreadable"):
+        load_data(cfg_for(tmp_path))
+
+
+def test_image_folder_layout_is_read_pixel_exact_with_alphabetical_labels(tmp_path):
+    arrays = write_image_folder(tmp_path)
+    data = load_data(cfg_for(tmp_path, cache_dir=str(tmp_path / "cache")))
+    assert data.classes == ["cat", "dog", "frog"]
+    assert len(data.train) == 12 and len(data.test) == 12
+    assert data.train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert np.array_equal(data.train.images[5].permute(1, 2, 0).numpy(), arrays[("train", "dog", 1)])
+    # the second load comes from the cache and is identical
+    again = load_data(cfg_for(tmp_path, cache_dir=str(tmp_path / "cache")))
+    assert any((tmp_path / "cache").iterdir())
+    assert torch.equal(again.train.images, data.train.images)
+
+
+def test_a_corrupt_cache_is_rebuilt(tmp_path):
+    write_image_folder(tmp_path)
+    cfg = cfg_for(tmp_path, cache_dir=str(tmp_path / "cache"))
+    first = load_data(cfg)
+    for f in (tmp_path / "cache").iterdir():
+        f.write_bytes(b"garbage")
+    assert torch.equal(load_data(cfg).train.images, first.train.images)
+
+
+def test_validation_split_and_subsets_are_disjoint_and_sized(tmp_path):
+    write_cifar_batches(tmp_path, n_per_batch=50)
+    data = load_data(cfg_for(tmp_path, val_size=10, train_subset=30, test_subset=5))
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 5)
+    train_rows = {tuple(x.flatten().tolist()) for x in data.train.images}
+    assert not train_rows & {tuple(x.flatten().tolist()) for x in data.val.images}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.mkdir(), "neither"),
+    (lambda p: ((p / "train" / "cat").mkdir(parents=True), (p / "test" / "cat").mkdir(parents=True)), "no images"),
+])
+def test_missing_empty_or_unknown_data_folders_are_named_in_the_error(tmp_path, make, message):
+    root = tmp_path / "data"
+    make(root)
+    with pytest.raises(PrunelabError, match=message):
+        load_data(cfg_for(root))
+
+
+def test_augmentation_keeps_shape_dtype_and_label_alignment():
+    # image i is filled with the value 10 + label: any crop or flip of it may only show that value or padding
+    labels = torch.arange(64) % 10
+    images = (10 + labels).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 32, 32).clone()
+    from prunelab.data import Split
+    split = Split(images, labels)
+    seen = 0
+    for x, y in train_batches(split, 16, torch.Generator().manual_seed(0), padding=4, flip=True):
+        assert x.shape == (len(y), 3, 32, 32) and x.dtype == torch.uint8
+        for img, lab in zip(x, y):
+            assert set(img.unique().tolist()) <= {0, 10 + int(lab)}
+            assert (img == 10 + lab).float().mean() >= (28 * 28) / (32 * 32)  # at most 4 px of padding each way
+        seen += len(y)
+    assert seen == 64
+
+
+def test_augmentation_crops_and_flips_and_is_reproducible_from_the_generator():
+    images = torch.arange(32, dtype=torch.uint8).view(1, 1, 1, 32).expand(200, 3, 32, 32).clone()
+    a = augment(images, 4, True, torch.Generator().manual_seed(3))
+    b = augment(images, 4, True, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    first_columns = a[:, 0, 16, :].tolist()
+    assert len({tuple(r) for r in first_columns}) > 10  # many different offsets/flips
+    assert any(r[5] > r[6] for r in first_columns)  # some rows are mirrored

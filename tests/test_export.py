@@ -1,0 +1,168 @@
+import json
+import subprocess
+import sys
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import run_cli
+from prunelab.config import PrunelabError, make_config
+from prunelab.export import export_onnx, load_model, save_model
+from prunelab.models import build_model
+from prunelab.prune import build_pruner, count_macs_params, history, prune_step
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    r = run_cli("run", "--preset", "tiny", "--no-progress", "--out-dir", out, "--name", "t")
+    assert r.returncode == 0, r.stderr
+    return out / "t"
+
+
+@pytest.fixture
+def pruned_model(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet18_cifar")
+    pruner = build_pruner(model, make_config("seed", {"iterative_steps": 3, "pruning_ratio": 0.6}))
+    prune_step(pruner, model)
+    prune_step(pruner, model)
+    model.eval()
+    save_model(tmp_path / "m", model, "resnet18_cifar", history(pruner))
+    return model, tmp_path / "m.safetensors"
+
+
+def independent_macs_params(model):
+    """MACs of every conv and linear layer from their shapes and output sizes (hooks), params by summing."""
+    macs = 0
+
+    def hook(m, inp, out):
+        nonlocal macs
+        if isinstance(m, torch.nn.Conv2d):
+            macs += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            macs += m.in_features * m.out_features
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 32, 32))
+    for h in handles:
+        h.remove()
+    return macs, sum(p.numel() for p in model.parameters())
+
+
+def test_macs_and_params_agree_with_an_independent_count_on_dense_and_pruned(pruned_model):
+    for model in (build_model("resnet18_cifar"), pruned_model[0]):
+        tp_macs, tp_params = count_macs_params(model)
+        macs, params = independent_macs_params(model)
+        assert tp_params == params
+        assert abs(tp_macs - macs) / macs < 0.01
+
+
+def test_saved_model_loads_in_a_fresh_process_with_bit_identical_outputs(pruned_model, tmp_path):
+    model, weights = pruned_model
+    x = torch.randn(5, 3, 32, 32)
+    save_file({"x": x, "y": model(x).detach()}, str(tmp_path / "io.safetensors"))
+    code = (f"import torch, prunelab; from safetensors.torch import load_file\n"
+            f"m, _ = prunelab.load({str(weights)!r}); io = load_file({str(tmp_path / 'io.safetensors')!r})\n"
+            f"assert torch.equal(m(io['x']), io['y']), 'outputs differ'\nprint('same')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "same" in r.stdout, r.stderr
+
+
+def test_eval_in_a_fresh_process_reproduces_the_recorded_accuracy_exactly(tiny_run):
+    r = run_cli("eval", tiny_run)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    recorded = json.loads((tiny_run / "results.json").read_text())["final"]["accuracy"]
+    assert got["accuracy"] == recorded == got["recorded_accuracy"]
+
+
+def test_onnx_export_passes_the_checker_and_matches_pytorch_at_any_batch(pruned_model, tmp_path):
+    model, _ = pruned_model
+    info = export_onnx(model, tmp_path / "m.onnx")
+    onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)
+    out = session.run(None, {"images": x.numpy()})[0]
+    assert out.shape == (3, 10)
+    assert abs(out - model(x).detach().numpy()).max() < 1e-4 and info["max_abs_diff"] < 1e-4
+
+
+def test_export_command_writes_model_onnx_into_the_run(tiny_run):
+    (tiny_run / "model.onnx").unlink(missing_ok=True)
+    r = run_cli("export", tiny_run, "--onnx")
+    assert r.returncode == 0, r.stderr
+    assert (tiny_run / "model.onnx").is_file()
+
+
+def test_bench_prints_dense_vs_pruned_with_ratios_and_writes_json(tiny_run, tmp_path):
+    r = run_cli("bench", tiny_run, "--batch-sizes", "1", "4", "--onnx", "--min-seconds", "0", "--min-reps", "3",
+                "--warmup", "1", "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    assert "t:dense" in r.stdout and "t:final" in r.stdout and "ONNX Runtime CPU" in r.stdout
+    data = json.loads((tmp_path / "b.json").read_text())
+    dense, final = data["models"]
+    assert dense["speedup"]["cpu_b1"] == 1.0 and final["speedup"]["cpu_b1"] > 1.0
+    assert final["macs_ratio"] > 50 and "latency_ms_onnxrt_b4" in final
+
+
+def corrupt(weights):
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+
+
+def wrong_arch(weights):
+    desc = weights.with_suffix(".json")
+    d = json.loads(desc.read_text())
+    d["model"] = "vgg11"
+    desc.write_text(json.dumps(d))
+
+
+def wrong_widths(weights):
+    desc = weights.with_suffix(".json")
+    d = json.loads(desc.read_text())
+    d["pruning_history"] = d["pruning_history"][:1]
+    desc.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (corrupt, "checksum"),
+    (wrong_arch, "unknown model"),
+    (wrong_widths, "do not fit"),
+    (lambda w: w.with_suffix(".json").write_text("{not json"), "not valid JSON"),
+    (lambda w: w.with_suffix(".json").unlink(), "description"),
+])
+def test_damaged_or_foreign_model_files_are_refused_with_one_line(pruned_model, damage, message):
+    _, weights = pruned_model
+    damage(weights)
+    r = run_cli("bench", weights, "--batch-sizes", "1", "--min-seconds", "0", "--min-reps", "1", "--warmup", "0")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+
+
+def test_weights_that_do_not_match_the_structure_are_refused_even_without_a_checksum(pruned_model):
+    _, weights = pruned_model
+    d = json.loads(weights.with_suffix(".json").read_text())
+    d.pop("weights_sha256")
+    d["pruning_history"] = []
+    weights.with_suffix(".json").write_text(json.dumps(d))
+    with pytest.raises(PrunelabError, match="do not fit"):
+        load_model(weights)
+
+
+def test_missing_path_is_a_one_line_error(tmp_path):
+    r = run_cli("eval", tmp_path / "nothing.safetensors")
+    assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_pickles_are_refused_unless_trusted_explicitly(tmp_path):
+    model = build_model("resnet18_cifar").eval()
+    torch.save(model, tmp_path / "whole.pt")
+    r = run_cli("bench", tmp_path / "whole.pt", "--batch-sizes", "1", "--min-seconds", "0", "--min-reps", "1")
+    assert r.returncode == 2 and "pickle" in r.stderr and "--trust-pickle" in r.stderr
+    r = run_cli("bench", tmp_path / "whole.pt", "--trust-pickle", "--batch-sizes", "1", "--min-seconds", "0",
+                "--min-reps", "1", "--warmup", "0")
+    assert r.returncode == 0, r.stderr

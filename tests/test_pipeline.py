@@ -1,0 +1,143 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+
+RUN_FILES = ["config.json", "metrics.jsonl", "results.json", "report.md", "results.png",
+             "checkpoints/dense.safetensors", "checkpoints/dense.json", "checkpoints/step_01.json",
+             "checkpoints/step_02.safetensors", "checkpoints/final.safetensors", "checkpoints/final.json"]
+
+TINY = ["--preset", "tiny", "--no-progress"]
+
+
+def results(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_tiny_synthetic_run_writes_every_file_of_the_run_directory(tmp_path):
+    r = run_cli("run", *TINY, "--out-dir", tmp_path, "--name", "t")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "t"
+    for f in RUN_FILES:
+        assert (run / f).is_file(), f
+    res = results(run)
+    assert [s["step"] for s in res["steps"]] == [1, 2]
+    assert res["final"]["params"] < res["steps"][0]["params"] < res["dense"]["params"]
+    assert res["final"]["latency_ms_cpu_b1"] > 0 and res["dense"]["latency_ms_cpu_b8"] > 0
+    report = (run / "report.md").read_text()
+    assert "| Accuracy (test) |" in report and "Reduced from the seed recipe" in report
+    assert (run / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_command_redraws_report_and_plot_from_files_alone(tmp_path):
+    assert run_cli("run", *TINY, "--out-dir", tmp_path, "--name", "t").returncode == 0
+    run = tmp_path / "t"
+    before = (run / "report.md").read_text()
+    (run / "report.md").unlink()
+    (run / "results.png").unlink()
+    r = run_cli("report", run)
+    assert r.returncode == 0, r.stderr
+    assert (run / "report.md").read_text() == before
+    assert (run / "results.png").is_file()
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path):
+    assert run_cli("run", *TINY, "--out-dir", tmp_path, "--name", "t").returncode == 0
+    r = run_cli("run", *TINY, "--out-dir", tmp_path, "--name", "t")
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_resume_after_sigkill_finishes_with_the_same_results_as_an_uninterrupted_run(tmp_path):
+    args = [*TINY, "--iterative-steps", "4", "--final-finetune-epochs", "2", "--out-dir", tmp_path]
+    assert run_cli("run", *args, "--name", "whole").returncode == 0
+
+    proc = subprocess.Popen([sys.executable, "-m", "prunelab", "run", *map(str, args), "--name", "cut"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tmp_path / "cut" / "checkpoints" / "step_02.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    cut = tmp_path / "cut"
+    assert not (cut / "results.json").exists() and not (cut / "report.md").exists()
+
+    r = run_cli("run", "--resume", cut, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    whole, resumed = results(tmp_path / "whole"), results(cut)
+    for key in ("accuracy", "params", "macs"):
+        assert resumed["final"][key] == whole["final"][key], key
+    assert [s["accuracy"] for s in resumed["steps"]] == [s["accuracy"] for s in whole["steps"]]
+    stages = [json.loads(line)["stage"] for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert stages == sorted(stages)  # no duplicated lines from the interrupted stage
+
+
+def test_report_of_an_unfinished_run_says_how_to_finish_it(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    r = run_cli("report", tmp_path / "run")
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+BAD_INPUTS = [
+    (["--preset", "nope"], "unknown preset"),
+    (["--importance", "l3"], "unknown importance"),
+    (["--pruning-ratio", "1.5"], "pruning_ratio must be in (0, 1)"),
+    (["--pruning-ratio", "0"], "pruning_ratio must be in (0, 1)"),
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--iterative-steps", "0"], "iterative_steps must be at least 1"),
+    (["--iterative-steps", "-3"], "iterative_steps must be at least 1"),
+    (["--final-finetune-epochs", "-1"], "final_finetune_epochs must be 0 or more"),
+    (["--batch-size", "many"], "'batch_size' must be a int"),
+    (["--data-format", "auto", "--data-dir", "{tmp}/missing"], "does not exist"),
+    (["--data-format", "auto", "--data-dir", "{tmp}"], "neither"),
+    (["--baseline", "{tmp}/nothing.safetensors"], "baseline file not found"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS)
+def test_bad_input_exits_2_with_one_line_and_leaves_no_results(tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    base = [] if args[:1] == ["--preset"] else ["--preset", "tiny"]
+    r = run_cli("run", *base, *args, "--out-dir", tmp_path / "runs", "--no-progress")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunelab: error:") and message in lines[0], r.stderr
+    assert not list(tmp_path.rglob("results.json")) and not list(tmp_path.rglob("config.json"))
+
+
+def test_config_file_with_an_unknown_key_suggests_the_right_one(tmp_path):
+    (tmp_path / "c.yaml").write_text("iterative_step: 3\n")
+    r = run_cli("run", "--preset", "tiny", "--config", tmp_path / "c.yaml", "--out-dir", tmp_path)
+    assert r.returncode == 2 and "did you mean 'iterative_steps'" in r.stderr
+
+
+def test_config_file_settings_apply_and_command_line_wins(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"iterative_steps": 3, "importance": "l1"}))
+    r = run_cli("run", *TINY, "--config", tmp_path / "c.json", "--importance", "fpgm", "--out-dir", tmp_path,
+                "--name", "c", "--final-finetune-epochs", "0")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert (cfg["iterative_steps"], cfg["importance"], cfg["final_finetune_epochs"]) == (3, "fpgm", 0)
+    assert len(results(tmp_path / "c")["steps"]) == 3
+
+
+def test_short_run_on_real_cifar10_images_produces_a_complete_run_directory(tmp_path, real_data):
+    r = run_cli("run", "--preset", "quick", "--data-dir", real_data, "--out-dir", tmp_path, "--name", "real",
+                "--train-subset", "300", "--test-subset", "200", "--epochs", "1", "--iterative-steps", "2",
+                "--final-finetune-epochs", "1", "--latency-batch-sizes", "1", "16", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "real"
+    for f in RUN_FILES:
+        assert (run / f).is_file(), f
+    res = results(run)
+    assert res["data"]["train_images"] == 300 and res["data"]["test_images"] == 200
+    assert "image folders" in res["data"]["data"]
+    assert res["final"]["params"] < res["dense"]["params"] / 10
