@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -163,9 +164,11 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 32, opset:
     x = torch.randn(2, 3, input_size, input_size)
 
     def write(tmp: Path) -> None:
-        torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                          dynamo=False)
+        with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
         onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
 
     write_atomic(path, write)
