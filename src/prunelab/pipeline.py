@@ -15,13 +15,15 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import report
 from .config import Config, PrunelabError, config_from_dict, to_dict
 from .data import Data, load_data
 from .export import export_onnx, load_dense_baseline, load_model, load_weights, read_description, save_model
-from .files import read_jsonl, write_json, write_text
+from .files import read_jsonl, write_atomic, write_json, write_text
 from .measure import file_size_bytes, latency_devices, machine, measure_model
 from .models import build_model
 from .prune import build_pruner, history, prune_step, restore, step_ratio
@@ -53,13 +55,32 @@ class RunDir:
                 return stage
         return -1
 
+    @property
+    def partial(self) -> Path:
+        """Mid-stage checkpoint: weights and momentum, with (stage, epoch) in its metadata; one atomic file."""
+        return self.checkpoints / "partial.safetensors"
+
+    def partial_progress(self) -> tuple[int, int] | None:
+        """(stage, epochs done) of the mid-stage checkpoint, if there is a readable one."""
+        if not self.partial.is_file():
+            return None
+        try:
+            with safe_open(str(self.partial), "pt") as f:
+                meta = f.metadata()
+            return int(meta["stage"]), int(meta["epoch"])
+        except Exception:
+            return None  # unreadable: the stage is redone from its start
+
     def append_metrics(self, row: dict) -> None:
         with open(self.metrics, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
 
     def keep_metrics_up_to(self, stage: int) -> None:
-        rows = [r for r in read_jsonl(self.metrics) if r.get("stage", 0) <= stage]
+        """Drop metric lines written after the last checkpoint (by a stage that will run again)."""
+        partial = self.partial_progress()
+        rows = [r for r in read_jsonl(self.metrics) if r.get("stage", 0) <= stage
+                or (partial and r["event"] == "epoch" and (r["stage"], r["epoch"]) <= partial)]
         write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -165,23 +186,56 @@ class _Stages:
         return model.to(memory_format=torch.channels_last) if self.cfg.channels_last else model
 
     def _fit(self, model, stage: int, phase: str, epochs: int, lr: float) -> None:
-        """`epochs` epochs of SGD with a fresh optimiser and a cosine schedule over them."""
+        """`epochs` epochs of SGD with a fresh optimiser and a cosine schedule over them. After every epoch
+        but the last, weights and momentum go to checkpoints/partial so a crash costs at most one epoch."""
         if epochs == 0:
             return
         optimizer = make_optimizer(model, self.cfg, lr)
         batches_per_epoch = -(-len(self.train) // self.cfg.batch_size)
         scheduler = cosine_schedule(optimizer, epochs * batches_per_epoch)
-        for epoch in range(1, epochs + 1):
+        done = self._load_partial(model, optimizer, stage)
+        for _ in range(done * batches_per_epoch):  # the schedule continues where it stopped
+            scheduler.step()
+        for epoch in range(done + 1, epochs + 1):
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + stage * 1000 + epoch)
             stats = train_epoch(model, self.train, optimizer, scheduler, self.trainer, gen,
                                 desc=f"{phase} {epoch}/{epochs}")
-            row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, **stats}
+            row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                   **stats}
             if self.val is not None:
                 row["val_accuracy"] = self._accuracy(model, self.val)
             self.rd.append_metrics(row)
+            if epoch < epochs:  # after the metrics line: a crash in between re-runs (and re-logs) this epoch
+                self._save_partial(model, optimizer, stage, epoch)
             log(f"  {phase} epoch {epoch}/{epochs}: loss {stats['loss']:.3f} train acc {stats['train_accuracy']:.3f}"
                 + (f" val acc {row['val_accuracy']:.3f}" if "val_accuracy" in row else "")
                 + f"  ({stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f} s)")
+
+    def _save_partial(self, model, optimizer, stage: int, epoch: int) -> None:
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        for i, p in enumerate(model.parameters()):
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"momentum.{i}"] = buf.detach().cpu().contiguous()
+        write_atomic(self.rd.partial, lambda p: save_file(tensors, str(p), metadata={"stage": str(stage),
+                                                                                  "epoch": str(epoch)}))
+
+    def _load_partial(self, model, optimizer, stage: int) -> int:
+        """Restore weights and momentum saved during this stage; returns the epochs already done (0 if none)."""
+        saved = self.rd.partial_progress()
+        if saved is None or saved[0] != stage:
+            return 0
+        try:
+            tensors = load_file(str(self.rd.partial))
+            model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        except Exception as e:
+            raise PrunelabError(f"{self.rd.partial} is damaged ({type(e).__name__}); delete it to redo this "
+                                "stage from its start")
+        for i, p in enumerate(model.parameters()):
+            if f"momentum.{i}" in tensors:
+                optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device)
+        log(f"  continuing after epoch {saved[1]} of this stage")
+        return saved[1]
 
     def _accuracy(self, model, split) -> float:
         return evaluate(model, split, self.trainer.normalizer, self.cfg.eval_batch_size)["accuracy"]
@@ -198,6 +252,7 @@ class _Stages:
                              extra={"stage": stage, "metrics": row, "config": to_dict(self.cfg)})
         row["file_size_bytes"] = file_size_bytes(weights)
         self.rd.append_metrics(row)  # after the checkpoint: a stage's summary line means it is complete
+        self.rd.partial.unlink(missing_ok=True)
 
     def load_stage(self, stage: int):
         desc, weights = read_description(self.rd.checkpoint(stage, self.n).with_suffix(".json"))
