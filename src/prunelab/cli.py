@@ -176,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     except PrunelabError as e:
         print(f"prunelab: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a folder we may not write to, a file that vanished
+        where = f" {e.filename}" if e.filename else ""
+        print(f"prunelab: error: cannot access{where}: {e.strerror or e}; free space or fix permissions, then "
+              "continue with `prunelab run --resume RUN_DIR` (finished steps are kept)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("prunelab: interrupted; finished steps are kept, continue with `prunelab run --resume RUN_DIR`",
               file=sys.stderr)

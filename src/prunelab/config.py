@@ -136,7 +136,7 @@ def field_names() -> list[str]:
 
 
 def _suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -189,7 +189,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             import yaml
             data = yaml.safe_load(text)
     except Exception as e:  # the parser's own message is long; keep the first line
-        raise PrunelabError(f"config file {p} is not valid {p.suffix.lstrip('.') or 'YAML'}: {str(e).splitlines()[0]}")
+        raise PrunelabError(f"config file {p} is not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}: {str(e).splitlines()[0]}")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,39 +100,41 @@ def read_cifar_batches(folder: Path) -> tuple[Split, Split, list[str]]:
             Split(torch.from_numpy(x_test), torch.from_numpy(y_test)), classes)
 
 
-def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], int]:
+    """Class names, (image path, label) pairs, and the number of non-image files that were skipped.
+    Files whose suffix is not an image format (README.txt, .DS_Store, ...) are skipped and counted;
+    an image file that cannot be decoded stops the run, since it means the copy of the data is damaged."""
     if not root.is_dir():
         raise PrunelabError(f"image folder {root} not found; expected <data_dir>/train/<class>/*.jpg and <data_dir>/test/<class>/*.jpg")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise PrunelabError(f"{root} has no class folders; expected {root}/<class>/*.jpg")
-    files = []
+    files, skipped = [], 0
     for label, c in enumerate(classes):
-        found = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        entries = sorted(p for p in (root / c).iterdir() if p.is_file())
+        found = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+        skipped += len(entries) - len(found)
         if not found:
             raise PrunelabError(f"class folder {root / c} has no images; remove it or add images")
         files += [(p, label) for p in found]
-    return classes, files
+    return classes, files, skipped
 
 
-def _decode_images(files: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
+def _decode_images(files: list[tuple[Path, int]], size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
-    first = None
-    images = None
+    images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     labels = np.empty(len(files), dtype=np.int64)
     for i, (path, label) in enumerate(files):
         try:
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("RGB"))
         except Exception as e:
-            raise PrunelabError(f"cannot read image {path} ({type(e).__name__}); delete or replace the file")
-        if first is None:
-            first = arr.shape
-            images = np.empty((len(files), first[0], first[1], 3), dtype=np.uint8)
-        elif arr.shape != first:
-            raise PrunelabError(f"image {path} is {arr.shape[1]}x{arr.shape[0]} but the others are {first[1]}x{first[0]}; "
-                                "resize all images to one size")
+            raise PrunelabError(f"cannot decode image {path} ({type(e).__name__}); the data copy is damaged: "
+                                "replace or delete the file")
+        if arr.shape != (size, size, 3):
+            raise PrunelabError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, but CIFAR-10 models here take "
+                                f"{size}x{size}; resize the images to {size}x{size}")
         images[i] = arr
         labels[i] = label
     return images.transpose(0, 3, 1, 2).copy(), labels
@@ -145,7 +148,9 @@ def _cache_root(cfg_cache_dir: str) -> Path:
 
 def read_image_folder_split(root: Path, cache_dir: Path | None) -> tuple[Split, list[str]]:
     """Decode every image under root/<class>/ into one uint8 tensor, with a cache keyed by the file list."""
-    classes, files = _list_image_folder(root)
+    classes, files, skipped = _list_image_folder(root)
+    if skipped:
+        print(f"prunelab: skipped {skipped} non-image files under {root}", file=sys.stderr)
     key = hashlib.sha1()
     key.update(str(root.resolve()).encode())
     for p, label in files:
@@ -230,6 +235,12 @@ def load_data(cfg: Config) -> Data:
                                 "image folders; point --data-dir at one of them, or pass --download")
     if len(classes) < 2:
         raise PrunelabError(f"the data has {len(classes)} class; at least 2 are needed")
+    for name, split in (("train", train), ("test", test)):
+        if len(split) == 0:
+            raise PrunelabError(f"the {name} split of {source} is empty; point --data-dir at complete data")
+        if int(split.labels.min()) < 0 or int(split.labels.max()) >= len(classes):
+            raise PrunelabError(f"{name} labels run from {int(split.labels.min())} to {int(split.labels.max())} but there "
+                                f"are {len(classes)} classes; the files are not CIFAR-10 (or are damaged)")
 
     g = torch.Generator().manual_seed(cfg.seed)
     val = None

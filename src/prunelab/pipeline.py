@@ -118,7 +118,10 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     trainer = Trainer.from_config(cfg, device)  # validates precision for the device
-    data = load_data(cfg)  # data errors surface before anything is written
+    data = load_data(cfg)  # data and baseline errors surface before anything is written
+    baseline = None
+    if cfg.baseline and not resume_dir:
+        baseline = load_dense_baseline(cfg.baseline, cfg.model, len(data.classes))
     rd = RunDir(resume_dir) if resume_dir else prepare(cfg)
     if rd.results.is_file():
         log(f"{rd.path} is already finished; redrawing its report")
@@ -139,7 +142,7 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     if done >= 1:  # rebuild the pruned model and the pruner's progress from the last checkpoint
         model, pruner = stage_ctx.resume_pruned(min(done, n))
     else:  # stage 0: the dense model, trained, loaded from --baseline, or from its checkpoint
-        model = stage_ctx.load_stage(0) if done == 0 else stage_ctx.dense()
+        model = stage_ctx.load_stage(0) if done == 0 else stage_ctx.dense(baseline)
         pruner = build_pruner(model, cfg)
     # Stages 1..n: iterative pruning, each followed by a short fine-tune.
     for k in range(max(done, 0) + 1, n + 1):
@@ -260,13 +263,13 @@ class _Stages:
         load_weights(model, weights)
         return self._prepare_model(model)
 
-    def dense(self):
+    def dense(self, baseline=None):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         start = time.perf_counter()
         if cfg.baseline:
-            log(f"dense: loading baseline {cfg.baseline}")
-            model = self._prepare_model(load_dense_baseline(cfg.baseline, cfg.model, self.num_classes))
+            log(f"dense: baseline {cfg.baseline}")
+            model = self._prepare_model(baseline or load_dense_baseline(cfg.baseline, cfg.model, self.num_classes))
         else:
             log(f"dense: training {cfg.model} for {cfg.epochs} epochs")
             model = self._prepare_model(build_model(cfg.model, self.num_classes))
