@@ -128,7 +128,15 @@ def wrong_widths(weights):
     desc.write_text(json.dumps(d))
 
 
+def newer_format(weights):
+    desc = weights.with_suffix(".json")
+    d = json.loads(desc.read_text())
+    d["format_version"] = 99
+    desc.write_text(json.dumps(d))
+
+
 @pytest.mark.parametrize("damage, message", [
+    (newer_format, "upgrade prunelab"),
     (corrupt, "checksum"),
     (wrong_arch, "unknown model"),
     (wrong_widths, "do not fit"),

@@ -22,6 +22,7 @@ MODELS = ("resnet18_cifar",)
 DATA_FORMATS = ("auto", "cifar-batches", "image-folder", "synthetic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("linear", "geometric")
 
 
 def _f(default, help: str, **kw):
@@ -70,18 +71,26 @@ class Config:
     weight_decay: float = _f(5e-4, "SGD weight decay")
     nesterov: bool = _f(False, "Nesterov momentum")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
+    warmup_epochs: float = _f(0.0, "linear learning-rate warm-up before the cosine decay, in epochs (dense training)")
     epochs: int = _f(10, "epochs to train the dense baseline (cosine schedule over them, stepped per batch)")
 
     # --- pruning (Torch-Pruning) ---
     importance: str = _f("l2", "filter importance: " + " | ".join(IMPORTANCES))
     pruning_ratio: float = _f(0.9, "channel pruning ratio reached after the last step, in (0, 1)")
-    iterative_steps: int = _f(20, "pruning steps; the ratio grows linearly to pruning_ratio")
+    iterative_steps: int = _f(20, "pruning steps that reach pruning_ratio")
+    schedule: str = _f("linear", "linear (each step removes the same share of the original channels) | geometric "
+                                 "(each step removes the same share of what remains)")
+    target_macs: float = _f(0.0, "prune until the model has at most this many MACs per image (sets pruning_ratio; 0 = off)")
+    target_params: float = _f(0.0, "prune until the model has at most this many parameters (sets pruning_ratio; 0 = off)")
     global_pruning: bool = _f(False, "rank channels across layers instead of within each layer")
     max_pruning_ratio: float = _f(1.0, "with global pruning: no layer loses more than this share of its channels")
     round_to: int = _f(2, "keep channel counts a multiple of this (0 = no rounding)")
     taylor_batches: int = _f(4, "batches of training data whose gradients feed the taylor importance")
     finetune_epochs_per_step: int = _f(1, "fine-tune epochs after each pruning step (0 = none)")
     final_finetune_epochs: int = _f(10, "fine-tune epochs after the last step (cosine over them)")
+    distill: bool = _f(False, "fine-tune with knowledge distillation from the dense model (soft targets + hard labels)")
+    distill_temperature: float = _f(4.0, "distillation softmax temperature")
+    distill_weight: float = _f(0.5, "share of the soft-target (KL) term in the fine-tune loss, in [0, 1]")
 
     # --- measurement ---
     latency_batch_sizes: list = _f([1, 128], "batch sizes at which latency is measured")
@@ -234,6 +243,12 @@ def validate(cfg: Config) -> None:
     need(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}'; choose one of: {', '.join(PRECISIONS)}")
     need(cfg.device in DEVICES, f"unknown device '{cfg.device}'; choose one of: {', '.join(DEVICES)}")
     need(0.0 < cfg.pruning_ratio < 1.0, f"pruning_ratio must be in (0, 1), got {cfg.pruning_ratio}; e.g. 0.9 removes 90% of channels")
+    need(cfg.schedule in SCHEDULES, f"unknown schedule '{cfg.schedule}'{_suggest(cfg.schedule, SCHEDULES)}; choose one of: {', '.join(SCHEDULES)}")
+    need(cfg.target_macs >= 0 and cfg.target_params >= 0, "target_macs and target_params must be 0 (off) or positive")
+    need(not (cfg.target_macs and cfg.target_params), "set target_macs or target_params, not both")
+    need(cfg.distill_temperature > 0, f"distill_temperature must be positive, got {cfg.distill_temperature}")
+    need(0.0 <= cfg.distill_weight <= 1.0, f"distill_weight must be in [0, 1], got {cfg.distill_weight}")
+    need(cfg.warmup_epochs >= 0, f"warmup_epochs must be 0 or more, got {cfg.warmup_epochs}")
     need(0.0 < cfg.max_pruning_ratio <= 1.0, f"max_pruning_ratio must be in (0, 1], got {cfg.max_pruning_ratio}")
     need(cfg.iterative_steps >= 1, f"iterative_steps must be at least 1, got {cfg.iterative_steps}")
     need(cfg.epochs >= 1 or bool(cfg.baseline), f"epochs must be at least 1, got {cfg.epochs} (or pass --baseline PATH to skip training)")

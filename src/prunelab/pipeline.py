@@ -26,7 +26,7 @@ from .export import export_onnx, load_dense_baseline, load_model, load_weights, 
 from .files import read_jsonl, write_atomic, write_json, write_text
 from .measure import file_size_bytes, latency_devices, machine, measure_model
 from .models import build_model
-from .prune import build_pruner, history, prune_step, restore, step_ratio
+from .prune import build_pruner, count_macs_params, history, prune_step, ratio_for_target, restore, step_ratio
 from .train import Trainer, cosine_schedule, evaluate, make_optimizer, resolve_device, train_epoch
 
 
@@ -118,7 +118,8 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     trainer = Trainer.from_config(cfg, device)  # validates precision for the device
-    data = load_data(cfg)  # data and baseline errors surface before anything is written
+    data = load_data(cfg)  # data, target and baseline errors surface before anything is written
+    _check_targets(cfg, len(data.classes))
     baseline = None
     if cfg.baseline and not resume_dir:
         baseline = load_dense_baseline(cfg.baseline, cfg.model, len(data.classes))
@@ -139,11 +140,14 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     val = data.val.to(device) if data.val else None
     stage_ctx = _Stages(cfg, rd, trainer, device, train, val, test, data)
 
+    # Stage 0: the dense model, trained, loaded from --baseline, or from its checkpoint.
+    dense = stage_ctx.load_stage(0) if done >= 0 else stage_ctx.dense(baseline)
+    if cfg.distill:
+        stage_ctx.set_teacher(dense)
     if done >= 1:  # rebuild the pruned model and the pruner's progress from the last checkpoint
         model, pruner = stage_ctx.resume_pruned(min(done, n))
-    else:  # stage 0: the dense model, trained, loaded from --baseline, or from its checkpoint
-        model = stage_ctx.load_stage(0) if done == 0 else stage_ctx.dense(baseline)
-        pruner = build_pruner(model, cfg)
+    else:
+        model, pruner = dense, build_pruner(dense, cfg)
     # Stages 1..n: iterative pruning, each followed by a short fine-tune.
     for k in range(max(done, 0) + 1, n + 1):
         stage_ctx.prune_stage(model, pruner, k)
@@ -155,11 +159,24 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     if cfg.export_onnx:
         written.append(_export_onnx(rd))
     results = report.build_results(rd.path)
+    report.render(rd.path, results)
     write_json(rd.results, results)  # last: its presence means the run is complete
-    report.render(rd.path)
     log(report.key_results_markdown(results))
     log(f"wrote {rd.path}/: results.json, report.md, results.png, " + ", ".join(w for w in written if w))
     return rd.path
+
+
+def _check_targets(cfg: Config, num_classes: int) -> None:
+    """A MACs or parameter target must lie below the dense model's."""
+    if not (cfg.target_macs or cfg.target_params):
+        return
+    macs, params = count_macs_params(build_model(cfg.model, num_classes))
+    if cfg.target_macs >= macs:
+        raise PrunelabError(f"config: target_macs {cfg.target_macs:.4g} is not below the dense model's {macs:.4g} MACs; "
+                            "lower it or drop it")
+    if cfg.target_params >= params:
+        raise PrunelabError(f"config: target_params {cfg.target_params:.4g} is not below the dense model's {params:,} "
+                            "parameters; lower it or drop it")
 
 
 def _export_onnx(rd: RunDir) -> str:
@@ -183,26 +200,29 @@ class _Stages:
         self.data_info = {"data": data.source, "classes": data.classes, "train_images": len(data.train),
                           "val_images": len(data.val) if data.val else 0, "test_images": len(data.test)}
         self.n = cfg.iterative_steps
+        self.teacher = None  # the frozen dense model, when fine-tunes distil from it
 
     def _prepare_model(self, model):
         model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.cfg.channels_last else model
 
-    def _fit(self, model, stage: int, phase: str, epochs: int, lr: float) -> None:
+    def _fit(self, model, stage: int, phase: str, epochs: int, lr: float, warmup_epochs: float = 0.0) -> None:
         """`epochs` epochs of SGD with a fresh optimiser and a cosine schedule over them. After every epoch
         but the last, weights and momentum go to checkpoints/partial so a crash costs at most one epoch."""
         if epochs == 0:
             return
         optimizer = make_optimizer(model, self.cfg, lr)
         batches_per_epoch = -(-len(self.train) // self.cfg.batch_size)
-        scheduler = cosine_schedule(optimizer, epochs * batches_per_epoch)
+        scheduler = cosine_schedule(optimizer, epochs * batches_per_epoch, round(warmup_epochs * batches_per_epoch))
         done = self._load_partial(model, optimizer, stage)
         for _ in range(done * batches_per_epoch):  # the schedule continues where it stopped
             scheduler.step()
         for epoch in range(done + 1, epochs + 1):
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + stage * 1000 + epoch)
+            teacher = self.teacher if stage > 0 else None
             stats = train_epoch(model, self.train, optimizer, scheduler, self.trainer, gen,
-                                desc=f"{phase} {epoch}/{epochs}")
+                                desc=f"{phase} {epoch}/{epochs}", teacher=teacher,
+                                kd_temperature=self.cfg.distill_temperature, kd_weight=self.cfg.distill_weight)
             row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
                    **stats}
             if self.val is not None:
@@ -261,7 +281,16 @@ class _Stages:
         desc, weights = read_description(self.rd.checkpoint(stage, self.n).with_suffix(".json"))
         model = build_model(self.cfg.model, self.num_classes)
         load_weights(model, weights)
+        if stage == 0:  # a ratio found for a MACs/params target is part of the dense stage's result
+            self.cfg.pruning_ratio = desc["metrics"].get("pruning_ratio", self.cfg.pruning_ratio)
         return self._prepare_model(model)
+
+    def set_teacher(self, dense_model) -> None:
+        """Keep a frozen copy of the dense model to distil from during every fine-tune."""
+        import copy
+        self.teacher = copy.deepcopy(dense_model).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
 
     def dense(self, baseline=None):
         cfg = self.cfg
@@ -273,8 +302,13 @@ class _Stages:
         else:
             log(f"dense: training {cfg.model} for {cfg.epochs} epochs")
             model = self._prepare_model(build_model(cfg.model, self.num_classes))
-            self._fit(model, 0, "dense", cfg.epochs, cfg.lr)
-        row = {"event": "dense", "stage": 0, "ratio": 0.0, "accuracy": self._accuracy(model, self.test),
+            self._fit(model, 0, "dense", cfg.epochs, cfg.lr, cfg.warmup_epochs)
+        if cfg.target_macs or cfg.target_params:
+            cfg.pruning_ratio = ratio_for_target(model, cfg, cfg.target_macs, cfg.target_params)
+            log(f"dense: pruning ratio {cfg.pruning_ratio:.4f} reaches the target of "
+                f"{cfg.target_macs or cfg.target_params:.4g} {'MACs' if cfg.target_macs else 'parameters'}")
+        row = {"event": "dense", "stage": 0, "ratio": 0.0, "pruning_ratio": cfg.pruning_ratio,
+               "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": machine()}
         self._save(model, 0, [], row)
         log(f"dense: test acc {row['accuracy']:.4f}, {row['params'] / 1e6:.2f} M params, {row['macs'] / 1e6:.1f} M MACs")

@@ -34,20 +34,61 @@ def example_input(model: nn.Module, size: int = 32) -> torch.Tensor:
     return torch.randn(1, 3, size, size, device=next(model.parameters()).device)
 
 
-def build_pruner(model: nn.Module, cfg: Config) -> tp.pruner.BasePruner:
-    """A pruner that reaches cfg.pruning_ratio in cfg.iterative_steps linear steps; the classifier is never pruned.
-    Torch-Pruning traces the model in eval mode and leaves it there: callers put it back in train mode."""
+def geometric_scheduler(pruning_ratio: float, steps: int) -> list[float]:
+    """Ratios after 0..steps steps when each step removes the same share of the channels that remain:
+    kept(k) = (1 - ratio) ** (k / steps). Gentler than linear at the end of extreme compression."""
+    return [1 - (1 - pruning_ratio) ** (k / steps) for k in range(steps + 1)]
+
+
+SCHEDULERS = {"linear": tp.pruner.algorithms.scheduler.linear_scheduler, "geometric": geometric_scheduler}
+
+
+def build_pruner(model: nn.Module, cfg: Config, pruning_ratio: float | None = None,
+                 iterative_steps: int | None = None) -> tp.pruner.BasePruner:
+    """A pruner that reaches the pruning ratio in cfg.iterative_steps steps on cfg.schedule; the classifier is
+    never pruned. Torch-Pruning traces the model in eval mode and leaves it there: callers put it back in train mode."""
     return tp.pruner.MetaPruner(
         model,
         example_inputs=example_input(model),
         importance=make_importance(cfg.importance),
-        pruning_ratio=cfg.pruning_ratio,
-        iterative_steps=cfg.iterative_steps,
+        pruning_ratio=cfg.pruning_ratio if pruning_ratio is None else pruning_ratio,
+        iterative_steps=iterative_steps or cfg.iterative_steps,
+        iterative_pruning_ratio_scheduler=SCHEDULERS[cfg.schedule],
         global_pruning=cfg.global_pruning,
         max_pruning_ratio=cfg.max_pruning_ratio,
         ignored_layers=[classifier(model)],
         round_to=cfg.round_to or None,
     )
+
+
+def ratio_for_target(model: nn.Module, cfg: Config, target_macs: float = 0, target_params: float = 0,
+                     iterations: int = 14) -> float:
+    """The smallest channel ratio whose one-shot pruning of (a copy of) `model` gives at most the target MACs
+    or parameters, by bisection. With per-layer pruning the widths depend on the ratio only; with global
+    pruning also on the weights, so pass the trained dense model."""
+    import copy
+    import dataclasses
+
+    # Taylor needs gradients to rank channels; the widths a ratio gives do not, so search with L2.
+    search_cfg = dataclasses.replace(cfg, importance="l2") if cfg.importance == "taylor" else cfg
+
+    def cost(ratio: float) -> float:
+        m = copy.deepcopy(model).cpu()
+        pruner = build_pruner(m, search_cfg, pruning_ratio=ratio, iterative_steps=1)
+        torch.manual_seed(0)
+        pruner.step()
+        macs, params = count_macs_params(m)
+        return macs if target_macs else params
+
+    target = target_macs or target_params
+    lo, hi = 0.0, 0.95  # beyond this, layers would lose every channel and Torch-Pruning skips them
+    if cost(hi) > target:
+        raise PrunelabError(f"the target of {target:.4g} {'MACs' if target_macs else 'parameters'} is below what "
+                            f"pruning {hi:.1%} of the channels reaches; raise the target")
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if cost(mid) <= target else (mid, hi)
+    return hi
 
 
 def step_ratio(pruner: tp.pruner.BasePruner, step: int) -> float:

@@ -168,15 +168,16 @@ def plot(results: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-def render(run_dir: str | Path) -> None:
-    """Write report.md and results.png of a finished run from its results.json."""
+def render(run_dir: str | Path, results: dict | None = None) -> None:
+    """Write report.md and results.png of a finished run from its results (by default its results.json)."""
     run_dir = Path(run_dir)
     results_path = run_dir / "results.json"
-    if not results_path.is_file():
+    if results is None and not results_path.is_file():
         if not (run_dir / "config.json").is_file():
             raise PrunelabError(f"{run_dir} is not a prunelab run directory (no config.json)")
         raise PrunelabError(f"{run_dir} has no results.json: the run has not finished; "
                             f"finish it with `prunelab run --resume {run_dir}`")
-    results = json.loads(results_path.read_text())
+    if results is None:
+        results = json.loads(results_path.read_text())
     plot(results, run_dir / "results.png")
     write_text(run_dir / "report.md", report_markdown(results))

@@ -75,16 +75,35 @@ def make_optimizer(model: nn.Module, cfg: Config, lr: float) -> torch.optim.Opti
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_batches: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Cosine from the base lr to 0 over total_batches, stepped once per batch."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total_batches) / max(total_batches, 1))))
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_batches: int,
+                    warmup_batches: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over warmup_batches, then cosine from the base lr to 0, stepped once per batch."""
+    def factor(i: int) -> float:
+        if i < warmup_batches:
+            return (i + 1) / warmup_batches
+        t = min(i - warmup_batches, total_batches - warmup_batches) / max(total_batches - warmup_batches, 1)
+        return 0.5 * (1 + math.cos(math.pi * t))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """(1 - weight) * cross-entropy + weight * T^2 * KL(teacher_T || student_T), the soft-target loss of
+    Hinton et al. 2015 (arXiv:1503.02531); T^2 keeps the soft term's gradients on the hard term's scale."""
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    soft = F.kl_div(F.log_softmax(student_logits.float() / temperature, dim=1),
+                    F.log_softmax(teacher_logits.float() / temperature, dim=1), reduction="batchmean", log_target=True)
+    return (1 - weight) * hard + weight * temperature ** 2 * soft
 
 
 def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer,
-                generator: torch.Generator, desc: str = "train") -> dict:
-    """One pass over `split` (already on trainer.device). Returns loss, accuracy, images/s, seconds."""
+                generator: torch.Generator, desc: str = "train", teacher: nn.Module | None = None,
+                kd_temperature: float = 4.0, kd_weight: float = 0.5) -> dict:
+    """One pass over `split` (already on trainer.device). With a teacher, the loss is distillation_loss
+    against the teacher's logits on the same augmented batch. Returns loss, accuracy, images/s, seconds."""
     model.train()  # building a pruner or evaluating leaves the model in eval mode
+    if teacher is not None:
+        teacher.eval()
     scaler = torch.amp.GradScaler("cuda") if trainer.amp_dtype == torch.float16 else None
     n_batches = math.ceil(len(split) / trainer.batch_size)
     loss_sum = torch.zeros((), device=trainer.device)
@@ -97,7 +116,13 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
         x = trainer.normalizer(images)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
             logits = model(x)
-            loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
+            if teacher is None:
+                loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
+            else:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = distillation_loss(logits, teacher_logits, labels, kd_temperature, kd_weight,
+                                         trainer.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

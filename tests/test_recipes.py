@@ -1,0 +1,116 @@
+"""Distillation loss, MACs/params targets and the geometric schedule (issue: beat the seed)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_cli
+from prunelab.config import PrunelabError, make_config
+from prunelab.models import build_model
+from prunelab.prune import build_pruner, count_macs_params, geometric_scheduler, prune_step, ratio_for_target
+from prunelab.train import cosine_schedule, distillation_loss
+
+
+def test_distillation_loss_is_cross_entropy_at_weight_0_and_zero_kl_when_student_equals_teacher():
+    logits, labels = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    assert torch.allclose(distillation_loss(logits, torch.randn(8, 10), labels, 4.0, 0.0), F.cross_entropy(logits, labels))
+    assert distillation_loss(logits, logits.clone(), labels, 4.0, 1.0).abs() < 1e-6
+
+
+def test_distillation_loss_pulls_the_student_toward_the_teacher():
+    teacher = torch.randn(16, 10) * 3
+    student = torch.zeros(16, 10, requires_grad=True)
+    opt = torch.optim.SGD([student], lr=0.5)
+    before = F.kl_div(F.log_softmax(student, 1), F.softmax(teacher, 1), reduction="batchmean").item()
+    for _ in range(200):
+        opt.zero_grad()
+        distillation_loss(student, teacher, torch.zeros(16, dtype=torch.long), 2.0, 1.0).backward()
+        opt.step()
+    after = F.kl_div(F.log_softmax(student, 1), F.softmax(teacher, 1), reduction="batchmean").item()
+    assert after < before / 10
+
+
+def test_distillation_loss_scales_the_soft_term_by_temperature_squared():
+    s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.randint(0, 10, (4,))
+    kl = F.kl_div(F.log_softmax(s / 3, 1), F.softmax(t / 3, 1), reduction="batchmean")
+    assert torch.allclose(distillation_loss(s, t, y, 3.0, 1.0), 9 * kl, atol=1e-5)
+
+
+def test_geometric_schedule_removes_the_same_share_of_what_remains_each_step():
+    ratios = geometric_scheduler(0.9, 4)
+    kept = [1 - r for r in ratios]
+    assert ratios[0] == 0 and math.isclose(ratios[-1], 0.9)
+    shares = [kept[k + 1] / kept[k] for k in range(4)]
+    assert all(math.isclose(x, shares[0]) for x in shares)
+
+
+def test_geometric_pruner_follows_the_schedule():
+    cfg = make_config("seed", {"schedule": "geometric", "iterative_steps": 3, "pruning_ratio": 0.875})
+    model = build_model("resnet18_cifar")
+    pruner = build_pruner(model, cfg)
+    widths = []
+    for _ in range(3):
+        prune_step(pruner, model)
+        widths.append(model.conv1.out_channels)
+    assert widths == [32, 16, 8]  # 64 * 0.5 ** k
+
+
+def test_ratio_for_target_reaches_a_macs_target_without_overshooting_much():
+    cfg = make_config("seed", {"iterative_steps": 1})
+    dense = build_model("resnet18_cifar")
+    ratio = ratio_for_target(dense, cfg, target_macs=50e6)
+    model = build_model("resnet18_cifar")
+    pruner = build_pruner(model, cfg, pruning_ratio=ratio)
+    prune_step(pruner, model)
+    macs, _ = count_macs_params(model)
+    assert macs <= 50e6
+    looser = build_model("resnet18_cifar")
+    p2 = build_pruner(looser, cfg, pruning_ratio=ratio - 0.02)
+    prune_step(p2, looser)
+    assert count_macs_params(looser)[0] > macs  # a smaller ratio would have kept more
+
+
+def test_ratio_for_target_params():
+    ratio = ratio_for_target(build_model("resnet18_cifar"), make_config("seed"), target_params=1e6)
+    model = build_model("resnet18_cifar")
+    prune_step(build_pruner(model, make_config("seed", {"iterative_steps": 1}), pruning_ratio=ratio), model)
+    assert count_macs_params(model)[1] <= 1e6
+
+
+def test_warmup_then_cosine_schedule():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = cosine_schedule(opt, total_batches=10, warmup_batches=2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0 and lrs[-1] < 0.05
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_run_with_a_macs_target_and_distillation_ends_at_or_below_the_target(tmp_path):
+    r = run_cli("run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "t", "--distill",
+                "--target-macs", "30e6", "--no-export-onnx")
+    assert r.returncode == 0, r.stderr
+    import json
+    res = json.loads((tmp_path / "t" / "results.json").read_text())
+    assert res["final"]["macs"] <= 30e6 < res["steps"][0]["macs"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-macs", "1e12"], "not below the dense model"),
+    (["--target-macs", "5e6", "--target-params", "1e5"], "not both"),
+    (["--distill-weight", "1.5"], "distill_weight must be in [0, 1]"),
+    (["--schedule", "cubic"], "unknown schedule"),
+])
+def test_contradictory_recipe_settings_are_refused(tmp_path, args, message):
+    r = run_cli("run", "--preset", "tiny", *args, "--out-dir", tmp_path)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not list(tmp_path.rglob("config.json"))
+
+
+def test_unreachable_target_is_an_error():
+    with pytest.raises(PrunelabError, match="raise the target"):
+        ratio_for_target(build_model("resnet18_cifar"), make_config("seed"), target_macs=1000)
