@@ -114,3 +114,21 @@ def test_contradictory_recipe_settings_are_refused(tmp_path, args, message):
 def test_unreachable_target_is_an_error():
     with pytest.raises(PrunelabError, match="raise the target"):
         ratio_for_target(build_model("resnet18_cifar"), make_config("seed"), target_macs=1000)
+
+
+def test_sweep_runs_each_target_shares_the_dense_model_and_draws_the_pareto_plot(tmp_path):
+    args = ["sweep", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "sw",
+            "--targets-macs", "10e6", "40e6", "--no-export-onnx", "--final-finetune-epochs", "0"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    sweep = tmp_path / "sw"
+    assert (sweep / "pareto.png").is_file()
+    table = (sweep / "pareto.md").read_text()
+    assert "l2-macs10M" in table and "l2-macs40M" in table and "ShuffleNetV2" in table
+    import json
+    second = json.loads((sweep / "l2-macs40M" / "config.json").read_text())
+    assert second["baseline"].endswith("l2-macs10M/checkpoints/dense.safetensors")
+    for name, target in (("l2-macs10M", 10e6), ("l2-macs40M", 40e6)):
+        assert json.loads((sweep / name / "results.json").read_text())["final"]["macs"] <= target
+    again = run_cli(*args)  # finished runs are skipped, the plot is redrawn
+    assert again.returncode == 0 and again.stdout.count("already finished") == 2

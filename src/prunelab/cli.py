@@ -36,6 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last finished step")
     _add_config_options(p)
 
+    p = sub.add_parser("sweep", help="several targets and/or criteria, one run each, then a Pareto plot and table",
+                       description="Each variant is a normal resumable run under <out_dir>/<name>/; run the same "
+                                   "command again to resume. The dense model is trained once and shared.")
+    p.add_argument("--preset", default="quick", help=f"starting settings: {', '.join(PRESETS)} (default: quick)")
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (applied after the preset)")
+    p.add_argument("--targets-macs", nargs="+", type=float, default=[], metavar="MACS", help="one run per MACs target")
+    p.add_argument("--targets-params", nargs="+", type=float, default=[], metavar="N", help="one run per parameter target")
+    p.add_argument("--importances", nargs="+", default=[], metavar="NAME", help="one run per importance criterion")
+    _add_config_options(p)
+
     p = sub.add_parser("report", help="redraw report.md and results.png of a finished run from its files")
     p.add_argument("run_dir")
 
@@ -87,6 +97,16 @@ def cmd_run(args) -> None:
     file_overrides = load_config_file(args.config) if args.config else {}
     cfg = make_config(args.preset, {**file_overrides, **overrides})
     run(cfg)
+
+
+def cmd_sweep(args) -> None:
+    from .pipeline import sweep
+
+    overrides = _overrides(args)
+    overrides.setdefault("name", "sweep")
+    file_overrides = load_config_file(args.config) if args.config else {}
+    sweep(make_config(args.preset, {**file_overrides, **overrides}), args.targets_macs, args.targets_params,
+          args.importances)
 
 
 def cmd_report(args) -> None:
@@ -171,7 +191,7 @@ def cmd_export(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"run": cmd_run, "report": cmd_report, "eval": cmd_eval, "bench": cmd_bench,
+        {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "eval": cmd_eval, "bench": cmd_bench,
          "export": cmd_export}[args.command](args)
     except PrunelabError as e:
         print(f"prunelab: error: {e}", file=sys.stderr)

@@ -181,3 +181,78 @@ def render(run_dir: str | Path, results: dict | None = None) -> None:
         results = json.loads(results_path.read_text())
     plot(results, run_dir / "results.png")
     write_text(run_dir / "report.md", report_markdown(results))
+
+
+# Published reference points for the Pareto plot, on the official CIFAR-10 files (not measured here):
+# the seed project's pruned ResNet-18 (its README) and small networks trained from scratch, as cited in
+# prunelab's "beat the seed" issue. Marked as such on the plot.
+REFERENCES = [
+    {"name": "seed project (pruned ResNet-18, published)", "macs": 5.29e6, "accuracy": 0.8470},
+    {"name": "ShuffleNetV2-0.5 from scratch (published)", "macs": 10.9e6, "accuracy": 0.901},
+    {"name": "ResNet-8 from scratch (published, approx.)", "macs": 12.5e6, "accuracy": 0.85},
+]
+
+
+def sweep_rows(sweep_dir: str | Path) -> list[dict]:
+    """One row per finished run under sweep_dir: its recipe, accuracy and cost."""
+    rows = []
+    for results_path in sorted(Path(sweep_dir).glob("*/results.json")):
+        r = json.loads(results_path.read_text())
+        c, f, d = r["config"], r["final"], r["dense"]
+        rows.append({"run": r["name"], "importance": c["importance"], "global": c["global_pruning"],
+                     "schedule": c.get("schedule", "linear"), "distill": c.get("distill", False),
+                     "pruning_ratio": f["ratio"], "accuracy": f["accuracy"], "macs": f["macs"], "params": f["params"],
+                     "dense_accuracy": d["accuracy"], "dense_macs": d["macs"],
+                     "latency_ms_cpu_b1": f.get("latency_ms_cpu_b1"), "wall_time_s": r["wall_time_s"]["total"]})
+    return rows
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Rows not beaten by another row on both accuracy (higher) and MACs (lower), by MACs."""
+    front = [r for r in rows if not any(o["accuracy"] >= r["accuracy"] and o["macs"] <= r["macs"] and
+                                        (o["accuracy"], o["macs"]) != (r["accuracy"], r["macs"]) for o in rows)]
+    return sorted(front, key=lambda r: r["macs"])
+
+
+def render_sweep(sweep_dir: str | Path) -> list[dict]:
+    """pareto.png (accuracy vs MACs, log axis) and pareto.md for the finished runs of a sweep."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep_dir = Path(sweep_dir)
+    rows = sweep_rows(sweep_dir)
+    if not rows:
+        raise PrunelabError(f"{sweep_dir} holds no finished runs (no */results.json); run `prunelab sweep` first")
+    front = pareto_front(rows)
+    fig, ax = plt.subplots(figsize=(9, 6), layout="constrained")
+    for imp in sorted({r["importance"] for r in rows}):
+        pts = [r for r in rows if r["importance"] == imp]
+        ax.scatter([r["macs"] / 1e6 for r in pts], [100 * r["accuracy"] for r in pts], s=40, label=f"pruned: {imp}")
+    ax.plot([r["macs"] / 1e6 for r in front], [100 * r["accuracy"] for r in front], "k--", lw=1, label="Pareto front")
+    dense = rows[0]
+    ax.scatter([dense["dense_macs"] / 1e6], [100 * dense["dense_accuracy"]], marker="s", color="gray", s=60,
+               label="dense (this sweep)")
+    for ref in REFERENCES:
+        ax.scatter([ref["macs"] / 1e6], [100 * ref["accuracy"]], marker="x", s=70, label=ref["name"])
+    ax.set(xscale="log", xlabel="MACs per image (millions, log scale)", ylabel="test accuracy (%)",
+           title=f"Accuracy vs compute: sweep '{sweep_dir.name}' (data: this run's test set; references: official CIFAR-10)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    write_atomic(sweep_dir / "pareto.png", lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+
+    lines = [f"# Sweep `{sweep_dir.name}`", "", "| run | importance | global | schedule | distill | ratio | accuracy | MACs "
+             "| params | CPU b1 (ms) | wall (s) | Pareto |", "| :--- | :--- | :---: | :--- | :---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]
+    for r in sorted(rows, key=lambda r: r["macs"]):
+        lat = f"{r['latency_ms_cpu_b1']:.2f}" if r["latency_ms_cpu_b1"] else ""
+        lines.append(f"| {r['run']} | {r['importance']} | {'yes' if r['global'] else 'no'} | {r['schedule']} | "
+                     f"{'yes' if r['distill'] else 'no'} | {r['pruning_ratio']:.3f} | {100 * r['accuracy']:.2f}% | "
+                     f"{_fmt_count(r['macs'])} | {_fmt_count(r['params'])} | {lat} | {r['wall_time_s']:.0f} | "
+                     f"{'*' if r in front else ''} |")
+    lines += ["", f"Dense model: {100 * dense['dense_accuracy']:.2f}% at {_fmt_count(dense['dense_macs'])} MACs.", "",
+              "References (published on the official CIFAR-10 files, not measured here): "
+              + "; ".join(f"{r['name']}: {100 * r['accuracy']:.1f}% at {_fmt_count(r['macs'])} MACs" for r in REFERENCES)
+              + ".", "", "![pareto](pareto.png)", ""]
+    write_text(sweep_dir / "pareto.md", "\n".join(lines))
+    return rows
