@@ -9,7 +9,8 @@ import pytest
 
 from conftest import run_cli
 
-RUN_FILES = ["config.json", "metrics.jsonl", "results.json", "report.md", "results.png",
+RUN_FILES = ["config.json", "metrics.jsonl", "results.json", "report.md", "results.png", "curves.png", "filters.png",
+             "model.onnx",
              "checkpoints/dense.safetensors", "checkpoints/dense.json", "checkpoints/step_01.json",
              "checkpoints/step_02.safetensors", "checkpoints/final.safetensors", "checkpoints/final.json"]
 
@@ -39,12 +40,13 @@ def test_report_command_redraws_report_and_plot_from_files_alone(tmp_path):
     assert run_cli("run", *TINY, "--out-dir", tmp_path, "--name", "t").returncode == 0
     run = tmp_path / "t"
     before = (run / "report.md").read_text()
-    (run / "report.md").unlink()
-    (run / "results.png").unlink()
+    for name in ("report.md", "results.png", "curves.png", "filters.png"):
+        (run / name).unlink()
     r = run_cli("report", run)
     assert r.returncode == 0, r.stderr
     assert (run / "report.md").read_text() == before
-    assert (run / "results.png").is_file()
+    for name in ("results.png", "curves.png", "filters.png"):
+        assert (run / name).read_bytes()[:4] == b"\x89PNG", name
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path):

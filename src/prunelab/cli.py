@@ -112,7 +112,7 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     from .report import render
     render(args.run_dir)
-    print(f"wrote {args.run_dir}/report.md and results.png")
+    print(f"wrote {args.run_dir}/report.md, results.png, curves.png and filters.png")
 
 
 def cmd_eval(args) -> None:

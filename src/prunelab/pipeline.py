@@ -162,7 +162,8 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     report.render(rd.path, results)
     write_json(rd.results, results)  # last: its presence means the run is complete
     log(report.key_results_markdown(results))
-    log(f"wrote {rd.path}/: results.json, report.md, results.png, " + ", ".join(w for w in written if w))
+    log(f"wrote {rd.path}/: results.json, report.md, results.png, curves.png, filters.png, "
+        + ", ".join(w for w in written if w))
     return rd.path
 
 

@@ -28,8 +28,8 @@ def build_results(run_dir: str | Path) -> dict:
         "wall_time_s": {"dense": dense["seconds"], "pruning_steps": sum(s["seconds"] for s in steps),
                         "final_finetune": final["seconds"],
                         "total": dense["seconds"] + sum(s["seconds"] for s in steps) + final["seconds"]},
-        "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "loss", "train_accuracy", "images_per_s", "seconds")
-                    if k in e} for e in epochs],
+        "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "loss", "train_accuracy", "val_accuracy", "lr",
+                                      "images_per_s", "seconds") if k in e} for e in epochs],
     }
 
 
@@ -108,7 +108,7 @@ def report_markdown(results: dict) -> str:
               f"Latency: fp32 forward pass in eval mode, median of timed runs after warm-up, "
               f"{m.get('torch_threads', '?')} CPU threads"
               + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ".", "",
-              "![results](results.png)", "",
+              "![results](results.png)", "", "![training curves](curves.png)", "", "![conv1 filters](filters.png)", "",
               "## Every stage", "", steps_markdown(results), "",
               f"Wall time: dense {w['dense']:.0f} s, pruning steps {w['pruning_steps']:.0f} s, "
               f"final fine-tune {w['final_finetune']:.0f} s, total {w['total']:.0f} s.", "",
@@ -168,6 +168,66 @@ def plot(results: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
+def plot_curves(results: dict, path: str | Path) -> None:
+    """Training curves: loss and accuracy per epoch of the dense training and of the final fine-tune."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
+
+    final_stage = results["final"]["stage"]
+    phases = [("dense training", [e for e in results["epochs"] if e["stage"] == 0]),
+              ("final fine-tune", [e for e in results["epochs"] if e["stage"] == final_stage])]
+    phases = [(name, rows) for name, rows in phases if rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for name, rows in phases:
+        epochs = [e["epoch"] for e in rows]
+        axes[0].plot(epochs, [e["loss"] for e in rows], "o-", label=name)
+        axes[1].plot(epochs, [100 * e["train_accuracy"] for e in rows], "o-", label=f"{name}: train")
+        if all("val_accuracy" in e for e in rows):
+            axes[1].plot(epochs, [100 * e["val_accuracy"] for e in rows], "s--", label=f"{name}: validation")
+    axes[0].set(xlabel="epoch", ylabel="training loss", title="Loss")
+    axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy (train: augmented batches, as trained)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if not phases:
+        fig.text(0.5, 0.5, "no training epochs in this run (baseline loaded, no final fine-tune)", ha="center")
+    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def plot_filters(run_dir: Path, path: str | Path) -> None:
+    """The first convolution's filters, dense and pruned (after fine-tuning), as small RGB images."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from safetensors import safe_open
+
+    def conv1(name: str):
+        with safe_open(str(run_dir / "checkpoints" / f"{name}.safetensors"), "np") as f:
+            return f.get_tensor("conv1.weight")  # out x 3 x k x k
+
+    dense, pruned = conv1("dense"), conv1("final")
+    fig = plt.figure(figsize=(12, 5), layout="constrained")
+    subfigs = fig.subfigures(1, 2, width_ratios=[2, 1])
+    for sub, weights, title in ((subfigs[0], dense, f"dense: {len(dense)} filters"),
+                                (subfigs[1], pruned, f"pruned and fine-tuned: {len(pruned)} filters")):
+        cols = 8 if len(weights) > 16 else min(len(weights), 6)
+        rows = -(-len(weights) // cols)
+        axes = sub.subplots(rows, cols, squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i < len(weights):
+                w = weights[i].transpose(1, 2, 0)
+                ax.imshow((w - w.min()) / (w.max() - w.min() + 1e-12), interpolation="nearest")
+        sub.suptitle(title)
+    fig.suptitle(f"First convolution (conv1) filters, run '{run_dir.name}'")
+    write_atomic(path, lambda p: fig.savefig(p, dpi=100, format="png"))
+    plt.close(fig)
+
+
 def render(run_dir: str | Path, results: dict | None = None) -> None:
     """Write report.md and results.png of a finished run from its results (by default its results.json)."""
     run_dir = Path(run_dir)
@@ -180,6 +240,9 @@ def render(run_dir: str | Path, results: dict | None = None) -> None:
     if results is None:
         results = json.loads(results_path.read_text())
     plot(results, run_dir / "results.png")
+    plot_curves(results, run_dir / "curves.png")
+    if results["config"]["model"] == "resnet18_cifar":
+        plot_filters(run_dir, run_dir / "filters.png")
     write_text(run_dir / "report.md", report_markdown(results))
 
 

@@ -1,0 +1,46 @@
+"""The README's commands must stay true: every prunelab command it shows parses with today's CLI,
+and its first screen names the set-up, main-job and test commands that CI runs."""
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from prunelab.cli import _overrides, build_parser
+from prunelab.config import make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def readme_commands():
+    """Commands in code: lines indented by 4 spaces or inside ``` fences, joined across backslashes."""
+    in_fence = False
+    for raw in README.replace("\\\n", " ").splitlines():
+        if raw.startswith("```"):
+            in_fence = not in_fence
+            continue
+        if not (in_fence or raw.startswith("    ")):
+            continue
+        line = raw.strip().split("  #")[0].strip()
+        for part in line.split("&&"):
+            m = re.match(r"^(?:\.venv/bin/)?prunelab (.*)$", part.strip())
+            if m:
+                yield m.group(1)
+
+
+@pytest.mark.parametrize("command", sorted(set(readme_commands())))
+def test_every_prunelab_command_in_the_readme_parses(command):
+    args = build_parser().parse_args(shlex.split(command))  # argparse exits (SystemExit) on unknown options
+    if args.command in ("run", "sweep"):  # and every setting's value passes validation
+        overrides = {k: v for k, v in _overrides(args).items() if k != "baseline"}  # (the file is the user's)
+        make_config(args.preset, overrides)
+
+
+def test_readme_first_screen_gives_the_main_job_and_the_test_command_that_ci_runs():
+    first_screen = "\n".join(README.splitlines()[:25])
+    assert "bash scripts/install.sh && .venv/bin/prunelab run --preset quick --data-dir ../shared/data/cifar10-jpeg" in first_screen
+    test_command = "bash scripts/install.sh && .venv/bin/python -m pytest -q"
+    assert test_command in first_screen
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/install.sh" in ci and ".venv/bin/python -m pytest -q" in ci
