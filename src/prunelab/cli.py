@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         print("prunelab: interrupted; finished steps are kept, continue with `prunelab run --resume RUN_DIR`",
               file=sys.stderr)
         return 130
+    finally:
+        from .distributed import shutdown
+        shutdown()
     return 0
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, PrunelabError
+from .distributed import shard
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -300,9 +301,10 @@ def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Gen
 
 
 def train_batches(split: Split, batch_size: int, generator: torch.Generator, padding: int, flip: bool):
-    """One epoch: shuffled batches of augmented uint8 images (on the split's device) and labels."""
-    perm = torch.randperm(len(split), generator=generator).to(split.labels.device)
-    for start in range(0, len(split), batch_size):
+    """One epoch: shuffled batches of augmented uint8 images (on the split's device) and labels. Under
+    torchrun every rank draws the same permutation and keeps its own shard of it (DistributedSampler's rule)."""
+    perm = shard(torch.randperm(len(split), generator=generator)).to(split.labels.device)
+    for start in range(0, len(perm), batch_size):
         idx = perm[start:start + batch_size]
         yield augment(split.images[idx], padding, flip, generator), split.labels[idx]
 

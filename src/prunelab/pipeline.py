@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import report
+from . import distributed, report
 from .config import Config, PrunelabError, config_from_dict, to_dict
 from .data import Data, load_data
 from .export import export_onnx, load_dense_baseline, load_model, load_weights, read_description, save_model
@@ -31,7 +31,8 @@ from .train import Trainer, cosine_schedule, evaluate, make_optimizer, resolve_d
 
 
 def log(msg: str) -> None:
-    tqdm.write(msg)
+    if distributed.WORLD.main:  # under torchrun only rank 0 prints
+        tqdm.write(msg)
 
 
 class RunDir:
@@ -116,23 +117,31 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     """Run (or resume) the whole pipeline; returns the run directory."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
+    world, rank_device = distributed.init(cfg.device)  # a no-op unless started by torchrun
+    device = rank_device or resolve_device(cfg.device)
     trainer = Trainer.from_config(cfg, device)  # validates precision for the device
+    trainer.progress = trainer.progress and world.main
     data = load_data(cfg)  # data, target and baseline errors surface before anything is written
     _check_targets(cfg, len(data.classes))
     baseline = None
     if cfg.baseline and not resume_dir:
         baseline = load_dense_baseline(cfg.baseline, cfg.model, len(data.classes))
-    rd = RunDir(resume_dir) if resume_dir else prepare(cfg)
+    if resume_dir:
+        rd = RunDir(resume_dir)
+    else:  # rank 0 creates the run directory; the others wait for it
+        rd = prepare(cfg) if world.main else RunDir(Path(cfg.out_dir) / cfg.name)
+    distributed.barrier()
     if rd.results.is_file():
         log(f"{rd.path} is already finished; redrawing its report")
-        report.render(rd.path)
+        if world.main:
+            report.render(rd.path)
         return rd.path
     n = cfg.iterative_steps
     done = rd.last_checkpoint(n)
-    rd.keep_metrics_up_to(done)
+    if world.main:
+        rd.keep_metrics_up_to(done)
     log(f"prunelab run '{cfg.name}' -> {rd.path}  device={device} precision={trainer.amp_dtype or torch.float32} "
-        f"threads={torch.get_num_threads()}")
+        f"threads={torch.get_num_threads()}" + (f" processes={world.size}" if world.active else ""))
     log(f"data: {data.source}; train {len(data.train)}, val {len(data.val) if data.val else 0}, test {len(data.test)}")
     if done >= 0:
         log(f"resuming after {rd.checkpoint(done, n).name}")
@@ -155,6 +164,9 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     if done < n + 1:
         stage_ctx.final(model, pruner)
 
+    distributed.barrier()
+    if not world.main:
+        return rd.path
     written = ["checkpoints/final.safetensors + final.json"]
     if cfg.export_onnx:
         written.append(_export_onnx(rd))
@@ -216,21 +228,26 @@ class _Stages:
         batches_per_epoch = -(-len(self.train) // self.cfg.batch_size)
         scheduler = cosine_schedule(optimizer, epochs * batches_per_epoch, round(warmup_epochs * batches_per_epoch))
         done = self._load_partial(model, optimizer, stage)
+        net = model
+        if distributed.WORLD.active:  # wrapped anew for every stage: pruning changed the parameters
+            from torch.nn.parallel import DistributedDataParallel
+            net = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
         for _ in range(done * batches_per_epoch):  # the schedule continues where it stopped
             scheduler.step()
         for epoch in range(done + 1, epochs + 1):
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + stage * 1000 + epoch)
             teacher = self.teacher if stage > 0 else None
-            stats = train_epoch(model, self.train, optimizer, scheduler, self.trainer, gen,
+            stats = train_epoch(net, self.train, optimizer, scheduler, self.trainer, gen,
                                 desc=f"{phase} {epoch}/{epochs}", teacher=teacher,
                                 kd_temperature=self.cfg.distill_temperature, kd_weight=self.cfg.distill_weight)
             row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
                    **stats}
             if self.val is not None:
                 row["val_accuracy"] = self._accuracy(model, self.val)
-            self.rd.append_metrics(row)
-            if epoch < epochs:  # after the metrics line: a crash in between re-runs (and re-logs) this epoch
-                self._save_partial(model, optimizer, stage, epoch)
+            if distributed.WORLD.main:
+                self.rd.append_metrics(row)
+                if epoch < epochs:  # after the metrics line: a crash in between re-runs (and re-logs) this epoch
+                    self._save_partial(model, optimizer, stage, epoch)
             log(f"  {phase} epoch {epoch}/{epochs}: loss {stats['loss']:.3f} train acc {stats['train_accuracy']:.3f}"
                 + (f" val acc {row['val_accuracy']:.3f}" if "val_accuracy" in row else "")
                 + f"  ({stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f} s)")
@@ -266,12 +283,16 @@ class _Stages:
 
     def _measure(self, model, latency: bool = True) -> dict:
         cfg = self.cfg
+        latency = latency and distributed.WORLD.main  # timing is rank 0's; the others would only disturb it
         return measure_model(model, batch_sizes=cfg.latency_batch_sizes if latency else [],
                              devices=latency_devices(self.device), warmup=cfg.latency_warmup,
                              min_reps=cfg.latency_min_reps, min_seconds=cfg.latency_min_seconds,
                              channels_last=cfg.channels_last)
 
     def _save(self, model, stage: int, hist: list, row: dict) -> None:
+        distributed.check_identical(model, f"after stage {stage}")
+        if not distributed.WORLD.main:
+            return
         weights = save_model(self.rd.checkpoint(stage, self.n), model, self.cfg.model, hist,
                              extra={"stage": stage, "metrics": row, "config": to_dict(self.cfg)})
         row["file_size_bytes"] = file_size_bytes(weights)

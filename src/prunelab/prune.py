@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
+from . import distributed
 from .config import Config, PrunelabError
 from .models import build_model, classifier
 
@@ -106,6 +107,7 @@ def prune_step(pruner: tp.pruner.BasePruner, model: nn.Module, gradient_batches=
         model.eval()  # gradients of the deployed (eval-mode) network, BN statistics untouched
         for x, y in gradient_batches:
             F.cross_entropy(model(x), y).backward()
+        distributed.average_gradients(model)  # under torchrun every rank must rank channels alike
     pruner.step()
     model.zero_grad(set_to_none=True)
 

@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 
 from .config import Config, PrunelabError
 from .data import Normalizer, Split, eval_batches, train_batches
+from . import distributed
+from .distributed import sum_all
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,7 +107,7 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
     if teacher is not None:
         teacher.eval()
     scaler = torch.amp.GradScaler("cuda") if trainer.amp_dtype == torch.float16 else None
-    n_batches = math.ceil(len(split) / trainer.batch_size)
+    n_batches = math.ceil(len(distributed.shard(torch.arange(len(split)))) / trainer.batch_size)  # this rank's
     loss_sum = torch.zeros((), device=trainer.device)
     correct = torch.zeros((), device=trainer.device, dtype=torch.long)
     seen = 0
@@ -137,18 +139,20 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
         bar.update(1)
-        if i % 20 == 0 or i == n_batches - 1:  # reading the loss syncs a GPU: only now and then
-            mean_loss = loss_sum.item() / seen
+        if i % 20 == 0 or i == n_batches - 1:  # reading the loss syncs a GPU (and all ranks): only now and then
+            totals = sum_all(torch.stack([loss_sum, correct.to(loss_sum.dtype),
+                                          torch.tensor(float(seen), device=trainer.device)]))
+            mean_loss, accuracy, images = totals[0].item() / totals[2].item(), totals[1].item() / totals[2].item(), totals[2].item()
             if not math.isfinite(mean_loss):
                 bar.close()
                 raise PrunelabError(f"{desc}: the loss became {mean_loss} at batch {i + 1}; lower the learning rate "
                                     "(--lr/--finetune-lr) or use --precision fp32")
-            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{accuracy:.3f}",
+                            img_s=f"{images / (time.perf_counter() - start):.0f}")
     bar.close()
+    distributed.sync_buffers(getattr(model, "module", model))  # under DDP: every rank ends with rank 0's BN statistics
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
-            "images_per_s": seen / seconds, "seconds": seconds}
+    return {"loss": mean_loss, "train_accuracy": accuracy, "images_per_s": images / seconds, "seconds": seconds}
 
 
 @torch.inference_mode()
@@ -157,11 +161,16 @@ def evaluate(model: nn.Module, split: Split, normalizer: Normalizer, batch_size:
     """Top-1 accuracy and mean loss over `split` (fp32 unless amp_dtype is given). Leaves the model in eval mode."""
     model.eval()
     device = normalizer.mean.device
-    loss_sum, correct = 0.0, 0
+    world = distributed.WORLD
+    if world.active:  # each rank evaluates every size-th image; the sums are added up
+        split = split.subset(torch.arange(world.rank, len(split), world.size, device=split.labels.device))
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
     for images, labels in eval_batches(split, batch_size):
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(normalizer(images))
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-    return {"accuracy": correct / len(split), "loss": loss_sum / len(split)}
+        totals[0] += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        totals[1] += (logits.argmax(1) == labels).sum()
+        totals[2] += len(labels)
+    loss_sum, correct, n = sum_all(totals).tolist()
+    return {"accuracy": correct / n, "loss": loss_sum / n}

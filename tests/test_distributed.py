@@ -1,0 +1,79 @@
+"""Two processes on CPU with gloo, started by torchrun as a user would."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prunelab import distributed
+from prunelab.config import make_config
+from prunelab.data import load_data
+from prunelab.export import load_model
+from prunelab.train import Trainer, evaluate
+
+import torch
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def torchrun(*args, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("importance", ["l2", "taylor"])
+def test_two_ranks_end_with_identical_structure_and_weights_and_reduced_metrics_match_one_process(tmp_path, importance):
+    r = torchrun(WORKER, tmp_path, importance)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert rank0["widths"] == rank1["widths"] and rank0["weights_sha256"] == rank1["weights_sha256"]
+    assert rank0["widths"]["conv1"] < 64  # it was pruned
+    # the accuracy reduced over two shards equals one process evaluating the whole test set
+    model, _ = load_model(tmp_path / "model.safetensors")
+    cfg = make_config("tiny")
+    trainer = Trainer.from_config(cfg, torch.device("cpu"))
+    single = evaluate(model, load_data(cfg).test, trainer.normalizer, 32)
+    assert rank0["accuracy"] == rank1["accuracy"] == single["accuracy"]
+    assert rank0["loss"] == pytest.approx(single["loss"], rel=1e-4)
+
+
+def test_sharding_follows_distributed_sampler():
+    perm = torch.arange(10)
+    shards = [distributed.shard(perm, distributed.World(rank=r, size=3)) for r in range(3)]
+    sampler = [list(torch.utils.data.DistributedSampler(range(10), num_replicas=3, rank=r, shuffle=False))
+               for r in range(3)]
+    assert [s.tolist() for s in shards] == sampler
+
+
+def test_torchrun_pipeline_writes_one_complete_run_directory(tmp_path):
+    r = torchrun("-m", "prunelab", "run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "ddp",
+                 "--num-threads", "1", "--no-export-onnx")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
+    run = tmp_path / "ddp"
+    res = json.loads((run / "results.json").read_text())
+    assert [s["step"] for s in res["steps"]] == [1, 2]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len({(json.loads(x)["stage"], json.loads(x).get("epoch"), json.loads(x)["event"]) for x in lines})
+    assert r.stdout.count("prunelab run 'ddp'") == 1  # only rank 0 prints
+    assert "processes=2" in r.stdout
+
+
+def test_torchrun_resume_continues_a_cut_run_to_the_same_result(tmp_path):
+    args = ["--preset", "tiny", "--no-progress", "--num-threads", "1", "--no-export-onnx"]
+    assert torchrun("-m", "prunelab", "run", *args, "--out-dir", tmp_path, "--name", "whole").returncode == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    # the state a kill after step 1 leaves: no later checkpoints, no results, the metrics of step 2 half written
+    cut = tmp_path / "whole"
+    for name in ("step_02.json", "step_02.safetensors", "final.json", "final.safetensors"):
+        (cut / "checkpoints" / name).unlink()
+    (cut / "results.json").unlink()
+    r = torchrun("-m", "prunelab", "run", "--resume", cut, "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = json.loads((cut / "results.json").read_text())
+    assert resumed["final"]["accuracy"] == whole["final"]["accuracy"]
+    assert resumed["final"]["params"] == whole["final"]["params"]
+    assert "resuming after step_01" in r.stdout
