@@ -23,7 +23,7 @@ from PIL import Image
 
 from prunelab.config import make_config
 from prunelab.data import Split, load_data
-from prunelab.measure import machine
+from prunelab.measurement import machine
 from prunelab.models import build_model
 from prunelab.train import Trainer, make_optimizer, train_epoch
 

@@ -132,3 +132,24 @@ def test_short_run_on_real_cifar10_images_produces_a_complete_run_directory(tmp_
     assert res["data"]["train_images"] == 300 and res["data"]["test_images"] == 200
     assert "image folders" in res["data"]["data"]
     assert res["final"]["params"] < res["dense"]["params"] / 10
+
+
+def test_tensorboard_flag_logs_the_metrics_as_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    r = run_cli("run", *TINY, "--out-dir", tmp_path, "--name", "tb", "--tensorboard", "--no-export-onnx")
+    assert r.returncode == 0, r.stderr
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "train/loss" in tags and "stages/accuracy" in tags and "stages/macs" in tags
+    assert len(acc.Scalars("stages/macs")) == 4  # dense, 2 steps, final
+
+
+def test_api_functions_are_not_shadowed_by_submodules():
+    import importlib
+    import prunelab
+    for module in ("config", "data", "models", "train", "prune", "measurement", "pipeline", "report", "export", "cli"):
+        importlib.import_module(f"prunelab.{module}")
+    for name in ("run", "load", "evaluate", "measure", "export_onnx", "make_config"):
+        assert callable(getattr(prunelab, name)), name

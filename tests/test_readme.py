@@ -44,3 +44,12 @@ def test_readme_first_screen_gives_the_main_job_and_the_test_command_that_ci_run
     assert test_command in first_screen
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/install.sh" in ci and ".venv/bin/python -m pytest -q" in ci
+
+
+def test_cli_reference_in_docs_is_generated_from_the_current_parser():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cli_reference", ROOT / "scripts" / "cli_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "CLI.md").read_text() == module.reference(), \
+        "docs/CLI.md is stale: run `python scripts/cli_reference.py`"

@@ -51,7 +51,7 @@ def measure(model, batch_sizes=(1, 128), min_seconds: float = 1.0) -> dict:
     """Params, MACs and CPU latency (median and p90, ms) of `model`."""
     import torch
 
-    from .measure import measure_model
+    from .measurement import measure_model
     return measure_model(model, batch_sizes=list(batch_sizes), devices=[torch.device("cpu")], warmup=3,
                          min_reps=5, min_seconds=min_seconds, channels_last=False)
 

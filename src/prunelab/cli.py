@@ -157,7 +157,7 @@ def cmd_bench(args) -> None:
     import torch
 
     from .files import write_json
-    from .measure import bench, bench_table
+    from .measurement import bench, bench_table
     from .train import resolve_device
 
     if args.threads:

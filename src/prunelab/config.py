@@ -43,6 +43,7 @@ class Config:
     channels_last: bool = _f(True, "use channels_last memory format (faster convolutions on CPU and tensor cores)")
     num_threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
     progress: bool = _f(True, "show progress bars")
+    tensorboard: bool = _f(False, "also log metrics to <run>/tensorboard (needs the tensorboard package)")
 
     # --- data ---
     data_dir: str = _f("data", "folder with cifar-10-batches-py/ or an image-folder tree train/<class>/*, test/<class>/*")

@@ -24,7 +24,7 @@ from .config import Config, PrunelabError, config_from_dict, to_dict
 from .data import Data, load_data
 from .export import export_onnx, load_dense_baseline, load_model, load_weights, read_description, save_model
 from .files import read_jsonl, write_atomic, write_json, write_text
-from .measure import file_size_bytes, latency_devices, machine, measure_model
+from .measurement import file_size_bytes, latency_devices, machine, measure_model
 from .models import build_model
 from .prune import build_pruner, count_macs_params, history, prune_step, ratio_for_target, restore, step_ratio
 from .train import Trainer, cosine_schedule, evaluate, make_optimizer, resolve_device, train_epoch
@@ -44,6 +44,7 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self.checkpoints = self.path / "checkpoints"
         self.results = self.path / "results.json"
+        self.tensorboard = None  # a TensorBoardLog when --tensorboard is on
 
     def checkpoint(self, stage: int, n_steps: int) -> Path:
         name = "dense" if stage == 0 else "final" if stage == n_steps + 1 else f"step_{stage:02d}"
@@ -76,6 +77,8 @@ class RunDir:
         with open(self.metrics, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.log(row)
 
     def keep_metrics_up_to(self, stage: int) -> None:
         """Drop metric lines written after the last checkpoint (by a stage that will run again)."""
@@ -121,6 +124,11 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     device = rank_device or resolve_device(cfg.device)
     trainer = Trainer.from_config(cfg, device)  # validates precision for the device
     trainer.progress = trainer.progress and world.main
+    if cfg.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise PrunelabError("--tensorboard needs the tensorboard package: pip install tensorboard")
     data = load_data(cfg)  # data, target and baseline errors surface before anything is written
     _check_targets(cfg, len(data.classes))
     baseline = None
@@ -140,6 +148,8 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     done = rd.last_checkpoint(n)
     if world.main:
         rd.keep_metrics_up_to(done)
+        if cfg.tensorboard:
+            rd.tensorboard = TensorBoardLog(rd.path / "tensorboard")
     log(f"prunelab run '{cfg.name}' -> {rd.path}  device={device} precision={trainer.amp_dtype or torch.float32} "
         f"threads={torch.get_num_threads()}" + (f" processes={world.size}" if world.active else ""))
     log(f"data: {data.source}; train {len(data.train)}, val {len(data.val) if data.val else 0}, test {len(data.test)}")
@@ -167,16 +177,39 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     distributed.barrier()
     if not world.main:
         return rd.path
-    written = ["checkpoints/final.safetensors + final.json"]
     if cfg.export_onnx:
-        written.append(_export_onnx(rd))
+        _export_onnx(rd)
     results = report.build_results(rd.path)
     report.render(rd.path, results)
     write_json(rd.results, results)  # last: its presence means the run is complete
-    log(report.key_results_markdown(results))
-    log(f"wrote {rd.path}/: results.json, report.md, results.png, curves.png, filters.png, "
-        + ", ".join(w for w in written if w))
+    log("\n" + report.key_results_markdown(results))
+    files = [rd.path / f for f in ("results.json", "report.md", "results.png", "curves.png", "filters.png",
+                                   "model.onnx", "checkpoints/final.safetensors", "checkpoints/final.json",
+                                   "config.json", "metrics.jsonl")]
+    log("\nwrote:\n" + "\n".join(f"  {f}" for f in files if f.exists()))
     return rd.path
+
+
+class TensorBoardLog:
+    """The lines of metrics.jsonl, also as TensorBoard scalars: epochs by their running count, stages by number."""
+
+    def __init__(self, path: Path):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(path))
+        self.epochs = 0
+
+    def log(self, row: dict) -> None:
+        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if row["event"] == "epoch":
+            self.epochs += 1
+            for k in ("loss", "train_accuracy", "val_accuracy", "lr", "images_per_s"):
+                if k in numbers:
+                    self.writer.add_scalar(f"train/{k}", numbers[k], self.epochs)
+        else:
+            for k, v in numbers.items():
+                if k not in ("stage", "step"):
+                    self.writer.add_scalar(f"stages/{k}", v, row["stage"])
+        self.writer.flush()
 
 
 def _check_targets(cfg: Config, num_classes: int) -> None:
@@ -192,16 +225,15 @@ def _check_targets(cfg: Config, num_classes: int) -> None:
                             "parameters; lower it or drop it")
 
 
-def _export_onnx(rd: RunDir) -> str:
+def _export_onnx(rd: RunDir) -> None:
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         log("ONNX export skipped: install onnx and onnxruntime (pip install 'prunelab[onnx]'), then `prunelab export`")
-        return ""
+        return
     model, _ = load_model(rd.checkpoints / "final.json")
     export_onnx(model, rd.path / "model.onnx")
-    return "model.onnx"
 
 
 class _Stages:
