@@ -10,6 +10,7 @@ numbers from generators seeded by (seed, stage, epoch), so a resumed run makes t
 """
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from pathlib import Path
@@ -126,7 +127,7 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     trainer.progress = trainer.progress and world.main
     if cfg.tensorboard:
         try:
-            import torch.utils.tensorboard  # noqa: F401
+            importlib.import_module("torch.utils.tensorboard")
         except ImportError:
             raise PrunelabError("--tensorboard needs the tensorboard package: pip install tensorboard")
     data = load_data(cfg)  # data, target and baseline errors surface before anything is written
@@ -153,6 +154,15 @@ def run(cfg: Config, resume_dir: str | Path | None = None) -> Path:
     log(f"prunelab run '{cfg.name}' -> {rd.path}  device={device} precision={trainer.amp_dtype or torch.float32} "
         f"threads={torch.get_num_threads()}" + (f" processes={world.size}" if world.active else ""))
     log(f"data: {data.source}; train {len(data.train)}, val {len(data.val) if data.val else 0}, test {len(data.test)}")
+    target = (f"target {cfg.target_macs:.4g} MACs" if cfg.target_macs else f"target {cfg.target_params:.4g} params"
+              if cfg.target_params else f"channel ratio {cfg.pruning_ratio}")
+    log(f"recipe: {cfg.model}, " + (f"baseline {cfg.baseline}" if cfg.baseline else f"{cfg.epochs} dense epochs")
+        + f" (lr {cfg.lr}, batch {cfg.batch_size}); {cfg.importance} importance, "
+        f"{'global' if cfg.global_pruning else 'per-layer'}, {target} in {cfg.iterative_steps} {cfg.schedule} steps; "
+        f"{cfg.finetune_epochs_per_step} fine-tune epoch(s) per step, {cfg.final_finetune_epochs} final"
+        + (f"; distillation T={cfg.distill_temperature} w={cfg.distill_weight}" if cfg.distill else "")
+        + (f"\nreduced from the seed recipe: {cfg.reduced}" if cfg.reduced else "")
+        + f"\nfull settings: {rd.config}")
     if done >= 0:
         log(f"resuming after {rd.checkpoint(done, n).name}")
     train, test = data.train.to(device), data.test.to(device)
