@@ -53,3 +53,36 @@ def test_cli_reference_in_docs_is_generated_from_the_current_parser():
     spec.loader.exec_module(module)
     assert (ROOT / "docs" / "CLI.md").read_text() == module.reference(), \
         "docs/CLI.md is stale: run `python scripts/cli_reference.py`"
+
+
+SMALL = ["--train-subset", "128", "--test-subset", "64", "--epochs", "1", "--iterative-steps", "1",
+         "--final-finetune-epochs", "0", "--latency-batch-sizes", "1", "--latency-min-seconds", "0",
+         "--latency-min-reps", "2", "--no-progress"]
+
+
+def test_readme_commands_run_at_a_small_size(tmp_path, real_data):
+    """Run every prunelab command the README shows, in order, shrunk by SMALL, on the real data copy."""
+    from conftest import run_cli
+    commands = list(dict.fromkeys(readme_commands()))
+    runs = [c for c in commands if c.split()[0] in ("run", "sweep")]
+    main_job = "run --preset quick --data-dir ../shared/data/cifar10-jpeg"
+    assert main_job in runs
+    runs.remove(main_job)
+    for i, command in enumerate([main_job] + runs):
+        args = shlex.split(command)
+        args = [str(real_data) if a in ("../shared/data/cifar10-jpeg", "data") else a for a in args]
+        args = [str(tmp_path / "runs" / "quick" / "checkpoints" / "dense.safetensors") if a == "dense.safetensors"
+                else a for a in args if a != "--download"]  # offline: the local copy stands in for a download
+        if "--data-dir" not in args:
+            args += ["--data-dir", real_data]
+        if "--name" not in args and i > 0:
+            args += ["--name", f"readme{i}"]
+        r = run_cli(*args, *SMALL, cwd=tmp_path)
+        assert r.returncode == 0, f"{command}\n{r.stderr[-2000:]}"
+    assert (tmp_path / "runs" / "sweep1" / "pareto.png").is_file()
+    for command in [c for c in commands if c.split()[0] in ("eval", "bench", "export")]:
+        extra = ["--min-seconds", "0", "--min-reps", "2", "--warmup", "1"] if command.startswith("bench") else []
+        r = run_cli(*shlex.split(command), *extra, cwd=tmp_path)
+        assert r.returncode == 0, f"{command}\n{r.stderr[-2000:]}"
+        if command.startswith("eval"):
+            assert "identical" in r.stdout
