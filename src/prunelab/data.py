@@ -2,7 +2,7 @@
 
 Readers: the official python batches (`cifar-10-batches-py/`), an image-folder tree
 (`train/<class>/*.jpg`, `test/<class>/*.jpg`), and synthetic data for tests. Decoded image folders
-are cached as .npy files so that only the first run pays for JPEG decoding. After loading, the
+are cached as .npz files so that only the first run pays for JPEG decoding. After loading, the
 whole split lives in one tensor; each epoch draws a permutation and random crops/flips for whole
 batches at once (airbench-style), with no DataLoader and no per-image PIL work.
 """

@@ -117,12 +117,3 @@ def check_identical(model: torch.nn.Module, what: str) -> None:
     dist.all_gather_object(digests, h.hexdigest())
     if len(set(digests)) != 1:
         raise PrunelabError(f"ranks disagree on the model {what}; every rank must see the same data and settings")
-
-
-def broadcast_flag(flag: bool) -> bool:
-    """True on every rank if it is true on any rank (so all ranks stop together)."""
-    if not WORLD.active:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())

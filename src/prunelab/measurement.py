@@ -13,6 +13,20 @@ import torch.nn as nn
 from .prune import count_macs_params
 
 
+def _time_runs(run_once, *, warmup: int, min_reps: int, min_seconds: float) -> dict:
+    """Call run_once() `warmup` times untimed, then until at least `min_reps` runs and `min_seconds` have
+    passed (at most 1000 runs); run_once returns its own duration in ms. Median and p90 of those."""
+    for _ in range(warmup):
+        run_once()
+    times = []
+    start_all = time.perf_counter()
+    while (len(times) < min_reps or time.perf_counter() - start_all < min_seconds) and len(times) < 1000:
+        times.append(run_once())
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+            "reps": len(times)}
+
+
 @torch.inference_mode()
 def latency_ms(model: nn.Module, batch_size: int, device: torch.device, *, warmup: int = 3, min_reps: int = 5,
                min_seconds: float = 1.0, channels_last: bool = True, input_size: int = 32) -> dict:
@@ -22,29 +36,21 @@ def latency_ms(model: nn.Module, batch_size: int, device: torch.device, *, warmu
     x = torch.randn(batch_size, 3, input_size, input_size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    for _ in range(warmup):
-        model(x)
-    cuda = device.type == "cuda"
-    times = []
-    start_all = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start_all < min_seconds:
-        if cuda:
+
+    def run_once() -> float:
+        if device.type == "cuda":
             torch.cuda.synchronize(device)
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
             model(x)
             end.record()
             torch.cuda.synchronize(device)
-            times.append(begin.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1000)
-        if len(times) >= 1000:
-            break
-    times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-            "reps": len(times)}
+            return begin.elapsed_time(end)
+        t0 = time.perf_counter()
+        model(x)
+        return (time.perf_counter() - t0) * 1000
+
+    return _time_runs(run_once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
 
 
 def measure_model(model: nn.Module, *, batch_sizes, devices, warmup: int, min_reps: int, min_seconds: float,
@@ -106,17 +112,13 @@ def onnx_latency_ms(onnx_path: str | Path, batch_size: int, *, warmup: int = 3, 
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     x = {"images": np.random.default_rng(0).standard_normal((batch_size, 3, input_size, input_size), dtype=np.float32)}
-    for _ in range(warmup):
-        session.run(None, x)
-    times = []
-    start_all = time.perf_counter()
-    while (len(times) < min_reps or time.perf_counter() - start_all < min_seconds) and len(times) < 1000:
+
+    def run_once() -> float:
         t0 = time.perf_counter()
         session.run(None, x)
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-            "reps": len(times)}
+        return (time.perf_counter() - t0) * 1000
+
+    return _time_runs(run_once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
 
 
 def bench(models: list[tuple[str, nn.Module, Path | None]], batch_sizes, devices, *, warmup: int = 3,
