@@ -41,4 +41,5 @@ result = evaluate(model, data.test, trainer.normalizer, 32)
     "loss": result["loss"]}))
 if world.main:
     save_model(out / "model", model, "resnet18_cifar", history(pruner))
+del net  # DDP wrappers must go before the process group (see distributed.shutdown)
 distributed.shutdown()

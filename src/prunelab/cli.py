@@ -190,9 +190,11 @@ def cmd_export(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    ok = False
     try:
         {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "eval": cmd_eval, "bench": cmd_bench,
          "export": cmd_export}[args.command](args)
+        ok = True
     except PrunelabError as e:
         print(f"prunelab: error: {e}", file=sys.stderr)
         return 2
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         from .distributed import shutdown
-        shutdown()
+        shutdown(wait=ok)
     return 0
 
 

@@ -8,6 +8,7 @@ code path. Rank 0 alone writes files and prints; all ranks read checkpoints (sha
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from dataclasses import dataclass
@@ -55,9 +56,15 @@ def init(device_name: str) -> tuple[World, torch.device | None]:
     return WORLD, torch.device("cpu")
 
 
-def shutdown() -> None:
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group. Callers must drop their DistributedDataParallel wrappers first: a wrapper
+    that outlives the group is destroyed at interpreter exit, in any order, and gloo's worker threads then
+    abort the process ("terminate called without an active exception")."""
     global WORLD
     if dist.is_initialized():
+        gc.collect()  # free wrappers that are only kept alive by reference cycles
+        if wait:  # no rank tears down its connections while another still uses them (skipped after an
+            dist.barrier()  # error: the other ranks may be gone, and a barrier would then hang)
         dist.destroy_process_group()
     WORLD = World()
 
