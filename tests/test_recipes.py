@@ -9,7 +9,8 @@ from conftest import run_cli
 from prunelab.config import PrunelabError, make_config
 from prunelab.models import build_model
 from prunelab.prune import build_pruner, count_macs_params, geometric_scheduler, prune_step, ratio_for_target
-from prunelab.train import cosine_schedule, distillation_loss
+from prunelab.data import Split, load_data
+from prunelab.train import Trainer, cosine_schedule, distillation_loss, soft_targets, train_epoch
 
 
 def test_distillation_loss_is_cross_entropy_at_weight_0_and_zero_kl_when_student_equals_teacher():
@@ -29,6 +30,42 @@ def test_distillation_loss_pulls_the_student_toward_the_teacher():
         opt.step()
     after = F.kl_div(F.log_softmax(student, 1), F.softmax(teacher, 1), reduction="batchmean").item()
     assert after < before / 10
+
+
+def test_cached_soft_targets_are_the_teachers_outputs_averaged_over_each_image_and_its_mirror():
+    cfg = make_config("tiny", {"progress": False})
+    split = load_data(cfg).test
+    trainer = Trainer.from_config(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    teacher = build_model("resnet18_cifar").eval()
+    targets = soft_targets(teacher, split, trainer)
+    assert targets.shape == (len(split), 10) and targets.dtype == torch.float32
+    mirrored = soft_targets(teacher, Split(split.images.flip(3), split.labels), trainer)
+    assert torch.allclose(targets, mirrored, atol=1e-5)  # an image and its mirror get the same target
+    with torch.inference_mode():
+        x = trainer.normalizer(split.images[:4])
+        direct = (teacher(x).float() + teacher(x.flip(3)).float()) / 2
+    assert torch.allclose(targets[:4], direct, atol=0.1)  # bf16 autocast here, fp32 in `direct`
+
+
+def test_training_on_cached_targets_uses_the_row_of_each_image():
+    """Pure distillation (weight 1) on targets that name another class than the label (label + 1): the
+    student can only learn that mapping if every batch gets the rows of its own images."""
+    cfg = make_config("tiny", {"progress": False, "crop_padding_px": 0, "flip": False, "batch_size": 32})
+    split = load_data(cfg).train
+    trainer = Trainer.from_config(cfg, torch.device("cpu"))
+    classes = (split.labels + 1) % 10  # not the labels: the targets alone carry this
+    targets = F.one_hot(classes, 10).float() * 20
+    torch.manual_seed(0)
+    model = build_model("resnet18_cifar").to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for epoch in range(4):
+        train_epoch(model, split, opt, None, trainer, torch.Generator().manual_seed(epoch), targets=targets,
+                    kd_temperature=1.0, kd_weight=1.0)
+    model.eval()
+    with torch.inference_mode():
+        predicted = model(trainer.normalizer(split.images)).argmax(1)
+    assert (predicted == classes).float().mean() > 0.8
 
 
 def test_distillation_loss_scales_the_soft_term_by_temperature_squared():
@@ -104,11 +141,19 @@ def test_run_with_a_macs_target_and_distillation_ends_at_or_below_the_target(tmp
     (["--target-macs", "5e6", "--target-params", "1e5"], "not both"),
     (["--distill-weight", "1.5"], "distill_weight must be in [0, 1]"),
     (["--schedule", "cubic"], "unknown schedule"),
+    (["--distill-cached"], "add --distill"),
 ])
 def test_contradictory_recipe_settings_are_refused(tmp_path, args, message):
     r = run_cli("run", "--preset", "tiny", *args, "--out-dir", tmp_path)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert not list(tmp_path.rglob("config.json"))
+
+
+def test_run_with_cached_distillation_targets(tmp_path):
+    r = run_cli("run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "t", "--distill",
+                "--distill-cached", "--no-export-onnx")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("distillation targets for 256 images") == 1  # once, not per stage
 
 
 def test_unreachable_target_is_an_error():

@@ -90,6 +90,9 @@ class Config:
     finetune_epochs_per_step: int = _f(1, "fine-tune epochs after each pruning step (0 = none)")
     final_finetune_epochs: int = _f(10, "fine-tune epochs after the last step (cosine over them)")
     distill: bool = _f(False, "fine-tune with knowledge distillation from the dense model (soft targets + hard labels)")
+    distill_cached: bool = _f(False, "with distill: compute the dense model's outputs once per training image (mean over "
+                                     "the image and its mirror) instead of on every augmented batch; far cheaper, "
+                                     "but the soft targets ignore the random crop")
     distill_temperature: float = _f(4.0, "distillation softmax temperature")
     distill_weight: float = _f(0.5, "share of the soft-target (KL) term in the fine-tune loss, in [0, 1]")
 
@@ -247,6 +250,8 @@ def validate(cfg: Config) -> None:
     need(cfg.schedule in SCHEDULES, f"unknown schedule '{cfg.schedule}'{_suggest(cfg.schedule, SCHEDULES)}; choose one of: {', '.join(SCHEDULES)}")
     need(cfg.target_macs >= 0 and cfg.target_params >= 0, "target_macs and target_params must be 0 (off) or positive")
     need(not (cfg.target_macs and cfg.target_params), "set target_macs or target_params, not both")
+    need(cfg.distill or not cfg.distill_cached, "distill_cached only changes how distillation is done; add --distill "
+         "or drop --distill-cached")
     need(cfg.distill_temperature > 0, f"distill_temperature must be positive, got {cfg.distill_temperature}")
     need(0.0 <= cfg.distill_weight <= 1.0, f"distill_weight must be in [0, 1], got {cfg.distill_weight}")
     need(cfg.warmup_epochs >= 0, f"warmup_epochs must be 0 or more, got {cfg.warmup_epochs}")

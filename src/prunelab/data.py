@@ -300,13 +300,16 @@ def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Gen
     return images
 
 
-def train_batches(split: Split, batch_size: int, generator: torch.Generator, padding: int, flip: bool):
-    """One epoch: shuffled batches of augmented uint8 images (on the split's device) and labels. Under
-    torchrun every rank draws the same permutation and keeps its own shard of it (DistributedSampler's rule)."""
+def train_batches(split: Split, batch_size: int, generator: torch.Generator, padding: int, flip: bool,
+                  with_index: bool = False):
+    """One epoch: shuffled batches of augmented uint8 images (on the split's device) and labels (and, with
+    `with_index`, the images' indices in `split`). Under torchrun every rank draws the same permutation and
+    keeps its own shard of it (DistributedSampler's rule)."""
     perm = shard(torch.randperm(len(split), generator=generator)).to(split.labels.device)
     for start in range(0, len(perm), batch_size):
         idx = perm[start:start + batch_size]
-        yield augment(split.images[idx], padding, flip, generator), split.labels[idx]
+        batch = augment(split.images[idx], padding, flip, generator), split.labels[idx]
+        yield (*batch, idx) if with_index else batch
 
 
 def eval_batches(split: Split, batch_size: int):

@@ -28,7 +28,7 @@ from .files import read_jsonl, write_atomic, write_json, write_text
 from .measurement import file_size_bytes, latency_devices, machine, measure_model
 from .models import build_model
 from .prune import build_pruner, count_macs_params, history, prune_step, ratio_for_target, restore, step_ratio
-from .train import Trainer, cosine_schedule, evaluate, make_optimizer, resolve_device, train_epoch
+from .train import Trainer, cosine_schedule, evaluate, make_optimizer, resolve_device, soft_targets, train_epoch
 
 
 def log(msg: str) -> None:
@@ -256,6 +256,7 @@ class _Stages:
                           "val_images": len(data.val) if data.val else 0, "test_images": len(data.test)}
         self.n = cfg.iterative_steps
         self.teacher = None  # the frozen dense model, when fine-tunes distil from it
+        self.targets = None  # or its outputs on every training image (distill_cached)
 
     def _prepare_model(self, model):
         model.to(self.device)
@@ -266,6 +267,11 @@ class _Stages:
         but the last, weights and momentum go to checkpoints/partial so a crash costs at most one epoch."""
         if epochs == 0:
             return
+        if stage > 0 and self.cfg.distill_cached and self.targets is None:  # once, inside the first fine-tune's time
+            start = time.perf_counter()
+            self.targets, self.teacher = soft_targets(self.teacher, self.train, self.trainer), None
+            log(f"  distillation targets for {len(self.targets)} images (and their mirrors) in "
+                f"{time.perf_counter() - start:.0f} s")
         optimizer = make_optimizer(model, self.cfg, lr)
         batches_per_epoch = -(-len(self.train) // self.cfg.batch_size)
         scheduler = cosine_schedule(optimizer, epochs * batches_per_epoch, round(warmup_epochs * batches_per_epoch))
@@ -278,10 +284,10 @@ class _Stages:
             scheduler.step()
         for epoch in range(done + 1, epochs + 1):
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + stage * 1000 + epoch)
-            teacher = self.teacher if stage > 0 else None
             stats = train_epoch(net, self.train, optimizer, scheduler, self.trainer, gen,
-                                desc=f"{phase} {epoch}/{epochs}", teacher=teacher,
-                                kd_temperature=self.cfg.distill_temperature, kd_weight=self.cfg.distill_weight)
+                                desc=f"{phase} {epoch}/{epochs}", teacher=self.teacher if stage > 0 else None,
+                                kd_temperature=self.cfg.distill_temperature, kd_weight=self.cfg.distill_weight,
+                                targets=self.targets if stage > 0 else None)
             row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
                    **stats}
             if self.val is not None:

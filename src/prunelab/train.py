@@ -98,11 +98,26 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return (1 - weight) * hard + weight * temperature ** 2 * soft
 
 
+@torch.inference_mode()
+def soft_targets(teacher: nn.Module, split: Split, trainer: Trainer) -> torch.Tensor:
+    """The teacher's logits for every image of `split`, averaged over the image and its mirror (the flip
+    is part of the augmentation), as an N x classes fp32 tensor: distillation targets computed once
+    instead of a teacher forward pass on every augmented batch. They ignore the random crop."""
+    teacher.eval()
+    out = []
+    for images, _ in eval_batches(split, trainer.eval_batch_size):
+        x = trainer.normalizer(images)
+        with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
+            out.append((teacher(x).float() + teacher(x.flip(3)).float()) / 2)
+    return torch.cat(out)
+
+
 def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer,
                 generator: torch.Generator, desc: str = "train", teacher: nn.Module | None = None,
-                kd_temperature: float = 4.0, kd_weight: float = 0.5) -> dict:
+                kd_temperature: float = 4.0, kd_weight: float = 0.5, targets: torch.Tensor | None = None) -> dict:
     """One pass over `split` (already on trainer.device). With a teacher, the loss is distillation_loss
-    against the teacher's logits on the same augmented batch. Returns loss, accuracy, images/s, seconds."""
+    against the teacher's logits on the same augmented batch; with `targets` (from soft_targets(), one row
+    per image of `split`) against those rows instead. Returns loss, accuracy, images/s, seconds."""
     model.train()  # building a pruner or evaluating leaves the model in eval mode
     if teacher is not None:
         teacher.eval()
@@ -113,16 +128,19 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
     seen = 0
     start = time.perf_counter()
     bar = tqdm(total=n_batches, desc=desc, unit="batch", disable=not trainer.progress, leave=False, dynamic_ncols=True)
-    for i, (images, labels) in enumerate(train_batches(split, trainer.batch_size, generator,
-                                                        trainer.crop_padding_px, trainer.flip)):
+    for i, (images, labels, idx) in enumerate(train_batches(split, trainer.batch_size, generator,
+                                                             trainer.crop_padding_px, trainer.flip, with_index=True)):
         x = trainer.normalizer(images)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
             logits = model(x)
-            if teacher is None:
+            if teacher is None and targets is None:
                 loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
             else:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
+                if targets is not None:
+                    teacher_logits = targets[idx]
+                else:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
                 loss = distillation_loss(logits, teacher_logits, labels, kd_temperature, kd_weight,
                                          trainer.label_smoothing)
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,127 @@
+"""The issue-5 ablation: the seed recipe against one change at a time (and the chosen combination), several
+seeds each, on the same data, one run at a time. Prints a table (mean, spread, wall time) and writes JSON.
+
+Every variant is the `quick` preset plus its flags, so it gets the quick budget: 10,000 training images,
+2,000 test images, 5 pruning steps to the seed's size (ratio 0.9, 105,428 params, 5.29 M MACs), 1 fine-tune
+epoch per step and 5 final ones. Pruning variants start from a trained dense model (`--baseline`) so that
+they compare pruning recipes, not dense training; variants marked "scratch" train the dense model too
+(5 epochs), to compare dense recipes. Each run is an ordinary run directory under --out-dir: an
+interrupted ablation resumes its runs, and finished runs are not repeated.
+
+    python benchmarks/ablation.py --data-dir ../shared/data/cifar10-jpeg \
+        --baseline ../shared/models/resnet18-cifar10jpeg-seedrecipe.safetensors --seeds 0 1
+
+Wall time is the run's own total (results.json `wall_time_s.total`: training, evaluation and latency
+measurement; not process start-up). Never run two at once, or beside the tests: on 2 cores they slow each
+other several times over.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from prunelab.files import write_json
+from prunelab.measurement import machine
+
+SEED_MACS = 5293470  # the quick/seed pruned model's MACs (ratio 0.9 by L2, per layer); a target for global pruning
+
+# name -> (what changes, flags added to `--preset quick`, trains its own dense model?)
+VARIANTS: dict[str, tuple[str, list[str], bool]] = {
+    "seed-recipe": ("none: L2, per layer, linear schedule, fine-tune lr 0.1, no KD", [], False),
+    "distill": ("+ distillation from the dense model (T 4, weight 0.5)", ["--distill"], False),
+    "geometric": ("geometric schedule instead of linear", ["--schedule", "geometric"], False),
+    "taylor": ("Taylor importance instead of L2", ["--importance", "taylor"], False),
+    "lamp": ("LAMP importance instead of L2", ["--importance", "lamp"], False),
+    "global": ("global pruning (max 0.95 per layer) to the same MACs",
+               ["--global-pruning", "--max-pruning-ratio", "0.95", "--target-macs", str(SEED_MACS)], False),
+    "ft-lr-0.01": ("fine-tune lr 0.01 instead of 0.1", ["--finetune-lr", "0.01"], False),
+    "ft-lr-0.03": ("fine-tune lr 0.03 instead of 0.1", ["--finetune-lr", "0.03"], False),
+    "geo-final-9": ("geometric schedule, and the time it saves spent on 9 final fine-tune epochs instead of 5",
+                    ["--schedule", "geometric", "--final-finetune-epochs", "9"], False),
+    "geo-distill": ("geometric schedule + distillation", ["--schedule", "geometric", "--distill"], False),
+    "geo-distill-cached": ("geometric schedule + distillation from cached teacher outputs",
+                           ["--schedule", "geometric", "--distill", "--distill-cached"], False),
+    "scratch-seed": ("dense model trained here with the seed's recipe (5 epochs)", [], True),
+    "scratch-better-dense": ("dense: 1 warm-up epoch, label smoothing 0.1, Nesterov",
+                             ["--warmup-epochs", "1", "--label-smoothing", "0.1", "--nesterov"], True),
+}
+
+
+def run_variant(name: str, seed: int, args) -> dict:
+    what, flags, scratch = VARIANTS[name]
+    run_dir = Path(args.out_dir) / f"{name}-s{seed}"
+    results = run_dir / "results.json"
+    if not results.exists():
+        if run_dir.exists():
+            cmd = ["prunelab", "run", "--resume", str(run_dir)]
+        else:
+            cmd = ["prunelab", "run", "--preset", "quick", "--data-dir", args.data_dir, "--out-dir", args.out_dir,
+                   "--name", run_dir.name, "--seed", str(seed), "--no-progress", *flags]
+            if not scratch:
+                cmd += ["--baseline", args.baseline]
+        print("$ " + " ".join(cmd), flush=True)
+        if subprocess.run([sys.executable, "-m", "prunelab", *cmd[1:]]).returncode != 0:
+            sys.exit(f"ablation: {name} seed {seed} failed; fix it and run this command again to continue")
+    r = json.loads(results.read_text())
+    return {"variant": name, "seed": seed, "accuracy": r["final"]["accuracy"], "params": r["final"]["params"],
+            "macs": r["final"]["macs"], "dense_accuracy": r["dense"]["accuracy"],
+            "wall_s": r["wall_time_s"]["total"], "run_dir": str(run_dir)}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    out = []
+    base = None
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == name]
+        acc = [r["accuracy"] for r in rs]
+        s = {"variant": name, "change": VARIANTS[name][0], "from_scratch": VARIANTS[name][2],
+             "seeds": [r["seed"] for r in rs], "accuracy": acc, "mean": statistics.mean(acc),
+             "spread": max(acc) - min(acc), "wall_s_mean": statistics.mean(r["wall_s"] for r in rs),
+             "params": sorted({r["params"] for r in rs}), "macs": sorted({r["macs"] for r in rs})}
+        if name == "seed-recipe":
+            base = s
+        out.append(s)
+    for s in out:
+        ref = next((o for o in out if o["variant"] == "scratch-seed"), None) if s["from_scratch"] else base
+        if ref:
+            s["delta_pts"] = 100 * (s["mean"] - ref["mean"])
+            s["wall_ratio"] = s["wall_s_mean"] / ref["wall_s_mean"]
+    return out
+
+
+def table(summary: list[dict]) -> str:
+    lines = ["| variant | change | accuracy per seed | mean | spread | vs reference | params | MACs | wall (s) | wall ratio |",
+             "| :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for s in summary:
+        lines.append(
+            f"| {s['variant']} | {s['change']} | {' / '.join(f'{100 * a:.2f}%' for a in s['accuracy'])} | "
+            f"{100 * s['mean']:.2f}% | {100 * s['spread']:.2f} | "
+            + (f"{s['delta_pts']:+.2f} pts" if "delta_pts" in s else "") + " | "
+            + f"{', '.join(f'{p:,}' for p in s['params'])} | {', '.join(f'{m / 1e6:.2f} M' for m in s['macs'])} | "
+            f"{s['wall_s_mean']:.0f} | " + (f"{s['wall_ratio']:.2f}" if "wall_ratio" in s else "") + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--baseline", required=True, help="trained dense model the pruning variants start from")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--out-dir", default="runs/ablation")
+    p.add_argument("--json", default="benchmarks/results/ablation.json")
+    args = p.parse_args()
+    rows = [run_variant(v, s, args) for v in args.variants for s in args.seeds]
+    summary = summarise(rows)
+    print(table(summary))
+    write_json(args.json, {"machine": machine(), "baseline": args.baseline, "data_dir": args.data_dir,
+                           "runs": rows, "summary": summary})
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
