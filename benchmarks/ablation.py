@@ -45,9 +45,14 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "geo-distill": ("geometric schedule + distillation", ["--schedule", "geometric", "--distill"], False),
     "geo-distill-cached": ("geometric schedule + distillation from cached teacher outputs",
                            ["--schedule", "geometric", "--distill", "--distill-cached"], False),
+    "geo-distill-cached-final-8": ("geometric + cached distillation + 8 final fine-tune epochs",
+                                   ["--schedule", "geometric", "--distill", "--distill-cached",
+                                    "--final-finetune-epochs", "8"], False),
     "scratch-seed": ("dense model trained here with the seed's recipe (5 epochs)", [], True),
     "scratch-better-dense": ("dense: 1 warm-up epoch, label smoothing 0.1, Nesterov",
                              ["--warmup-epochs", "1", "--label-smoothing", "0.1", "--nesterov"], True),
+    "scratch-quick-best": ("the quick-best preset, dense model trained here (5 epochs)",
+                           ["--schedule", "geometric", "--final-finetune-epochs", "9"], True),
 }
 
 
