@@ -1,7 +1,7 @@
 """The issue-5 ablation: the seed recipe against one change at a time (and the chosen combination), several
 seeds each, on the same data, one run at a time. Prints a table (mean, spread, wall time) and writes JSON.
 
-Every variant is the `quick` preset plus its flags, so it gets the quick budget: 10,000 training images,
+Every variant is the `quick` preset plus its flags (a `--preset` among them replaces it), so it gets the quick budget: 10,000 training images,
 2,000 test images, 5 pruning steps to the seed's size (ratio 0.9, 105,428 params, 5.29 M MACs), 1 fine-tune
 epoch per step and 5 final ones. Pruning variants start from a trained dense model (`--baseline`) so that
 they compare pruning recipes, not dense training; variants marked "scratch" train the dense model too
@@ -52,7 +52,9 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "scratch-better-dense": ("dense: 1 warm-up epoch, label smoothing 0.1, Nesterov",
                              ["--warmup-epochs", "1", "--label-smoothing", "0.1", "--nesterov"], True),
     "scratch-quick-best": ("the quick-best preset, dense model trained here (5 epochs)",
-                           ["--schedule", "geometric", "--final-finetune-epochs", "9"], True),
+                           ["--preset", "quick-best"], True),
+    "quick-best": ("the quick-best preset: geometric, 9 final epochs, label smoothing 0.1, Nesterov",
+                   ["--preset", "quick-best"], False),
 }
 
 
