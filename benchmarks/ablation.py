@@ -36,7 +36,7 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "geometric": ("geometric schedule instead of linear", ["--schedule", "geometric"], False),
     "taylor": ("Taylor importance instead of L2", ["--importance", "taylor"], False),
     "lamp": ("LAMP importance instead of L2", ["--importance", "lamp"], False),
-    "global": ("global pruning (max 0.95 per layer) to the same MACs",
+    "global": ("global pruning (max 0.95 per layer), MACs target 5.29 M",
                ["--global-pruning", "--max-pruning-ratio", "0.95", "--target-macs", str(SEED_MACS)], False),
     "ft-lr-0.01": ("fine-tune lr 0.01 instead of 0.1", ["--finetune-lr", "0.01"], False),
     "ft-lr-0.03": ("fine-tune lr 0.03 instead of 0.1", ["--finetune-lr", "0.03"], False),
