@@ -1,7 +1,7 @@
 """The issue-5 ablation: the seed recipe against one change at a time (and the chosen combination), several
 seeds each, on the same data, one run at a time. Prints a table (mean, spread, wall time) and writes JSON.
 
-Every variant is the `quick` preset plus its flags (a `--preset` among them replaces it), so it gets the quick budget: 10,000 training images,
+Every variant is the `quick` preset (or the `--preset` among its flags) plus its flags, so it gets the quick budget: 10,000 training images,
 2,000 test images, 5 pruning steps to the seed's size (ratio 0.9, 105,428 params, 5.29 M MACs), 1 fine-tune
 epoch per step and 5 final ones. Pruning variants start from a trained dense model (`--baseline`) so that
 they compare pruning recipes, not dense training; variants marked "scratch" train the dense model too
@@ -32,41 +32,42 @@ SEED_MACS = 5293470  # the quick/seed pruned model's MACs (ratio 0.9 by L2, per 
 # name -> (what changes, flags added to `--preset quick`, trains its own dense model?)
 VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "seed-recipe": ("none: L2, per layer, linear schedule, fine-tune lr 0.1, no KD", [], False),
-    "distill": ("+ distillation from the dense model (T 4, weight 0.5)", ["--distill"], False),
     "geometric": ("geometric schedule instead of linear", ["--schedule", "geometric"], False),
-    "taylor": ("Taylor importance instead of L2", ["--importance", "taylor"], False),
-    "lamp": ("LAMP importance instead of L2", ["--importance", "lamp"], False),
-    "global": ("global pruning (max 0.95 per layer), MACs target 5.29 M",
-               ["--global-pruning", "--max-pruning-ratio", "0.95", "--target-macs", str(SEED_MACS)], False),
-    "ft-lr-0.01": ("fine-tune lr 0.01 instead of 0.1", ["--finetune-lr", "0.01"], False),
-    "ft-lr-0.03": ("fine-tune lr 0.03 instead of 0.1", ["--finetune-lr", "0.03"], False),
     "geo-final-9": ("geometric schedule, and the time it saves spent on 9 final fine-tune epochs instead of 5",
                     ["--schedule", "geometric", "--final-finetune-epochs", "9"], False),
+    "distill": ("+ distillation from the dense model (T 4, weight 0.5)", ["--distill"], False),
     "geo-distill": ("geometric schedule + distillation", ["--schedule", "geometric", "--distill"], False),
     "geo-distill-cached": ("geometric schedule + distillation from cached teacher outputs",
                            ["--schedule", "geometric", "--distill", "--distill-cached"], False),
     "geo-distill-cached-final-8": ("geometric + cached distillation + 8 final fine-tune epochs",
                                    ["--schedule", "geometric", "--distill", "--distill-cached",
                                     "--final-finetune-epochs", "8"], False),
+    "taylor": ("Taylor importance instead of L2", ["--importance", "taylor"], False),
+    "lamp": ("LAMP importance instead of L2", ["--importance", "lamp"], False),
+    "global": ("global pruning (max 0.95 per layer), MACs target 5.29 M",
+               ["--global-pruning", "--max-pruning-ratio", "0.95", "--target-macs", str(SEED_MACS)], False),
+    "ft-lr-0.01": ("fine-tune lr 0.01 instead of 0.1", ["--finetune-lr", "0.01"], False),
+    "quick-best": ("the quick-best preset: geometric, 9 final epochs, label smoothing 0.1, Nesterov",
+                   ["--preset", "quick-best"], False),
     "scratch-seed": ("dense model trained here with the seed's recipe (5 epochs)", [], True),
     "scratch-better-dense": ("dense: 1 warm-up epoch, label smoothing 0.1, Nesterov",
                              ["--warmup-epochs", "1", "--label-smoothing", "0.1", "--nesterov"], True),
     "scratch-quick-best": ("the quick-best preset, dense model trained here (5 epochs)",
                            ["--preset", "quick-best"], True),
-    "quick-best": ("the quick-best preset: geometric, 9 final epochs, label smoothing 0.1, Nesterov",
-                   ["--preset", "quick-best"], False),
 }
+REFERENCE = {False: "seed-recipe", True: "scratch-seed"}  # what each row is compared with, by from_scratch
 
 
 def run_variant(name: str, seed: int, args) -> dict:
-    what, flags, scratch = VARIANTS[name]
+    _, flags, scratch = VARIANTS[name]
     run_dir = Path(args.out_dir) / f"{name}-s{seed}"
     results = run_dir / "results.json"
     if not results.exists():
         if run_dir.exists():
             cmd = ["prunelab", "run", "--resume", str(run_dir)]
         else:
-            cmd = ["prunelab", "run", "--preset", "quick", "--data-dir", args.data_dir, "--out-dir", args.out_dir,
+            preset = [] if "--preset" in flags else ["--preset", "quick"]
+            cmd = ["prunelab", "run", *preset, "--data-dir", args.data_dir, "--out-dir", args.out_dir,
                    "--name", run_dir.name, "--seed", str(seed), "--no-progress", *flags]
             if not scratch:
                 cmd += ["--baseline", args.baseline]
@@ -81,7 +82,6 @@ def run_variant(name: str, seed: int, args) -> dict:
 
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
-    base = None
     for name in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == name]
         acc = [r["accuracy"] for r in rs]
@@ -89,11 +89,10 @@ def summarise(rows: list[dict]) -> list[dict]:
              "seeds": [r["seed"] for r in rs], "accuracy": acc, "mean": statistics.mean(acc),
              "spread": max(acc) - min(acc), "wall_s_mean": statistics.mean(r["wall_s"] for r in rs),
              "params": sorted({r["params"] for r in rs}), "macs": sorted({r["macs"] for r in rs})}
-        if name == "seed-recipe":
-            base = s
         out.append(s)
+    by_name = {s["variant"]: s for s in out}
     for s in out:
-        ref = next((o for o in out if o["variant"] == "scratch-seed"), None) if s["from_scratch"] else base
+        ref = by_name.get(REFERENCE[s["from_scratch"]])
         if ref:
             s["delta_pts"] = 100 * (s["mean"] - ref["mean"])
             s["wall_ratio"] = s["wall_s_mean"] / ref["wall_s_mean"]

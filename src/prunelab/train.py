@@ -133,16 +133,16 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
         x = trainer.normalizer(images)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
             logits = model(x)
-            if teacher is None and targets is None:
-                loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
-            else:
-                if targets is not None:
-                    teacher_logits = targets[idx]
-                else:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
+            if targets is not None:
+                loss = distillation_loss(logits, targets[idx], labels, kd_temperature, kd_weight,
+                                         trainer.label_smoothing)
+            elif teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
                 loss = distillation_loss(logits, teacher_logits, labels, kd_temperature, kd_weight,
                                          trainer.label_smoothing)
+            else:
+                loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
