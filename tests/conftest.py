@@ -15,6 +15,26 @@ def run_cli(*args, cwd=None, timeout=600):
                           text=True, timeout=timeout)
 
 
+def cli(*args, cwd=None):
+    """Run `prunelab ARGS` in this process (where no subprocess behaviour is under test): (exit code, stdout,
+    stderr). Faster than run_cli by the interpreter and import start-up."""
+    import contextlib
+    import io
+    import os
+
+    from prunelab.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        os.chdir(old)
+    return code, out.getvalue(), err.getvalue()
+
+
 @pytest.fixture
 def real_data():
     if not REAL_DATA.is_dir():

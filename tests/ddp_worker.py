@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from prunelab import distributed
 from prunelab.config import make_config
 from prunelab.data import load_data
-from prunelab.export import save_model
+from prunelab.modelfile import save as save_model
 from prunelab.models import build_model
 from prunelab.prune import build_pruner, history, layer_widths, prune_step
 from prunelab.train import Trainer, evaluate, make_optimizer, train_epoch

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conftest import run_cli
+from prunelab.measurement import find_latency
 
 RUN_FILES = ["config.json", "metrics.jsonl", "results.json", "report.md", "results.png", "curves.png", "filters.png",
              "model.onnx",
@@ -30,9 +31,9 @@ def test_tiny_synthetic_run_writes_every_file_of_the_run_directory(tmp_path):
     res = results(run)
     assert [s["step"] for s in res["steps"]] == [1, 2]
     assert res["final"]["params"] < res["steps"][0]["params"] < res["dense"]["params"]
-    assert res["final"]["latency_ms_cpu_b1"] > 0 and res["dense"]["latency_ms_cpu_b8"] > 0
+    assert find_latency(res["final"], "cpu", 1) > 0 and find_latency(res["dense"], "cpu", 8) > 0
     report = (run / "report.md").read_text()
-    assert "| Accuracy (test) |" in report and "Reduced from the seed recipe" in report
+    assert "| Accuracy (test) |" in report and "Budget against the seed recipe:** synthetic data" in report
     assert (run / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -120,6 +121,7 @@ def test_config_file_settings_apply_and_command_line_wins(tmp_path):
     assert len(results(tmp_path / "c")["steps"]) == 3
 
 
+@pytest.mark.slow
 def test_short_run_on_real_cifar10_images_produces_a_complete_run_directory(tmp_path, real_data):
     r = run_cli("run", "--preset", "quick", "--data-dir", real_data, "--out-dir", tmp_path, "--name", "real",
                 "--train-subset", "300", "--test-subset", "200", "--epochs", "1", "--iterative-steps", "2",

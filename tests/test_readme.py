@@ -60,6 +60,7 @@ SMALL = ["--train-subset", "128", "--test-subset", "64", "--epochs", "1", "--ite
          "--latency-min-reps", "2", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_readme_commands_run_at_a_small_size(tmp_path, real_data):
     """Run every prunelab command the README shows, in order, shrunk by SMALL, on the real data copy."""
     from conftest import run_cli

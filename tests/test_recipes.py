@@ -10,7 +10,7 @@ from prunelab.config import PrunelabError, make_config
 from prunelab.models import build_model
 from prunelab.prune import build_pruner, count_macs_params, geometric_scheduler, prune_step, ratio_for_target
 from prunelab.data import Split, load_data
-from prunelab.train import Trainer, cosine_schedule, distillation_loss, soft_targets, train_epoch
+from prunelab.train import Distillation, Trainer, cosine_schedule, distillation_loss, soft_targets, train_epoch
 
 
 def test_distillation_loss_is_cross_entropy_at_weight_0_and_zero_kl_when_student_equals_teacher():
@@ -33,11 +33,11 @@ def test_distillation_loss_pulls_the_student_toward_the_teacher():
 
 
 def test_cached_soft_targets_are_the_teachers_outputs_averaged_over_each_image_and_its_mirror():
-    cfg = make_config("tiny", {"progress": False})
+    cfg = make_config("tiny", {"progress": False, "precision": "fp32"})
     split = load_data(cfg).test
     trainer = Trainer.from_config(cfg, torch.device("cpu"))
     torch.manual_seed(0)
-    teacher = build_model("resnet18_cifar").eval()
+    teacher = build_model("resnet18_cifar").eval().to(memory_format=torch.channels_last)
     targets = soft_targets(teacher, split, trainer)
     assert targets.shape == (len(split), 10) and targets.dtype == torch.float32
     mirrored = soft_targets(teacher, Split(split.images.flip(3), split.labels), trainer)
@@ -45,7 +45,7 @@ def test_cached_soft_targets_are_the_teachers_outputs_averaged_over_each_image_a
     with torch.inference_mode():
         x = trainer.normalizer(split.images[:4])
         direct = (teacher(x).float() + teacher(x.flip(3)).float()) / 2
-    assert torch.allclose(targets[:4], direct, atol=0.1)  # bf16 autocast here, fp32 in `direct`
+    assert torch.allclose(targets[:4], direct, atol=1e-5)
 
 
 def test_training_on_cached_targets_uses_the_row_of_each_image():
@@ -60,8 +60,8 @@ def test_training_on_cached_targets_uses_the_row_of_each_image():
     model = build_model("resnet18_cifar").to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     for epoch in range(4):
-        train_epoch(model, split, opt, None, trainer, torch.Generator().manual_seed(epoch), targets=targets,
-                    kd_temperature=1.0, kd_weight=1.0)
+        train_epoch(model, split, opt, None, trainer, torch.Generator().manual_seed(epoch),
+                    distill=Distillation(1.0, 1.0, targets=targets))
     model.eval()
     with torch.inference_mode():
         predicted = model(trainer.normalizer(split.images)).argmax(1)
@@ -77,7 +77,7 @@ def test_distillation_loss_scales_the_soft_term_by_temperature_squared():
 def test_geometric_schedule_removes_the_same_share_of_what_remains_each_step():
     ratios = geometric_scheduler(0.9, 4)
     kept = [1 - r for r in ratios]
-    assert ratios[0] == 0 and math.isclose(ratios[-1], 0.9)
+    assert math.isclose(ratios[-1], 0.9)
     shares = [kept[k + 1] / kept[k] for k in range(4)]
     assert all(math.isclose(x, shares[0]) for x in shares)
 
@@ -117,7 +117,7 @@ def test_ratio_for_target_params():
 
 def test_warmup_then_cosine_schedule():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    sched = cosine_schedule(opt, total_batches=10, warmup_batches=2)
+    sched = cosine_schedule(opt, total_steps=10, warmup_steps=2)
     lrs = []
     for _ in range(10):
         lrs.append(opt.param_groups[0]["lr"])

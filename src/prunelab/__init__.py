@@ -17,16 +17,17 @@ from .config import PRESETS, Config, PrunelabError, make_config  # noqa: E402
 __all__ = ["Config", "PRESETS", "PrunelabError", "make_config", "run", "load", "evaluate", "measure", "export_onnx"]
 
 
-def run(config: Config, resume_dir=None):
-    """Run (or resume) the whole pipeline; returns the run directory."""
+def run(config: Config | None = None, resume_dir=None):
+    """Run the whole pipeline, or resume the run in `resume_dir` (config None, or one whose recipe equals the
+    run's: only runtime settings may differ); returns the run directory."""
     from .pipeline import run as _run
     return _run(config, resume_dir)
 
 
 def load(path, device="cpu", trust_pickle: bool = False):
     """Load a model saved by prunelab (run directory, .safetensors or .json): returns (model, description)."""
-    from .export import load_model
-    return load_model(path, device, trust_pickle=trust_pickle)
+    from .modelfile import load as _load
+    return _load(path, device, trust_pickle=trust_pickle)
 
 
 def evaluate(model, config, split: str = "test") -> float:

@@ -5,10 +5,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from .config import PRESETS, Config, PrunelabError, load_config_file, make_config
-
-# Settings that may differ when a run is resumed (where it runs, not what it computes).
-RESUMABLE_OVERRIDES = {"data_dir", "cache_dir", "device", "num_threads", "progress"}
+from .config import PRESETS, Config, PrunelabError, load_config_file, make_config, to_dict
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -33,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the whole pipeline into runs/<name>/, or continue one with --resume.")
     p.add_argument("--preset", default="seed", help=f"starting settings: {', '.join(PRESETS)} (default: seed)")
     p.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (applied after the preset)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last finished step")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last finished step "
+                   "(only runtime settings may be given: --device, --num-threads, --progress, --data-dir, ...)")
     _add_config_options(p)
 
     p = sub.add_parser("sweep", help="several targets and/or criteria, one run each, then a Pareto plot and table",
@@ -82,25 +80,20 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args) -> None:
-    from .pipeline import open_existing, run
+    from .pipeline import run
+    from .rundir import open_existing
 
-    overrides = _overrides(args)
-    if args.resume:
-        fixed = sorted(set(overrides) - RESUMABLE_OVERRIDES)
-        if fixed or args.config:
-            raise PrunelabError(f"--resume continues a run with its own settings; drop {', '.join(fixed) or '--config'} "
-                                "(start a new run to change them)")
-        rd, cfg = open_existing(args.resume)
-        cfg = make_config("seed", {**{f.name: getattr(cfg, f.name) for f in fields(Config)}, **overrides})
-        run(cfg, rd.path)
-        return
     file_overrides = load_config_file(args.config) if args.config else {}
-    cfg = make_config(args.preset, {**file_overrides, **overrides})
-    run(cfg)
+    overrides = {**file_overrides, **_overrides(args)}
+    if args.resume:  # the saved settings, with what was given on top; the pipeline refuses recipe changes
+        saved = open_existing(args.resume)[1]
+        run(make_config("seed", {**to_dict(saved), **overrides}), args.resume)
+        return
+    run(make_config(args.preset, overrides))
 
 
 def cmd_sweep(args) -> None:
-    from .pipeline import sweep
+    from .sweep import sweep
 
     overrides = _overrides(args)
     overrides.setdefault("name", "sweep")
@@ -119,9 +112,9 @@ def cmd_eval(args) -> None:
     import json as _json
 
     from . import evaluate
-    from .export import load_model
+    from .modelfile import load
 
-    model, desc = load_model(args.model, trust_pickle=args.trust_pickle)
+    model, desc = load(args.model, trust_pickle=args.trust_pickle)
     if not desc.get("config"):
         raise PrunelabError(f"{args.model} records no data settings; evaluate it from Python with prunelab.evaluate")
     cfg = make_config("seed", {**desc["config"], **({"data_dir": args.data_dir} if args.data_dir else {}),
@@ -138,16 +131,17 @@ def cmd_eval(args) -> None:
 def _bench_models(paths, trust_pickle):
     from pathlib import Path
 
-    from .export import load_model, resolve_model_path
+    from .modelfile import load, resolve
     out = []
     for p in paths:
-        targets = [("dense", resolve_model_path(p, "dense")), ("final", resolve_model_path(p, "final"))] \
+        targets = [("dense", resolve(p, "dense")), ("final", resolve(p, "final"))] \
             if Path(p).is_dir() else [(Path(p).stem, Path(p))]
         for which, path in targets:
-            model, desc = load_model(path, trust_pickle=trust_pickle)
+            model, desc = load(path, trust_pickle=trust_pickle)
             label = f"{Path(p).name}:{which}" if Path(p).is_dir() else which
             weights = path.with_name(desc["weights_file"]) if desc.get("weights_file") else path
-            out.append((label, model, weights))
+            size = (desc.get("inputs") or {}).get("image_size", 32)
+            out.append((label, model, weights, size))
     return out
 
 
@@ -180,11 +174,13 @@ def cmd_bench(args) -> None:
 def cmd_export(args) -> None:
     from pathlib import Path
 
-    from .export import export_onnx, load_model
-    model, _ = load_model(args.model)
+    from .export import export_onnx
+    from .modelfile import load
+    from .rundir import RunDir
+    model, desc = load(args.model)
     src = Path(args.model)
-    out = Path(args.out) if args.out else (src / "model.onnx" if src.is_dir() else src.with_suffix(".onnx"))
-    info = export_onnx(model, out)
+    out = Path(args.out) if args.out else (RunDir(src).onnx if src.is_dir() else src.with_suffix(".onnx"))
+    info = export_onnx(model, out, input_size=(desc.get("inputs") or {}).get("image_size", 32))
     print(f"wrote {out} (onnx.checker passed; onnxruntime matches PyTorch within {info['max_abs_diff']:.1e})")
 
 

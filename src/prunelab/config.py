@@ -1,6 +1,12 @@
-"""Every setting of a prunelab run, in one flat dataclass; presets are small dicts of overrides.
+"""Every setting of a prunelab run, in one flat frozen dataclass; presets are small dicts of overrides.
 
-A run is fully described by its resolved `Config`, which is written to `runs/<name>/config.json`.
+Two kinds of setting, marked in each field's metadata:
+- the **recipe** (what a run computes: data, model, optimisation, pruning, measurement), pinned by
+  `runs/<name>/config.json` once the run starts;
+- the **runtime** (`runtime=True`: where and how it runs: device, threads, progress bars, folders),
+  which `--resume` may change.
+A `Config` is immutable: values derived while a run goes (the ratio found for a MACs target) are
+results of a stage, recorded in metrics.jsonl and the checkpoints, never written back into the config.
 Settings are validated here, in one place, before any long work starts.
 """
 from __future__ import annotations
@@ -18,50 +24,75 @@ class PrunelabError(Exception):
 
 
 IMPORTANCES = ("l1", "l2", "taylor", "bn_scale", "lamp", "fpgm", "random")
-MODELS = ("resnet18_cifar",)
+NORMALIZATIONS = {  # per-channel mean and std on the 0-1 scale, by name
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2430, 0.2610]),  # the seed's constants
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),  # torchvision's pretrained weights
+}
 DATA_FORMATS = ("auto", "cifar-batches", "image-folder", "synthetic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("linear", "geometric")
+AUGMENTATIONS = ("auto", "pad-crop", "resized-crop", "none")
+LR_SCHEDULE_UNITS = ("epoch", "batch")
+# Settings that older prunelab versions wrote into config.json and that are now derived: ignored on reading.
+RETIRED = ("reduced",)
 
 
-def _f(default, help: str, **kw):
-    """A dataclass field with its help text (shown by `prunelab run --help`)."""
+def _f(default, help: str, runtime: bool = False, **kw):
+    """A dataclass field with its help text (shown by `prunelab run --help`). `runtime=True` marks a setting
+    that says where or how a run executes, not what it computes: `--resume` may change it."""
+    meta = {"help": help, "runtime": runtime}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
+    # --- runtime: where and how the run executes (may change on --resume) ---
+    name: str = _f("", "run name: the run directory is <out_dir>/<name> (default: the preset name)", runtime=True)
+    out_dir: str = _f("runs", "folder that holds run directories", runtime=True)
+    device: str = _f("auto", "auto | cpu | cuda", runtime=True)
+    num_threads: int = _f(0, "CPU threads for torch during the run (0 = torch's default)", runtime=True)
+    progress: bool = _f(True, "show progress bars", runtime=True)
+    tensorboard: bool = _f(False, "also log metrics to <run>/tensorboard (needs the tensorboard package)", runtime=True)
+    data_dir: str = _f("data", "folder with cifar-10-batches-py/ or an image-folder tree train/<class>/*, test/<class>/*",
+                       runtime=True)
+    download: bool = _f(False, "download the official CIFAR-10 into data_dir if it is not there (needs a network)",
+                        runtime=True)
+    cache_dir: str = _f("", "where decoded image folders are cached (default: ~/.cache/prunelab)", runtime=True)
+
     # --- run ---
-    name: str = _f("", "run name: the run directory is <out_dir>/<name> (default: the preset name)")
-    out_dir: str = _f("runs", "folder that holds run directories")
     seed: int = _f(0, "seed for weights, data order, augmentation and subsets")
-    device: str = _f("auto", "auto | cpu | cuda")
     precision: str = _f("auto", "training precision: auto (bf16 where supported, else fp32) | fp32 | bf16 | fp16 (CUDA only)")
     channels_last: bool = _f(True, "use channels_last memory format (faster convolutions on CPU and tensor cores)")
-    num_threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
-    progress: bool = _f(True, "show progress bars")
-    tensorboard: bool = _f(False, "also log metrics to <run>/tensorboard (needs the tensorboard package)")
 
     # --- data ---
-    data_dir: str = _f("data", "folder with cifar-10-batches-py/ or an image-folder tree train/<class>/*, test/<class>/*")
     data_format: str = _f("auto", "auto | cifar-batches | image-folder | synthetic")
-    download: bool = _f(False, "download the official CIFAR-10 into data_dir if it is not there (needs a network)")
-    cache_dir: str = _f("", "where decoded image folders are cached (default: ~/.cache/prunelab)")
     train_subset: int = _f(0, "use this many training images (0 = all), drawn at random with the seed")
     test_subset: int = _f(0, "use this many test images (0 = all), drawn at random with the seed")
     val_size: int = _f(0, "images carved from train as a validation split (0 = none); the test set is only for reported numbers")
     synthetic_size: int = _f(512, "training images when data_format=synthetic (test gets a quarter)")
-    mean: list = _f([0.4914, 0.4822, 0.4465], "per-channel input mean on the 0-1 scale (seed's constants)")
-    std: list = _f([0.2470, 0.2430, 0.2610], "per-channel input std on the 0-1 scale (seed's constants)")
-    crop_padding_px: int = _f(4, "random-crop padding in pixels (0 = no crop augmentation)")
+    image_size: int = _f(0, "side of the square images the model sees, px (0 = the data's own size, which must then "
+                            "be the same for every image); larger images are resized (shorter side) and centre-cropped")
+    mean: list = _f([0.4914, 0.4822, 0.4465], "per-channel input mean on the 0-1 scale: 3 numbers, or cifar10 | "
+                                              "imagenet | auto (computed on the training split)")
+    std: list = _f([0.2470, 0.2430, 0.2610], "per-channel input std on the 0-1 scale: 3 numbers, or cifar10 | imagenet "
+                                             "| auto")
+    augmentation: str = _f("auto", "training augmentation: auto (pad-crop up to 64 px, resized-crop above) | pad-crop "
+                                   "(the seed's random crop with zero padding) | resized-crop (random-resized-crop) | none")
+    crop_padding_px: int = _f(4, "pad-crop padding in pixels (0 = no crop augmentation)")
     flip: bool = _f(True, "random horizontal flip")
 
     # --- model ---
-    model: str = _f("resnet18_cifar", "model builder: " + " | ".join(MODELS))
-    baseline: str = _f("", "path to a trained dense model (.safetensors) to start from instead of training one")
+    model: str = _f("resnet18_cifar", "model: resnet18_cifar (the seed's) | a torchvision model name (resnet50, "
+                                      "mobilenet_v2, ...) | timm:<name> | package.module:function (your builder)")
+    model_kwargs: str = _f("", "JSON object of keyword arguments for the model builder, e.g. '{\"width\": 64}'")
+    num_classes: int = _f(0, "classes the model outputs (0 = the number of class folders in the data); must match the data")
+    small_input_stem: bool = _f(False, "give a ResNet-family model the seed's stem for 32-64 px inputs (3x3 stride-1 "
+                                       "conv1, no max-pool); resnet18_cifar has it already")
+    baseline: str = _f("", "path to a trained dense model (.safetensors: a prunelab model file, or the state dict of "
+                           "this --model as torchvision/timm/your code saved it) to start from instead of training one")
 
     # --- optimisation (the same SGD settings train the baseline and every fine-tune) ---
     batch_size: int = _f(128, "training batch size, images")
@@ -73,7 +104,10 @@ class Config:
     nesterov: bool = _f(False, "Nesterov momentum")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
     warmup_epochs: float = _f(0.0, "linear learning-rate warm-up before the cosine decay, in epochs (dense training)")
-    epochs: int = _f(10, "epochs to train the dense baseline (cosine schedule over them, stepped per batch)")
+    lr_schedule_unit: str = _f("epoch", "how often the cosine schedule steps: epoch (the seed's CosineAnnealingLR(T_max="
+                                        "epochs) stepped once per epoch: a 1-epoch fine-tune runs at a constant lr) | "
+                                        "batch (a smooth decay to 0 within every stage)")
+    epochs: int = _f(10, "epochs to train the dense baseline (cosine schedule over them)")
 
     # --- pruning (Torch-Pruning) ---
     importance: str = _f("l2", "filter importance: " + " | ".join(IMPORTANCES))
@@ -81,8 +115,9 @@ class Config:
     iterative_steps: int = _f(20, "pruning steps that reach pruning_ratio")
     schedule: str = _f("linear", "linear (each step removes the same share of the original channels) | geometric "
                                  "(each step removes the same share of what remains)")
-    target_macs: float = _f(0.0, "prune until the model has at most this many MACs per image (sets pruning_ratio; 0 = off)")
-    target_params: float = _f(0.0, "prune until the model has at most this many parameters (sets pruning_ratio; 0 = off)")
+    target_macs: float = _f(0.0, "prune until the model has at most this many MACs per image (the ratio is then searched "
+                                 "for, and recorded as a result of the dense stage; 0 = off)")
+    target_params: float = _f(0.0, "prune until the model has at most this many parameters (as target_macs; 0 = off)")
     global_pruning: bool = _f(False, "rank channels across layers instead of within each layer")
     max_pruning_ratio: float = _f(1.0, "with global pruning: no layer loses more than this share of its channels")
     round_to: int = _f(2, "keep channel counts a multiple of this (0 = no rounding)")
@@ -106,9 +141,6 @@ class Config:
     # --- export ---
     export_onnx: bool = _f(True, "write model.onnx of the final model (checked against PyTorch; needs onnx + onnxruntime)")
 
-    # --- report ---
-    reduced: str = _f("", "what this preset reduces compared with the seed recipe (written into report.md)")
-
 
 # Presets are plain data: overrides on top of the defaults above (which are the seed recipe).
 # The same flow sized for a 2-core CPU in about 15 minutes on the real data.
@@ -120,23 +152,21 @@ _QUICK = {
     "iterative_steps": 5,
     "final_finetune_epochs": 5,
     "latency_min_seconds": 0.5,
-    "reduced": "10,000 training images (of 50,000), 2,000 test images (of 10,000), 5 dense epochs "
-               "(of 10), 5 pruning steps (of 20), 5 final fine-tune epochs (of 10)",
 }
 # What beat the seed recipe in the CPU ablation at equal wall time (docs/RESULTS.md, benchmarks/ablation.py):
 # a geometric schedule (whose saved fine-tune time goes to a longer final fine-tune, set per preset), and
-# a dense recipe with a 1-epoch warm-up, label smoothing 0.1 and Nesterov (the last two act in every fine-tune).
-_BEST_CHANGES = {"schedule": "geometric", "warmup_epochs": 1, "label_smoothing": 0.1, "nesterov": True}
+# a dense recipe with a 1-epoch warm-up, label smoothing 0.1 and Nesterov (the last two act in every fine-tune),
+# all with the cosine stepped per batch (as they were measured).
+_BEST_CHANGES = {"schedule": "geometric", "warmup_epochs": 1, "label_smoothing": 0.1, "nesterov": True,
+                 "lr_schedule_unit": "batch"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The course project exactly: 10 dense epochs, L2 importance, ratio 0.9 in 20 linear steps,
-    # 1 fine-tune epoch per step, 10 final fine-tune epochs, batch 128, SGD 0.1/0.9/5e-4, cosine.
+    # 1 fine-tune epoch per step, 10 final fine-tune epochs, batch 128, SGD 0.1/0.9/5e-4, cosine stepped per epoch.
     "seed": {},
     "quick": _QUICK,
     # The quick budget with the changes: 9 final fine-tune epochs instead of 5.
-    "quick-best": {**_QUICK, **_BEST_CHANGES, "final_finetune_epochs": 9,
-                   "reduced": "10,000 training images (of 50,000), 2,000 test images (of 10,000), 5 dense epochs "
-                              "(of 10), 5 pruning steps (of 20), 9 final fine-tune epochs (of 10)"},
+    "quick-best": {**_QUICK, **_BEST_CHANGES, "final_finetune_epochs": 9},
     # The seed's budget with the changes, the final fine-tune lengthened in the same proportion (18 for 10).
     # Meant for a GPU; not yet run to the end anywhere.
     "best": {**_BEST_CHANGES, "final_finetune_epochs": 18},
@@ -152,13 +182,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "latency_warmup": 1,
         "latency_min_reps": 2,
         "latency_min_seconds": 0.0,
-        "reduced": "synthetic data, 1 epoch per stage, 2 pruning steps",
     },
 }
 
 
 def field_names() -> list[str]:
     return [f.name for f in fields(Config)]
+
+
+def runtime_fields() -> list[str]:
+    """The settings a resumed run may change: where and how it runs, not what it computes."""
+    return [f.name for f in fields(Config) if f.metadata["runtime"]]
+
+
+def recipe_fields() -> list[str]:
+    """The settings a run directory pins."""
+    return [f.name for f in fields(Config) if not f.metadata["runtime"]]
 
 
 def _suggest(name: str, options) -> str:
@@ -191,6 +230,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
                 value = [v for v in value.replace(",", " ").split() if v]
             if not isinstance(value, (list, tuple)):
                 raise ValueError
+            if name in ("mean", "std") and len(value) == 1 and str(value[0]) in (*NORMALIZATIONS, "auto"):
+                return [str(value[0])]
             inner = type(default[0]) if default else str
             return [inner(v) for v in value]
         if kind is str:
@@ -208,14 +249,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise PrunelabError(f"config file not found: {p}; pass an existing .yaml or .json file to --config")
     text = p.read_text()
-    try:
-        if p.suffix.lower() == ".json":
+    if p.suffix.lower() == ".json":
+        try:
             data = json.loads(text)
-        else:
+        except json.JSONDecodeError as e:
+            raise PrunelabError(f"config file {p} is not valid JSON: {e}")
+    else:
+        try:
             import yaml
+        except ImportError:
+            raise PrunelabError(f"reading {p} needs the pyyaml package (pip install pyyaml), or write it as .json")
+        try:
             data = yaml.safe_load(text)
-    except Exception as e:  # the parser's own message is long; keep the first line
-        raise PrunelabError(f"config file {p} is not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}: {str(e).splitlines()[0]}")
+        except yaml.YAMLError as e:  # the parser's own message is long; keep the first line
+            raise PrunelabError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -231,13 +278,15 @@ def make_config(preset: str = "seed", overrides: dict[str, Any] | None = None) -
     defaults = Config()
     values = {}
     for key, value in merged.items():
+        if key in RETIRED:
+            continue
         if key not in field_names():
             raise PrunelabError(f"config: unknown setting '{key}'{_suggest(key, field_names())}; "
                                 "see `prunelab run --help` for the list")
         values[key] = _coerce(key, value, getattr(defaults, key))
+    if not values.get("name"):
+        values["name"] = preset
     cfg = dataclasses.replace(defaults, **values)
-    if not cfg.name:
-        cfg.name = preset
     validate(cfg)
     return cfg
 
@@ -255,11 +304,24 @@ def validate(cfg: Config) -> None:
 
     need(cfg.importance in IMPORTANCES,
          f"unknown importance '{cfg.importance}'{_suggest(cfg.importance, IMPORTANCES)}; choose one of: {', '.join(IMPORTANCES)}")
-    need(cfg.model in MODELS, f"unknown model '{cfg.model}'{_suggest(cfg.model, MODELS)}; choose one of: {', '.join(MODELS)}")
+    from .models import check_name, check_prunable
+    check_name(cfg.model)
+    check_prunable(cfg.model)
+    need(cfg.num_classes == 0 or cfg.num_classes >= 2, f"num_classes must be 0 (from the data) or at least 2, got "
+         f"{cfg.num_classes}")
+    need(cfg.image_size >= 0, f"image_size must be 0 (the data's own) or a positive number of pixels, got {cfg.image_size}")
+    if cfg.model_kwargs:
+        try:
+            kwargs = json.loads(cfg.model_kwargs)
+        except json.JSONDecodeError as e:
+            raise PrunelabError(f"config: model_kwargs is not valid JSON ({e}); pass an object such as '{{\"width\": 64}}'")
+        need(isinstance(kwargs, dict), f"model_kwargs must be a JSON object, got {cfg.model_kwargs}")
     need(cfg.data_format in DATA_FORMATS, f"unknown data_format '{cfg.data_format}'; choose one of: {', '.join(DATA_FORMATS)}")
     need(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}'; choose one of: {', '.join(PRECISIONS)}")
     need(cfg.device in DEVICES, f"unknown device '{cfg.device}'; choose one of: {', '.join(DEVICES)}")
     need(0.0 < cfg.pruning_ratio < 1.0, f"pruning_ratio must be in (0, 1), got {cfg.pruning_ratio}; e.g. 0.9 removes 90% of channels")
+    need(cfg.lr_schedule_unit in LR_SCHEDULE_UNITS, f"unknown lr_schedule_unit '{cfg.lr_schedule_unit}'; choose one of: "
+         f"{', '.join(LR_SCHEDULE_UNITS)}")
     need(cfg.schedule in SCHEDULES, f"unknown schedule '{cfg.schedule}'{_suggest(cfg.schedule, SCHEDULES)}; choose one of: {', '.join(SCHEDULES)}")
     need(cfg.target_macs >= 0 and cfg.target_params >= 0, "target_macs and target_params must be 0 (off) or positive")
     need(not (cfg.target_macs and cfg.target_params), "set target_macs or target_params, not both")
@@ -285,8 +347,12 @@ def validate(cfg: Config) -> None:
     need(cfg.train_subset >= 0 and cfg.test_subset >= 0 and cfg.val_size >= 0,
          "train_subset, test_subset and val_size must be 0 or more")
     need(cfg.synthetic_size >= 16, f"synthetic_size must be at least 16, got {cfg.synthetic_size}")
-    need(len(cfg.mean) == 3 and len(cfg.std) == 3 and all(s > 0 for s in cfg.std),
-         "mean and std must have 3 values each and std must be positive")
+    named = [v for v in (cfg.mean, cfg.std) if len(v) == 1 and isinstance(v[0], str)]
+    need(all(len(v) == 3 for v in (cfg.mean, cfg.std) if v not in named) and
+         all(s > 0 for s in (cfg.std if cfg.std not in named else [1])),
+         "mean and std must each be 3 numbers (std positive), or one of cifar10, imagenet, auto")
+    need(cfg.augmentation in AUGMENTATIONS, f"unknown augmentation '{cfg.augmentation}'; choose one of: "
+         f"{', '.join(AUGMENTATIONS)}")
     need(cfg.crop_padding_px >= 0, f"crop_padding_px must be 0 or more, got {cfg.crop_padding_px}")
     need(len(cfg.latency_batch_sizes) >= 1 and all(b >= 1 for b in cfg.latency_batch_sizes),
          f"latency_batch_sizes must be positive integers, got {cfg.latency_batch_sizes}")
@@ -302,3 +368,22 @@ def validate(cfg: Config) -> None:
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def runtime_settings(cfg: Config) -> dict[str, Any]:
+    return {n: getattr(cfg, n) for n in runtime_fields()}
+
+
+def resumed_config(saved: Config, given: Config | None) -> Config:
+    """The config a resumed run continues with: the saved recipe, with the runtime settings of `given`.
+    Raises PrunelabError naming the first recipe setting that `given` would change (the API and the CLI
+    both come through here, so both refuse the same things with the same words)."""
+    if given is None:
+        return saved
+    changed = [n for n in recipe_fields() if getattr(given, n) != getattr(saved, n)]
+    if changed:
+        n = changed[0]
+        raise PrunelabError(f"--resume continues a run with its own recipe, but {n} would change from "
+                            f"{getattr(saved, n)!r} to {getattr(given, n)!r}; drop that setting, or start a new run "
+                            f"(only {', '.join(runtime_fields())} may change)")
+    return dataclasses.replace(saved, **{n: getattr(given, n) for n in runtime_fields()})

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, PrunelabError
-from .distributed import shard
+from .distributed import shard, shard_length
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -41,6 +41,38 @@ class Split:
         return Split(self.images.to(device), self.labels.to(device))
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model's input is: square images of `image_size` px, normalised with per-channel `mean` and `std`
+    (0-1 scale), and the class names. Stored in every model file; read by measurement, export and reports."""
+    image_size: int
+    mean: tuple
+    std: tuple
+    classes: tuple
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+                "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpec":
+        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), tuple(d.get("classes") or ()))
+
+
+def resolve_normalization(value: list, which: int, train: "Split | None") -> list[float]:
+    """Numbers as given, a named set (cifar10, imagenet), or auto: computed on the training split."""
+    from .config import NORMALIZATIONS
+    if len(value) == 1 and isinstance(value[0], str):
+        if value[0] == "auto":
+            if train is None:
+                raise PrunelabError("mean/std 'auto' needs training data to compute them on")
+            x = train.images[: 20000].double() / 255  # up to 20,000 images: the mean settles long before
+            stats = (x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)))
+            return [round(float(v), 4) for v in stats[which]]
+        return list(NORMALIZATIONS[value[0]][which])
+    return [float(v) for v in value]
+
+
 @dataclass
 class Data:
     train: Split
@@ -48,6 +80,9 @@ class Data:
     test: Split
     classes: list[str]
     source: str  # one line saying where the data came from
+    train_available: int = 0  # images in the training split before the validation split and subsets were drawn
+    test_available: int = 0  # images in the test split before the subset was drawn
+    inputs: InputSpec | None = None
 
 
 # ----------------------------------------------------------------------------- readers
@@ -72,7 +107,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
         data = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64)
-    except Exception as e:
+    except (pickle.UnpicklingError, EOFError, OSError, KeyError, AttributeError, TypeError, ValueError) as e:
         raise PrunelabError(f"CIFAR batch file {path} is unreadable ({type(e).__name__}: {e}); "
                             "delete the folder and download it again with --download")
     if len(data) != len(labels):
@@ -102,43 +137,75 @@ def read_cifar_batches(folder: Path) -> tuple[Split, Split, list[str]]:
 
 
 def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], int]:
-    """Class names, (image path, label) pairs, and the number of non-image files that were skipped.
-    Files whose suffix is not an image format (README.txt, .DS_Store, ...) are skipped and counted;
-    an image file that cannot be decoded stops the run, since it means the copy of the data is damaged."""
+    """Class names, (image path, label) pairs, and the number of non-image files that were skipped, found
+    by torchvision's own image-folder rules (find_classes, make_dataset). Files whose suffix is not an image
+    format (README.txt, .DS_Store, ...) are skipped and counted; an image file that cannot be decoded stops
+    the run, since it means the copy of the data is damaged."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
     if not root.is_dir():
         raise PrunelabError(f"image folder {root} not found; expected <data_dir>/train/<class>/*.jpg and <data_dir>/test/<class>/*.jpg")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    try:
+        classes, class_to_idx = find_classes(str(root))
+    except FileNotFoundError:
         raise PrunelabError(f"{root} has no class folders; expected {root}/<class>/*.jpg")
-    files, skipped = [], 0
-    for label, c in enumerate(classes):
-        entries = sorted(p for p in (root / c).iterdir() if p.is_file())
-        found = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
-        skipped += len(entries) - len(found)
-        if not found:
+    classes = [c for c in classes if not c.startswith(".")]
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    files = [(Path(p), label) for p, label in make_dataset(str(root), class_to_idx, extensions=tuple(IMAGE_SUFFIXES),
+                                                            allow_empty=True)]
+    counts = np.bincount([label for _, label in files], minlength=len(classes))
+    for c, count in zip(classes, counts):
+        if count == 0:
             raise PrunelabError(f"class folder {root / c} has no images; remove it or add images")
-        files += [(p, label) for p in found]
-    return classes, files, skipped
+    every = sum(1 for c in classes for p in (root / c).rglob("*") if p.is_file())
+    return classes, files, every - len(files)
 
 
-def _decode_images(files: list[tuple[Path, int]], size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+# An image this many times smaller than --image-size would be mostly interpolation: refused, so the user hears of it.
+MAX_UPSCALE = 2.0
+
+
+def _decode_images(files: list[tuple[Path, int]], size: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """Decode to one uint8 N x 3 x S x S array. size 0: every image must already be square and of one size.
+    size S > 0: the shorter side is resized to S (bilinear, antialiased), then the centre S x S is cropped,
+    as torchvision's Resize(S) + CenterCrop(S). Grayscale and palette images become RGB; their count is returned."""
     from PIL import Image
 
-    images = np.empty((len(files), size, size, 3), dtype=np.uint8)
-    labels = np.empty(len(files), dtype=np.int64)
+    images, labels, gray = None, np.empty(len(files), dtype=np.int64), 0
     for i, (path, label) in enumerate(files):
         try:
             with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except Exception as e:
+                gray += im.mode in ("L", "LA", "I", "I;16", "1", "P") and len(im.getbands()) < 3
+                im = im.convert("RGB")
+                w, h = im.size
+                if size:
+                    if min(w, h) * MAX_UPSCALE < size:
+                        raise PrunelabError(f"image {path} is {w}x{h}, more than {MAX_UPSCALE:g}x smaller than "
+                                            f"--image-size {size}; lower --image-size or use larger images")
+                    if (w, h) != (size, size):
+                        scale = size / min(w, h)
+                        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                                       Image.Resampling.BILINEAR, reducing_gap=None)
+                        left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+                        im = im.crop((left, top, left + size, top + size))
+                arr = np.asarray(im)
+        except PrunelabError:
+            raise
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
             raise PrunelabError(f"cannot decode image {path} ({type(e).__name__}); the data copy is damaged: "
                                 "replace or delete the file")
-        if arr.shape != (size, size, 3):
-            raise PrunelabError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, but CIFAR-10 models here take "
-                                f"{size}x{size}; resize the images to {size}x{size}")
+        if images is None:
+            side = size or arr.shape[0]
+            if arr.shape[0] != arr.shape[1] and not size:
+                raise PrunelabError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, not square; pass --image-size N "
+                                    "to resize and centre-crop every image to N x N")
+            images = np.empty((len(files), side, side, 3), dtype=np.uint8)
+        if arr.shape != images.shape[1:]:
+            raise PrunelabError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, but the first image is "
+                                f"{images.shape[2]}x{images.shape[1]}; pass --image-size N to resize every image to N x N")
         images[i] = arr
         labels[i] = label
-    return images.transpose(0, 3, 1, 2).copy(), labels
+    return images.transpose(0, 3, 1, 2).copy(), labels, gray
 
 
 def _cache_root(cfg_cache_dir: str) -> Path:
@@ -147,13 +214,16 @@ def _cache_root(cfg_cache_dir: str) -> Path:
     return Path(os.environ.get("PRUNELAB_CACHE", Path.home() / ".cache" / "prunelab"))
 
 
-def read_image_folder_split(root: Path, cache_dir: Path | None) -> tuple[Split, list[str]]:
-    """Decode every image under root/<class>/ into one uint8 tensor, with a cache keyed by the file list."""
+def read_image_folder_split(root: Path, cache_dir: Path | None, size: int = 0) -> tuple[Split, list[str]]:
+    """Decode every image under root/<class>/ into one uint8 tensor (at size x size, see _decode_images), with a
+    cache keyed by the file list and the size."""
     classes, files, skipped = _list_image_folder(root)
     if skipped:
         print(f"prunelab: skipped {skipped} non-image files under {root}", file=sys.stderr)
     key = hashlib.sha1()
     key.update(str(root.resolve()).encode())
+    if size:  # (no size: the key of earlier versions, so their caches stay valid)
+        key.update(f"size={size}".encode())
     for p, label in files:
         st = p.stat()
         key.update(f"{p.name}:{label}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -164,9 +234,12 @@ def read_image_folder_split(root: Path, cache_dir: Path | None) -> tuple[Split, 
                 images, labels = z["images"], z["labels"]
             if len(labels) == len(files):
                 return Split(torch.from_numpy(images), torch.from_numpy(labels)), classes
-        except Exception:
-            pass  # a damaged cache is rebuilt below
-    images, labels = _decode_images(files)
+        except (OSError, ValueError, KeyError, EOFError) as e:  # only a cache: say so, and rebuild it below
+            print(f"prunelab: decoded-image cache {cache} is unreadable ({type(e).__name__}); rebuilding it",
+                  file=sys.stderr)
+    images, labels, gray = _decode_images(files, size)
+    if gray:
+        print(f"prunelab: {gray} grayscale or palette images under {root} were converted to RGB", file=sys.stderr)
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +279,8 @@ def load_data(cfg: Config) -> Data:
     data_dir = Path(cfg.data_dir)
     if fmt == "synthetic":
         n = cfg.synthetic_size
-        train, test, classes = make_synthetic(n, max(n // 4, 10), seed=cfg.seed)
+        train, test, classes = make_synthetic(n, max(n // 4, 10), seed=cfg.seed, size=cfg.image_size or 32,
+                                              num_classes=cfg.num_classes or 10)
         source = f"synthetic ({n} train / {len(test)} test images)"
     else:
         if fmt == "auto":
@@ -223,8 +297,8 @@ def load_data(cfg: Config) -> Data:
             source = f"CIFAR-10 python batches in {folder}"
         elif fmt == "image-folder":
             cache = _cache_root(cfg.cache_dir)
-            train, classes = read_image_folder_split(data_dir / "train", cache)
-            test, test_classes = read_image_folder_split(data_dir / "test", cache)
+            train, classes = read_image_folder_split(data_dir / "train", cache, cfg.image_size)
+            test, test_classes = read_image_folder_split(data_dir / "test", cache, cfg.image_size)
             if test_classes != classes:
                 raise PrunelabError(f"{data_dir}/train and {data_dir}/test have different class folders; make them match")
             source = f"image folders in {data_dir}"
@@ -243,6 +317,7 @@ def load_data(cfg: Config) -> Data:
             raise PrunelabError(f"{name} labels run from {int(split.labels.min())} to {int(split.labels.max())} but there "
                                 f"are {len(classes)} classes; the files are not CIFAR-10 (or are damaged)")
 
+    train_available, test_available = len(train), len(test)
     g = torch.Generator().manual_seed(cfg.seed)
     val = None
     if cfg.val_size:
@@ -254,15 +329,19 @@ def load_data(cfg: Config) -> Data:
         train = train.subset(torch.randperm(len(train), generator=g)[:cfg.train_subset])
     if cfg.test_subset and cfg.test_subset < len(test):
         test = test.subset(torch.randperm(len(test), generator=g)[:cfg.test_subset])
-    return Data(train=train, val=val, test=test, classes=classes, source=source)
+    inputs = InputSpec(int(train.images.shape[-1]), tuple(resolve_normalization(cfg.mean, 0, train)),
+                       tuple(resolve_normalization(cfg.std, 1, train)), tuple(classes))
+    return Data(train=train, val=val, test=test, classes=classes, source=source, train_available=train_available,
+                test_available=test_available, inputs=inputs)
 
 
 def download_cifar10(data_dir: Path) -> None:
     """Fetch the official archive with torchvision (checks its MD5) into data_dir/cifar-10-batches-py."""
     import torchvision
+    import urllib.error
     try:
         torchvision.datasets.CIFAR10(root=str(data_dir), train=True, download=True)
-    except Exception as e:
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
         raise PrunelabError(f"downloading CIFAR-10 into {data_dir} failed ({type(e).__name__}: {str(e)[:120]}); "
                             "without a network, point --data-dir at a local copy")
 
@@ -300,16 +379,54 @@ def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Gen
     return images
 
 
+def random_resized_crop(images: torch.Tensor, generator: torch.Generator, scale=(0.25, 1.0),
+                        ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """torchvision's RandomResizedCrop for a whole uint8 batch at once: each image gets its own random box (area
+    share in `scale`, aspect ratio in `ratio`, log-uniform), resized back to the full size by bilinear sampling
+    (torchvision.ops.roi_align). For images larger than about 64 px, where pad-and-crop moves too little."""
+    from torchvision.ops import roi_align
+
+    n, _, h, w = images.shape
+    area = torch.empty(n).uniform_(*scale, generator=generator) * h * w
+    log_r = torch.empty(n).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])), generator=generator)
+    aspect = torch.exp(log_r)
+    bw = torch.sqrt(area * aspect).clamp(8, w)
+    bh = torch.sqrt(area / aspect).clamp(8, h)
+    x0 = torch.rand(n, generator=generator) * (w - bw)
+    y0 = torch.rand(n, generator=generator) * (h - bh)
+    boxes = torch.stack([torch.arange(n, dtype=torch.float), x0, y0, x0 + bw, y0 + bh], 1).to(images.device)
+    out = roi_align(images.float(), boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def augment_batch(images: torch.Tensor, kind: str, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """The training augmentation `kind` (pad-crop | resized-crop | none), then the optional horizontal flip."""
+    if kind == "resized-crop":
+        return augment(random_resized_crop(images, generator), 0, flip, generator)
+    return augment(images, padding if kind == "pad-crop" else 0, flip, generator)
+
+
+def augmentation_for(kind: str, image_side: int) -> str:
+    """auto: pad-and-crop (the seed's) for images up to 64 px, random-resized-crop above."""
+    return ("pad-crop" if image_side <= 64 else "resized-crop") if kind == "auto" else kind
+
+
 def train_batches(split: Split, batch_size: int, generator: torch.Generator, padding: int, flip: bool,
-                  with_index: bool = False):
+                  with_index: bool = False, kind: str = "pad-crop"):
     """One epoch: shuffled batches of augmented uint8 images (on the split's device) and labels (and, with
     `with_index`, the images' indices in `split`). Under torchrun every rank draws the same permutation and
     keeps its own shard of it (DistributedSampler's rule)."""
     perm = shard(torch.randperm(len(split), generator=generator)).to(split.labels.device)
     for start in range(0, len(perm), batch_size):
         idx = perm[start:start + batch_size]
-        batch = augment(split.images[idx], padding, flip, generator), split.labels[idx]
+        batch = augment_batch(split.images[idx], kind, padding, flip, generator), split.labels[idx]
         yield (*batch, idx) if with_index else batch
+
+
+def batches_per_epoch(n_images: int, batch_size: int) -> int:
+    """Batches one epoch of train_batches() yields on this rank (its shard of the permutation). The unit of
+    the per-batch learning-rate schedule, of its fast-forward on resume, and of the progress bar."""
+    return -(-shard_length(n_images) // batch_size)
 
 
 def eval_batches(split: Split, batch_size: int):

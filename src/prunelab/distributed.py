@@ -81,6 +81,12 @@ def shard(perm: torch.Tensor, world: World = None) -> torch.Tensor:
     return padded[world.rank:total:world.size]
 
 
+def shard_length(n: int, world: World = None) -> int:
+    """len(shard(a permutation of n)): the number of items each rank gets."""
+    world = world or WORLD
+    return n if world.size == 1 else -(-n // world.size)
+
+
 def sum_all(values: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all ranks (in place, returned)."""
     if WORLD.active:

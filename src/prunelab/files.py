@@ -3,22 +3,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Callable
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp_path), fsync it, then rename it over `path` (same folder, so the rename is atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the user's umask applies, as for any file
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as f:

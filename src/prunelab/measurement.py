@@ -54,22 +54,50 @@ def latency_ms(model: nn.Module, batch_size: int, device: torch.device, *, warmu
 
 
 def measure_model(model: nn.Module, *, batch_sizes, devices, warmup: int, min_reps: int, min_seconds: float,
-                  channels_last: bool = True) -> dict:
-    """Params, MACs and latency of `model` at each batch size on each device, as flat keys such as
-    `latency_ms_cpu_b1` (median) and `latency_p90_ms_cpu_b1`. The model is returned to its device and mode."""
+                  channels_last: bool = True, input_size: int = 32) -> dict:
+    """Params, MACs and latency of `model` at each batch size on each device:
+    {"params", "macs", "latency": [{"runtime": "pytorch", "device", "batch_size", "median_ms", "p90_ms", "reps"}]}.
+    The model is returned to its device and mode."""
     was_training = model.training
     home = next(model.parameters()).device
-    macs, params = count_macs_params(model)
-    out = {"params": params, "macs": macs}
+    macs, params = count_macs_params(model, input_size)
+    out = {"params": params, "macs": macs, "latency": []}
     for device in devices:
         model.to(device)
         for b in batch_sizes:
             r = latency_ms(model, b, device, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds,
-                           channels_last=channels_last)
-            out[f"latency_ms_{device.type}_b{b}"] = r["median_ms"]
-            out[f"latency_p90_ms_{device.type}_b{b}"] = r["p90_ms"]
+                           channels_last=channels_last, input_size=input_size)
+            out["latency"].append({"runtime": "pytorch", "device": device.type, "batch_size": b, **r})
     model.to(home).train(was_training)
     return out
+
+
+def latency_records(row: dict) -> list[dict]:
+    """The latency records of a metrics or results row, sorted by runtime, device and batch size. Reads the
+    flat keys of run directories written before prunelab 0.2 (`latency_ms_cpu_b1`, `latency_p90_ms_cpu_b1`)."""
+    records = list(row.get("latency") or [])
+    for key, value in row.items():
+        if key.startswith("latency_ms_"):
+            setting = key[len("latency_ms_"):]
+            where, batch = setting.rsplit("_b", 1)
+            runtime, device = ("onnxruntime", "cpu") if where == "onnxrt" else ("pytorch", where)
+            records.append({"runtime": runtime, "device": device, "batch_size": int(batch), "median_ms": value,
+                            "p90_ms": row.get(f"latency_p90_ms_{setting}")})
+    return sorted(records, key=lambda r: (r["runtime"] != "pytorch", r["runtime"], r["device"], r["batch_size"]))
+
+
+def latency_label(record: dict) -> str:
+    runtime = "" if record["runtime"] == "pytorch" else {"onnxruntime": "ONNX Runtime "}.get(record["runtime"],
+                                                                                              record["runtime"] + " ")
+    return f"{runtime}{record['device'].upper()} batch {record['batch_size']}"
+
+
+def find_latency(row: dict, device: str, batch_size: int, runtime: str = "pytorch") -> float | None:
+    """The median latency (ms) of one setting in a row, or None if it was not measured."""
+    for r in latency_records(row):
+        if (r["runtime"], r["device"], r["batch_size"]) == (runtime, device, batch_size):
+            return r["median_ms"]
+    return None
 
 
 def latency_devices(train_device: torch.device) -> list[torch.device]:
@@ -121,35 +149,38 @@ def onnx_latency_ms(onnx_path: str | Path, batch_size: int, *, warmup: int = 3, 
     return _time_runs(run_once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
 
 
-def bench(models: list[tuple[str, nn.Module, Path | None]], batch_sizes, devices, *, warmup: int = 3,
+def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3,
           min_reps: int = 10, min_seconds: float = 2.0, onnx_dir: Path | None = None,
           channels_last: bool = True) -> dict:
     """Measure several models side by side in this process: params, MACs, file size, PyTorch latency on each
-    device and (with onnx_dir) ONNX Runtime latency, at each batch size; plus speed-ups over the first model."""
+    device and (with onnx_dir) ONNX Runtime latency, at each batch size; each latency record gets its speed-up
+    over the first model's in the same setting."""
     from .export import export_onnx
 
     rows = []
-    for label, model, weights in models:
+    for label, model, weights, *rest in models:  # (label, model, weights file or None[, input size in px])
+        size = rest[0] if rest else 32
         model = model.float().eval()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        row = {"model": label, **measure_model(model, batch_sizes=batch_sizes, devices=devices, warmup=warmup,
-                                               min_reps=min_reps, min_seconds=min_seconds,
-                                               channels_last=channels_last)}
+        row = {"model": label, "input_size": size,
+               **measure_model(model, batch_sizes=batch_sizes, devices=devices, warmup=warmup, min_reps=min_reps,
+                               min_seconds=min_seconds, channels_last=channels_last, input_size=size)}
         if weights is not None:
             row["file_size_bytes"] = file_size_bytes(weights)
         if onnx_dir is not None:
             onnx_path = Path(onnx_dir) / f"model{len(rows)}.onnx"
-            export_onnx(model, onnx_path)
+            export_onnx(model, onnx_path, input_size=size)
             for b in batch_sizes:
-                r = onnx_latency_ms(onnx_path, b, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
-                row[f"latency_ms_onnxrt_b{b}"] = r["median_ms"]
-                row[f"latency_p90_ms_onnxrt_b{b}"] = r["p90_ms"]
+                r = onnx_latency_ms(onnx_path, b, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds,
+                                    input_size=size)
+                row["latency"].append({"runtime": "onnxruntime", "device": "cpu", "batch_size": b, **r})
         rows.append(row)
-    first = rows[0]
     for row in rows:
-        row["speedup"] = {k[len("latency_ms_"):]: first[k] / row[k] for k in row if k.startswith("latency_ms_")}
-        row["macs_ratio"] = first["macs"] / row["macs"]
+        for r in row["latency"]:
+            ref = find_latency(rows[0], r["device"], r["batch_size"], r["runtime"])
+            r["speedup"] = ref / r["median_ms"]
+        row["macs_ratio"] = rows[0]["macs"] / row["macs"]
     return {"models": rows, "batch_sizes": list(batch_sizes), "warmup": warmup, "min_reps": min_reps,
             "min_seconds": min_seconds, "machine": machine()}
 
@@ -158,15 +189,13 @@ def bench_table(result: dict) -> str:
     """The bench result as a Markdown table: one row per model and latency setting."""
     lines = ["| model | params | MACs | file (MB) | runtime | batch | median (ms) | p90 (ms) | speed-up | MACs ratio |",
              "| :--- | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: |"]
+    names = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
     for row in result["models"]:
         size = f"{row['file_size_bytes'] / 1e6:.3f}" if "file_size_bytes" in row else ""
-        for key in [k for k in row if k.startswith("latency_ms_")]:
-            setting = key[len("latency_ms_"):]
-            runtime, batch = setting.rsplit("_b", 1)
-            runtime = {"cpu": "PyTorch CPU", "cuda": "PyTorch CUDA", "onnxrt": "ONNX Runtime CPU"}.get(runtime, runtime)
+        for r in row["latency"]:
             lines.append(f"| {row['model']} | {row['params'] / 1e6:.3f} M | {row['macs'] / 1e6:.1f} M | {size} | "
-                         f"{runtime} | {batch} | {row[key]:.3f} | {row['latency_p90_ms_' + setting]:.3f} | "
-                         f"{row['speedup'][setting]:.1f}x | {row['macs_ratio']:.1f}x |")
+                         f"{names.get(r['runtime'], r['runtime'])} {r['device'].upper()} | {r['batch_size']} | "
+                         f"{r['median_ms']:.3f} | {r['p90_ms']:.3f} | {r['speedup']:.1f}x | {row['macs_ratio']:.1f}x |")
     m = result["machine"]
     lines.append(f"\n{m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}"
                  + (f", {m['gpu']}" if m.get("gpu") else "") + f"; warm-up {result['warmup']}, at least "

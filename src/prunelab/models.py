@@ -1,32 +1,175 @@
-"""Model builders by name. Module names follow torchvision so state dicts interchange with other code."""
+"""Model builders by name, and what every other module needs to know about a model.
+
+`--model` names one of:
+- `resnet18_cifar`: the seed's network (torchvision's ResNet-18 with the small-input stem below);
+- any classification model of torchvision (`torchvision.models.list_models(module=torchvision.models)`);
+- `timm:<name>`: a timm model (the optional extra: `pip install prunelab[timm]`);
+- `package.module:function`: the user's own builder, called with the JSON `--model-kwargs` (and
+  `num_classes=` when its signature takes it). Loading a model saved from it imports that module: it is
+  the user's code, run as code, not a pickle.
+The Python API also takes a ready nn.Module (recorded as builder "module": loading it needs the same module).
+
+A `ModelSpec` is the description every module reads instead of constants: builder, its kwargs, number of
+classes, the small-input stem. It is stored in every model file, so a fresh process rebuilds the network.
+Module names follow torchvision's, so state dicts interchange with other code that builds the same network.
+"""
 from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+from dataclasses import dataclass, field
 
 import torch.nn as nn
 import torchvision
 
-from .config import MODELS, PrunelabError
+from .config import PrunelabError
+
+# Families Torch-Pruning cannot prune structurally (its README's list of unsupported operations), refused before
+# any training starts: name prefix -> why.
+UNPRUNABLE = {
+    "shufflenet_v2": "its channel shuffle reorders channels between groups, which Torch-Pruning cannot follow",
+    "swin": "its shifted-window attention reshapes channels into heads, which Torch-Pruning cannot follow",
+    "maxvit": "its block and grid attention reshape channels into heads, which Torch-Pruning cannot follow",
+    "vit_": "its attention heads need head-aware pruning (Torch-Pruning's ViT recipe), not channel pruning",
+}
+# torchvision builders whose auxiliary classifiers change the training output: built without them.
+_NO_AUX = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds a network: its builder, the builder's kwargs, the class count, and the stem option."""
+    builder: str
+    num_classes: int
+    kwargs: dict = field(default_factory=dict)
+    small_input_stem: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        return cls(builder=d["builder"], num_classes=int(d["num_classes"]), kwargs=dict(d.get("kwargs") or {}),
+                   small_input_stem=bool(d.get("small_input_stem", False)))
+
+
+def torchvision_names() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def small_input_stem(model: nn.Module) -> nn.Module:
+    """The seed's stem for 32-64 px inputs on a ResNet-family model: conv1 becomes 3x3 / stride 1 / padding 1
+    without bias, and the max-pool is removed."""
+    if not (isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool")):
+        raise PrunelabError(f"--small-input-stem applies to ResNet-family models (conv1 + maxpool); "
+                            f"{type(model).__name__} has no such stem: drop the option")
+    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
 
 
 def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     """torchvision's ResNet-18 adapted to 32x32 inputs, as in the seed project:
     conv1 becomes 3x3 / stride 1 / padding 1 without bias, and the max-pool is removed.
     11,173,962 parameters and 0.557 GMACs at 32x32 with 10 classes."""
-    model = torchvision.models.resnet18(num_classes=num_classes)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
+    return small_input_stem(torchvision.models.resnet18(num_classes=num_classes))
+
+
+def check_prunable(name: str) -> None:
+    base = name.split(":", 1)[1] if name.startswith("timm:") else name
+    for prefix, why in UNPRUNABLE.items():
+        if base.startswith(prefix):
+            raise PrunelabError(f"model '{name}' cannot be pruned structurally: {why}; choose another model")
+
+
+def check_name(name: str) -> None:
+    """Refuse a model name that names nothing, with suggestions; before any data is read."""
+    if name == "resnet18_cifar" or name.startswith("timm:") or ":" in name:
+        return
+    names = torchvision_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names + ["resnet18_cifar"], n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise PrunelabError(f"unknown model '{name}'{hint}; use resnet18_cifar, a torchvision classification model "
+                            "(torchvision.models.list_models()), timm:<name>, or package.module:function")
+
+
+def _user_builder(name: str):
+    module_name, _, fn_name = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise PrunelabError(f"cannot import module '{module_name}' for model '{name}' ({e}); install it or put its "
+                            "folder on PYTHONPATH")
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise PrunelabError(f"module '{module_name}' has no function '{fn_name}'; --model takes package.module:function")
+    return fn
+
+
+def build(spec: ModelSpec) -> nn.Module:
+    """A freshly initialised network as `spec` describes it."""
+    name, n, kwargs = spec.builder, spec.num_classes, dict(spec.kwargs)
+    check_prunable(name)
+    if name == "module":
+        raise PrunelabError("this model was given to prunelab as an nn.Module, so prunelab cannot build it: "
+                            "pass the same dense module (prunelab.load(path, model=MyNet()))")
+    if name == "resnet18_cifar":
+        model = resnet18_cifar(num_classes=n)
+    elif name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError:
+            raise PrunelabError(f"model '{name}' needs timm: pip install 'prunelab[timm]'")
+        try:
+            model = timm.create_model(name[len("timm:"):], pretrained=False, num_classes=n, **kwargs)
+        except RuntimeError as e:  # timm's "Unknown model"
+            raise PrunelabError(f"timm has no model '{name[5:]}' ({str(e)[:100]}); see timm.list_models()")
+    elif ":" in name:
+        fn = _user_builder(name)
+        params = inspect.signature(fn).parameters
+        takes_classes = "num_classes" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        try:
+            model = fn(**kwargs, **({"num_classes": n} if takes_classes and "num_classes" not in kwargs else {}))
+        except TypeError as e:
+            raise PrunelabError(f"calling {name}(**{kwargs}) failed ({e}); fix --model-kwargs")
+        if not isinstance(model, nn.Module):
+            raise PrunelabError(f"{name} returned a {type(model).__name__}, not a torch.nn.Module")
+    else:
+        check_name(name)
+        model = torchvision.models.get_model(name, weights=None, num_classes=n, **{**_NO_AUX.get(name, {}), **kwargs})
+    if spec.small_input_stem:
+        model = small_input_stem(model)
     return model
 
 
-_BUILDERS = {"resnet18_cifar": resnet18_cifar}
-assert set(_BUILDERS) == set(MODELS)
+def build_model(name: str, num_classes: int = 10, **spec) -> nn.Module:
+    """build(ModelSpec(name, num_classes, ...)): the short form."""
+    return build(ModelSpec(builder=name, num_classes=num_classes, **spec))
 
 
-def build_model(name: str, num_classes: int = 10) -> nn.Module:
-    if name not in _BUILDERS:
-        raise PrunelabError(f"unknown model '{name}'; choose one of: {', '.join(_BUILDERS)}")
-    return _BUILDERS[name](num_classes=num_classes)
+def classifier(model: nn.Module, num_classes: int | None = None) -> nn.Module:
+    """The layer whose outputs are the classes (pruning must leave it alone): the last Linear or 1x1-able Conv2d
+    in the model whose output size is `num_classes` (default: that of the last Linear/Conv2d)."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not layers:
+        raise PrunelabError(f"{type(model).__name__} has no Linear or Conv2d layer; prunelab prunes CNNs")
+    width = lambda m: m.out_features if isinstance(m, nn.Linear) else m.out_channels  # noqa: E731
+    n = num_classes if num_classes is not None else width(layers[-1])
+    found = [m for m in layers if width(m) == n]
+    if not found:
+        raise PrunelabError(f"{type(model).__name__} has no layer with {n} outputs to serve as the classifier; "
+                            "check --num-classes")
+    return found[-1]
 
 
-def classifier(model: nn.Module) -> nn.Module:
-    """The final layer whose outputs are the classes; pruning must leave it alone."""
-    return model.fc
+def num_outputs(model: nn.Module) -> int:
+    c = classifier(model)
+    return c.out_features if isinstance(c, nn.Linear) else c.out_channels
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """The first convolution (its filters are drawn in filters.png)."""
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)

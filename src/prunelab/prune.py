@@ -13,7 +13,7 @@ import torch_pruning as tp
 
 from . import distributed
 from .config import Config, PrunelabError
-from .models import build_model, classifier
+from .models import classifier
 
 
 def make_importance(name: str) -> tp.importance.Importance:
@@ -45,25 +45,48 @@ SCHEDULERS = {"linear": tp.pruner.algorithms.scheduler.linear_scheduler, "geomet
 
 
 def build_pruner(model: nn.Module, cfg: Config, pruning_ratio: float | None = None,
-                 iterative_steps: int | None = None) -> tp.pruner.BasePruner:
-    """A pruner that reaches the pruning ratio in cfg.iterative_steps steps on cfg.schedule; the classifier is
-    never pruned. Torch-Pruning traces the model in eval mode and leaves it there: callers put it back in train mode."""
+                 iterative_steps: int | None = None, image_size: int = 32,
+                 num_classes: int | None = None) -> tp.pruner.BasePruner:
+    """A pruner that reaches `pruning_ratio` (default cfg.pruning_ratio; a run with a MACs or params target
+    passes the ratio its dense stage found) in cfg.iterative_steps steps on cfg.schedule; the classifier is
+    never pruned (found by models.classifier). Torch-Pruning traces the model in eval mode at `image_size` and
+    leaves it there: callers put it back in train mode. Depthwise and grouped convolutions, squeeze-excite
+    blocks and parameters outside standard layers (ConvNeXt's layer scale) are handled by Torch-Pruning's
+    dependency graph; the test matrix in tests/test_models.py checks the families."""
     return tp.pruner.MetaPruner(
         model,
-        example_inputs=example_input(model),
+        example_inputs=example_input(model, image_size),
         importance=make_importance(cfg.importance),
         pruning_ratio=cfg.pruning_ratio if pruning_ratio is None else pruning_ratio,
         iterative_steps=iterative_steps or cfg.iterative_steps,
         iterative_pruning_ratio_scheduler=SCHEDULERS[cfg.schedule],
         global_pruning=cfg.global_pruning,
         max_pruning_ratio=cfg.max_pruning_ratio,
-        ignored_layers=[classifier(model)],
+        ignored_layers=[classifier(model, num_classes)],
+        unwrapped_parameters=_unwrapped(model),
         round_to=cfg.round_to or None,
     )
 
 
+def _unwrapped(model: nn.Module) -> list:
+    """Parameters that belong to no standard layer (ConvNeXt's `layer_scale`, C x 1 x 1), with the dimension that
+    follows the channels: the first non-singleton one. Given explicitly so Torch-Pruning need not guess."""
+    standard = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.PReLU, nn.Embedding)
+    owned = {id(p) for m in model.modules() if isinstance(m, standard) for p in m.parameters(recurse=False)}
+    out = []
+    for m in model.modules():
+        if isinstance(m, standard):
+            continue
+        for p in m.parameters(recurse=False):
+            if id(p) not in owned and p.dim() >= 1:
+                dims = [d for d, n in enumerate(p.shape) if n > 1]
+                if dims:
+                    out.append((p, dims[0]))
+    return out
+
+
 def ratio_for_target(model: nn.Module, cfg: Config, target_macs: float = 0, target_params: float = 0,
-                     iterations: int = 14) -> float:
+                     iterations: int = 14, image_size: int = 32, num_classes: int | None = None) -> float:
     """The smallest channel ratio whose one-shot pruning of (a copy of) `model` gives at most the target MACs
     or parameters, by bisection. With per-layer pruning the widths depend on the ratio only; with global
     pruning also on the weights, so pass the trained dense model."""
@@ -75,10 +98,12 @@ def ratio_for_target(model: nn.Module, cfg: Config, target_macs: float = 0, targ
 
     def cost(ratio: float) -> float:
         m = copy.deepcopy(model).cpu()
-        pruner = build_pruner(m, search_cfg, pruning_ratio=ratio, iterative_steps=1)
-        torch.manual_seed(0)
-        pruner.step()
-        macs, params = count_macs_params(m)
+        pruner = build_pruner(m, search_cfg, pruning_ratio=ratio, iterative_steps=1, image_size=image_size,
+                              num_classes=num_classes)
+        with torch.random.fork_rng(devices=[]):  # random importance: the same draw for every ratio, and the
+            torch.manual_seed(0)                  # caller's generator left as it was
+            pruner.step()
+        macs, params = count_macs_params(m, image_size)
         return macs if target_macs else params
 
     target = target_macs or target_params
@@ -131,25 +156,36 @@ def restore(pruner: tp.pruner.BasePruner, pruning_history: list, steps_done: int
             pass
     finally:
         pruner.importance = importance
-    try:
-        pruner.load_pruning_history([list(h) for h in pruning_history])
-    except Exception as e:
-        raise PrunelabError(f"cannot replay the pruning history on this model ({type(e).__name__}: {e}); "
-                            "the checkpoint was made from another architecture")
+    _replay(pruner, pruning_history)
     pruner.current_step = steps_done
 
 
-def rebuild(model_name: str, pruning_history: list, num_classes: int = 10) -> nn.Module:
-    """A fresh model with the pruned structure described by `pruning_history` (weights still random)."""
-    model = build_model(model_name, num_classes)
+def replay_structure(model: nn.Module, pruning_history: list, image_size: int = 32) -> None:
+    """Give a freshly built dense model the pruned structure that `pruning_history` describes (its weights
+    stay as they are: load the pruned weights afterwards)."""
     if pruning_history:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input(model))
-        try:
-            graph.load_pruning_history([list(h) for h in pruning_history])
-        except Exception as e:
-            raise PrunelabError(f"the pruning history does not fit model '{model_name}' ({type(e).__name__}: {e}); "
-                                "the description file belongs to another architecture")
-    return model
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input(model, image_size),
+                                                      unwrapped_parameters=_unwrapped(model), verbose=False)
+        _replay(graph, pruning_history)
+
+
+# What Torch-Pruning raises when a history names layers the model lacks (AttributeError) or channels it does
+# not have (IndexError, RuntimeError from the tensor ops); anything else is a bug and propagates.
+_MISMATCH = (AttributeError, KeyError, IndexError, RuntimeError)
+
+
+def _replay(graph_or_pruner, pruning_history: list) -> None:
+    ok = isinstance(pruning_history, list) and all(
+        isinstance(h, (list, tuple)) and len(h) == 3 and isinstance(h[0], str) and isinstance(h[2], list)
+        for h in pruning_history)
+    if not ok:
+        raise PrunelabError("the pruning history is not a list of [layer, out-channels?, [indices]] entries; "
+                            "the model description is damaged")
+    try:
+        graph_or_pruner.load_pruning_history([list(h) for h in pruning_history])
+    except _MISMATCH as e:
+        raise PrunelabError(f"the pruning history does not fit this model ({type(e).__name__}: {str(e)[:120]}); "
+                            "the description belongs to another architecture")
 
 
 def count_macs_params(model: nn.Module, input_size: int = 32) -> tuple[int, int]:

@@ -1,28 +1,41 @@
-"""Tables and plots from the files of a run directory. Reads files only; never re-runs anything."""
+"""Tables and plots from the files of a run directory. Reads files only; never re-runs anything.
+
+Figures are drawn on matplotlib.figure.Figure objects directly (no pyplot, no backend switch), so calling
+prunelab from a notebook or another program leaves its matplotlib state alone.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from .config import PrunelabError
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .config import Config, PrunelabError, to_dict
 from .files import read_jsonl, write_atomic, write_text
+from .measurement import find_latency, latency_label, latency_records
+from .rundir import RunDir
 
 
 def build_results(run_dir: str | Path) -> dict:
     """The summary of a finished run, from config.json and metrics.jsonl."""
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rd = RunDir(run_dir)
+    config = json.loads(rd.config.read_text())
+    rows = read_jsonl(rd.metrics)
     dense = next((r for r in rows if r["event"] == "dense"), None)
     final = next((r for r in rows if r["event"] == "final"), None)
     if dense is None or final is None:
-        raise PrunelabError(f"{run_dir} has not finished (no {'dense' if dense is None else 'final'} metrics); "
-                            f"finish it with `prunelab run --resume {run_dir}`")
+        raise PrunelabError(f"{rd.path} has not finished (no {'dense' if dense is None else 'final'} metrics); "
+                            f"finish it with `prunelab run --resume {rd.path}`")
     steps = sorted((r for r in rows if r["event"] == "step"), key=lambda r: r["step"])
     epochs = [r for r in rows if r["event"] == "epoch"]
+    data = {k: dense.get(k) for k in ("data", "train_images", "val_images", "test_images", "train_images_available",
+                                      "test_images_available")}
     return {
-        "name": config["name"], "reduced": config.get("reduced", ""), "config": config,
-        "data": {k: dense.get(k) for k in ("data", "train_images", "val_images", "test_images")},
+        "name": config["name"], "config": config,
+        "pruning_ratio": dense.get("pruning_ratio", config["pruning_ratio"]),  # found for a target, or the config's
+        "budget_vs_seed": budget_differences(config, data),
+        "data": data,
         "machine": final.get("machine", dense.get("machine")),
         "dense": _strip(dense), "steps": [_strip(s) for s in steps], "final": _strip(final),
         "wall_time_s": {"dense": dense["seconds"], "pruning_steps": sum(s["seconds"] for s in steps),
@@ -34,12 +47,50 @@ def build_results(run_dir: str | Path) -> dict:
 
 
 def _strip(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("event", "machine", "classes", "data")}
+    out = {k: v for k, v in row.items() if k not in ("event", "machine", "classes", "data") and
+           not k.startswith(("latency_ms_", "latency_p90_ms_"))}
+    out["latency"] = latency_records(row)  # nested records, also for run directories of older versions
+    return out
 
 
-def _latency_keys(row: dict) -> list[str]:
-    keys = [k for k in row if k.startswith("latency_ms_")]
-    return sorted(keys, key=lambda k: (k.split("_")[2], int(k.rsplit("_b", 1)[1])))
+def _seed_value(name: str):
+    return getattr(Config(), name)
+
+
+def budget_differences(config: dict, data: dict) -> str:
+    """Where a run's budget differs from the seed recipe's, in words ("10,000 training images (of 50,000), 5 dense
+    epochs (seed: 10)"), from its resolved config and the data it saw; "" when it is the seed's budget."""
+    parts = []
+    for what, used, available in (("training", data.get("train_images"), data.get("train_images_available")),
+                                  ("test", data.get("test_images"), data.get("test_images_available"))):
+        if used is not None and available and used < available:
+            parts.append(f"{used:,} {what} images (of {available:,})")
+    if config.get("data_format") == "synthetic":
+        parts.append("synthetic data")
+    labels = {"epochs": "dense epochs", "iterative_steps": "pruning steps",
+              "finetune_epochs_per_step": "fine-tune epochs per step", "final_finetune_epochs": "final fine-tune epochs"}
+    for name, label in labels.items():
+        if name == "epochs" and config.get("baseline"):
+            continue  # no dense training in this run
+        if config.get(name) is not None and config[name] != _seed_value(name):
+            parts.append(f"{config[name]} {label} (seed: {_seed_value(name)})")
+    return ", ".join(parts)
+
+
+def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> str:
+    """One line that says what the run does."""
+    c = to_dict(cfg) if isinstance(cfg, Config) else cfg
+    ratio = c["pruning_ratio"] if pruning_ratio is None else pruning_ratio
+    unit = "MACs" if c.get("target_macs") else "parameters"
+    target = c.get("target_macs") or c.get("target_params")
+    goal = (f"target {target:.4g} {unit}" + (f" (channel ratio found: {ratio:.4f})" if pruning_ratio is not None else "")
+            if target else f"channel ratio {ratio}")
+    return (f"{c['model']}, " + (f"baseline {c['baseline']}" if c.get("baseline") else f"{c['epochs']} dense epochs")
+            + f" (lr {c['lr']}, batch {c['batch_size']}, cosine stepped per {c.get('lr_schedule_unit', 'batch')}); "
+            f"{c['importance']} importance, {'global' if c['global_pruning'] else 'per-layer'}, {goal} in "
+            f"{c['iterative_steps']} {c.get('schedule', 'linear')} steps; {c['finetune_epochs_per_step']} fine-tune "
+            f"epoch(s) per step, {c['final_finetune_epochs']} final"
+            + (f"; distillation T={c['distill_temperature']} w={c['distill_weight']}" if c.get("distill") else ""))
 
 
 def _fmt_count(n: float, unit: str = "") -> str:
@@ -49,9 +100,8 @@ def _fmt_count(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
-def _latency_label(key: str) -> str:
-    device, batch = key[len("latency_ms_"):].rsplit("_b", 1)
-    return f"Latency {device.upper()} batch {batch}"
+def _lat_settings(row: dict) -> list[tuple]:
+    return [(r["runtime"], r["device"], r["batch_size"]) for r in row["latency"]]
 
 
 def key_results_markdown(results: dict) -> str:
@@ -63,10 +113,11 @@ def key_results_markdown(results: dict) -> str:
     for key, label in (("params", "Parameters"), ("macs", "MACs")):
         lines.append(f"| {label} | {_fmt_count(d[key])} | **{_fmt_count(f[key])}** | "
                      f"{100 * (f[key] / d[key] - 1):+.1f}% ({d[key] / f[key]:.0f}x fewer) |")
-    for key in _latency_keys(f):
-        if key in d:
-            lines.append(f"| {_latency_label(key)} | {d[key]:.2f} ms | **{f[key]:.2f} ms** | "
-                         f"{d[key] / f[key]:.1f}x faster |")
+    for r in f["latency"]:
+        before = find_latency(d, r["device"], r["batch_size"], r["runtime"])
+        if before is not None:
+            lines.append(f"| Latency {latency_label(r)} | {before:.2f} ms | **{r['median_ms']:.2f} ms** | "
+                         f"{before / r['median_ms']:.1f}x faster |")
     if "file_size_bytes" in d and "file_size_bytes" in f:
         lines.append(f"| File size (safetensors) | {d['file_size_bytes'] / 1e6:.2f} MB | "
                      f"**{f['file_size_bytes'] / 1e6:.3f} MB** | {d['file_size_bytes'] / f['file_size_bytes']:.0f}x smaller |")
@@ -75,35 +126,34 @@ def key_results_markdown(results: dict) -> str:
 
 def steps_markdown(results: dict) -> str:
     rows = [results["dense"], *results["steps"], results["final"]]
-    lat = [k for k in _latency_keys(results["final"])]
+    settings = _lat_settings(results["final"])
     head = ["Stage", "Channel ratio", "Acc. before FT", "Acc. after FT", "Params", "MACs",
-            *[_latency_label(k).replace("Latency ", "") + " (ms)" for k in lat], "Wall time (s)"]
+            *[latency_label({"runtime": rt, "device": dv, "batch_size": b}) + " (ms)" for rt, dv, b in settings],
+            "Wall time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
     for r in rows:
         stage = "dense" if r["stage"] == 0 else ("final" if "step" not in r else f"step {r['step']}")
         before = f"{100 * r['accuracy_before_finetune']:.2f}%" if "accuracy_before_finetune" in r else ""
-        lats = [f"{r[k]:.2f}" if k in r else "" for k in lat]
+        lats = [find_latency(r, dv, b, rt) for rt, dv, b in settings]
         lines.append("| " + " | ".join([stage, f"{r['ratio']:.3f}", before, f"{100 * r['accuracy']:.2f}%",
-                                        _fmt_count(r["params"]), _fmt_count(r["macs"]), *lats,
+                                        _fmt_count(r["params"]), _fmt_count(r["macs"]),
+                                        *[f"{v:.2f}" if v is not None else "" for v in lats],
                                         f"{r['seconds']:.0f}"]) + " |")
     return "\n".join(lines)
 
 
 def report_markdown(results: dict) -> str:
     cfg, m, w = results["config"], results.get("machine") or {}, results["wall_time_s"]
+    budget = results.get("budget_vs_seed", "")
     parts = [
         f"# prunelab run `{results['name']}`", "",
-        f"{cfg['model']} pruned with Torch-Pruning ({cfg['importance']} importance, "
-        f"{'global' if cfg['global_pruning'] else 'per-layer'}), channel ratio {cfg['pruning_ratio']} in "
-        f"{cfg['iterative_steps']} steps, {cfg['finetune_epochs_per_step']} fine-tune epoch(s) per step and "
-        f"{cfg['final_finetune_epochs']} at the end; dense baseline "
-        + (f"loaded from `{cfg['baseline']}`." if cfg.get("baseline") else f"trained for {cfg['epochs']} epochs."),
-        "",
+        f"Recipe: {recipe_sentence(cfg, results.get('pruning_ratio'))}. Channel ratio reached: "
+        f"{results['final']['ratio']:.4f}.", "",
         f"Data: {results['data']['data']} ({results['data']['train_images']} training, "
         f"{results['data']['test_images']} test images).",
     ]
-    if results.get("reduced"):
-        parts += ["", f"**Reduced from the seed recipe:** {results['reduced']}."]
+    if budget:
+        parts += ["", f"**Budget against the seed recipe:** {budget}."]
     parts += ["", "## Key results", "", key_results_markdown(results), "",
               f"Latency: fp32 forward pass in eval mode, median of timed runs after warm-up, "
               f"{m.get('torch_threads', '?')} CPU threads"
@@ -117,16 +167,16 @@ def report_markdown(results: dict) -> str:
     return "\n".join(parts)
 
 
+def _save(fig: Figure, path: str | Path, dpi: int = 110) -> None:
+    write_atomic(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))
+
+
 def plot(results: dict, path: str | Path) -> None:
     """The seed's figure, every point from results: accuracy, size and latency against the channel ratio,
     and original-vs-pruned bars for accuracy, parameters, MACs and latency."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     d, steps, f = results["dense"], results["steps"], results["final"]
     ratios = [0.0] + [s["ratio"] for s in steps]
-    fig = plt.figure(figsize=(15, 8.5), layout="constrained")
+    fig = Figure(figsize=(15, 8.5), layout="constrained")
     grid = fig.add_gridspec(2, 12)
     ax_acc, ax_size, ax_lat = (fig.add_subplot(grid[0, i * 4:(i + 1) * 4]) for i in range(3))
 
@@ -143,43 +193,41 @@ def plot(results: dict, path: str | Path) -> None:
     ax_size.set(xlabel="channel pruning ratio", ylabel="millions (log scale)", yscale="log", title="Size and compute")
     ax_size.legend(fontsize=8)
 
-    lat_keys = _latency_keys(d)
-    for key in lat_keys:
-        xs = [r for r, row in zip(ratios, [d] + steps) if key in row]
-        ys = [row[key] for row in [d] + steps if key in row]
-        ax_lat.plot(xs, ys, "o-", label=_latency_label(key))
+    settings = _lat_settings(d)
+    for rt, dv, b in settings:
+        pts = [(r, find_latency(row, dv, b, rt)) for r, row in zip(ratios, [d] + steps)]
+        pts = [(r, v) for r, v in pts if v is not None]
+        ax_lat.plot([p[0] for p in pts], [p[1] for p in pts], "o-",
+                    label=latency_label({"runtime": rt, "device": dv, "batch_size": b}))
     ax_lat.set(xlabel="channel pruning ratio", ylabel="ms (log scale)", yscale="log", title="Latency (median)")
     ax_lat.legend(fontsize=8)
 
-    lat_key = lat_keys[-1] if lat_keys else None
-    bars = [("accuracy", "Accuracy (%)", 100), ("params", "Parameters (M)", 1e-6), ("macs", "MACs (M)", 1e-6)]
-    if lat_key:
-        bars.append((lat_key, _latency_label(lat_key) + " (ms)", 1))
-    for i, (key, label, scale) in enumerate(bars):
+    bars = [(lambda row: row["accuracy"], "Accuracy (%)", 100), (lambda row: row["params"], "Parameters (M)", 1e-6),
+            (lambda row: row["macs"], "MACs (M)", 1e-6)]
+    if settings and find_latency(f, settings[-1][1], settings[-1][2], settings[-1][0]) is not None:
+        last = settings[-1]
+        bars.append((lambda row: find_latency(row, last[1], last[2], last[0]),
+                     latency_label({"runtime": last[0], "device": last[1], "batch_size": last[2]}) + " (ms)", 1))
+    for i, (get, label, scale) in enumerate(bars):
         ax = fig.add_subplot(grid[1, i * 3:(i + 1) * 3])
-        vals = [d[key] * scale, f[key] * scale]
+        vals = [get(d) * scale, get(f) * scale]
         b = ax.bar(["original", "pruned"], vals, color=["tab:gray", "tab:green"])
         ax.bar_label(b, labels=[f"{v:.3g}" for v in vals])
         ax.set_title(label)
         ax.margins(y=0.15)
     fig.suptitle(f"prunelab run '{results['name']}': {results['config']['model']}, "
                  f"{results['config']['importance']} importance, {len(steps)} steps")
-    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_curves(results: dict, path: str | Path) -> None:
     """Training curves: loss and accuracy per epoch of the dense training and of the final fine-tune."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401
-
     final_stage = results["final"]["stage"]
     phases = [("dense training", [e for e in results["epochs"] if e["stage"] == 0]),
               ("final fine-tune", [e for e in results["epochs"] if e["stage"] == final_stage])]
     phases = [(name, rows) for name, rows in phases if rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
     for name, rows in phases:
         epochs = [e["epoch"] for e in rows]
         axes[0].plot(epochs, [e["loss"] for e in rows], "o-", label=name)
@@ -191,26 +239,22 @@ def plot_curves(results: dict, path: str | Path) -> None:
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not phases:
         fig.text(0.5, 0.5, "no training epochs in this run (baseline loaded, no final fine-tune)", ha="center")
-    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_filters(run_dir: Path, path: str | Path) -> None:
     """The first convolution's filters, dense and pruned (after fine-tuning), as small RGB images."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from safetensors import safe_open
 
     def conv1(name: str):
-        with safe_open(str(run_dir / "checkpoints" / f"{name}.safetensors"), "np") as f:
+        with safe_open(str(RunDir(run_dir).checkpoint_named(name).with_suffix(".safetensors")), "np") as f:
             return f.get_tensor("conv1.weight")  # out x 3 x k x k
 
     dense, pruned = conv1("dense"), conv1("final")
-    fig = plt.figure(figsize=(12, 5), layout="constrained")
+    fig = Figure(figsize=(12, 5), layout="constrained")
     subfigs = fig.subfigures(1, 2, width_ratios=[2, 1])
     for sub, weights, title in ((subfigs[0], dense, f"dense: {len(dense)} filters"),
                                 (subfigs[1], pruned, f"pruned and fine-tuned: {len(pruned)} filters")):
@@ -223,27 +267,29 @@ def plot_filters(run_dir: Path, path: str | Path) -> None:
                 w = weights[i].transpose(1, 2, 0)
                 ax.imshow((w - w.min()) / (w.max() - w.min() + 1e-12), interpolation="nearest")
         sub.suptitle(title)
-    fig.suptitle(f"First convolution (conv1) filters, run '{run_dir.name}'")
-    write_atomic(path, lambda p: fig.savefig(p, dpi=100, format="png"))
-    plt.close(fig)
+    fig.suptitle(f"First convolution (conv1) filters, run '{Path(run_dir).name}'")
+    _save(fig, path, dpi=100)
 
 
 def render(run_dir: str | Path, results: dict | None = None) -> None:
     """Write report.md and results.png of a finished run from its results (by default its results.json)."""
-    run_dir = Path(run_dir)
-    results_path = run_dir / "results.json"
-    if results is None and not results_path.is_file():
-        if not (run_dir / "config.json").is_file():
-            raise PrunelabError(f"{run_dir} is not a prunelab run directory (no config.json)")
-        raise PrunelabError(f"{run_dir} has no results.json: the run has not finished; "
-                            f"finish it with `prunelab run --resume {run_dir}`")
+    rd = RunDir(run_dir)
+    if results is None and not rd.results.is_file():
+        if not rd.config.is_file():
+            raise PrunelabError(f"{rd.path} is not a prunelab run directory (no config.json)")
+        raise PrunelabError(f"{rd.path} has no results.json: the run has not finished; "
+                            f"finish it with `prunelab run --resume {rd.path}`")
     if results is None:
-        results = json.loads(results_path.read_text())
-    plot(results, run_dir / "results.png")
-    plot_curves(results, run_dir / "curves.png")
+        results = json.loads(rd.results.read_text())
+        for part in ("dense", "final", *range(len(results["steps"]))):  # results.json of older versions
+            row = results[part] if isinstance(part, str) else results["steps"][part]
+            row["latency"] = latency_records(row)
+        results.setdefault("budget_vs_seed", budget_differences(results["config"], results["data"]))
+    plot(results, rd.results_plot)
+    plot_curves(results, rd.curves_plot)
     if results["config"]["model"] == "resnet18_cifar":
-        plot_filters(run_dir, run_dir / "filters.png")
-    write_text(run_dir / "report.md", report_markdown(results))
+        plot_filters(rd.path, rd.filters_plot)
+    write_text(rd.report, report_markdown(results))
 
 
 # Published reference points for the Pareto plot, on the official CIFAR-10 files (not measured here):
@@ -266,7 +312,7 @@ def sweep_rows(sweep_dir: str | Path) -> list[dict]:
                      "schedule": c.get("schedule", "linear"), "distill": c.get("distill", False),
                      "pruning_ratio": f["ratio"], "accuracy": f["accuracy"], "macs": f["macs"], "params": f["params"],
                      "dense_accuracy": d["accuracy"], "dense_macs": d["macs"],
-                     "latency_ms_cpu_b1": f.get("latency_ms_cpu_b1"), "wall_time_s": r["wall_time_s"]["total"]})
+                     "latency_ms_cpu_b1": find_latency(f, "cpu", 1), "wall_time_s": r["wall_time_s"]["total"]})
     return rows
 
 
@@ -279,16 +325,13 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 
 def render_sweep(sweep_dir: str | Path) -> list[dict]:
     """pareto.png (accuracy vs MACs, log axis) and pareto.md for the finished runs of a sweep."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sweep_dir = Path(sweep_dir)
     rows = sweep_rows(sweep_dir)
     if not rows:
         raise PrunelabError(f"{sweep_dir} holds no finished runs (no */results.json); run `prunelab sweep` first")
     front = pareto_front(rows)
-    fig, ax = plt.subplots(figsize=(9, 6), layout="constrained")
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    ax = fig.subplots()
     for imp in sorted({r["importance"] for r in rows}):
         pts = [r for r in rows if r["importance"] == imp]
         ax.scatter([r["macs"] / 1e6 for r in pts], [100 * r["accuracy"] for r in pts], s=40, label=f"pruned: {imp}")
@@ -302,8 +345,7 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
            title=f"Accuracy vs compute: sweep '{sweep_dir.name}' (data: this run's test set; references: official CIFAR-10)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    write_atomic(sweep_dir / "pareto.png", lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    _save(fig, sweep_dir / "pareto.png")
 
     lines = [f"# Sweep `{sweep_dir.name}`", "", "| run | importance | global | schedule | distill | ratio | accuracy | MACs "
              "| params | CPU b1 (ms) | wall (s) | Pareto |", "| :--- | :--- | :---: | :--- | :---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]

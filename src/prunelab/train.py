@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import Config, PrunelabError
-from .data import Normalizer, Split, eval_batches, train_batches
+from .data import (InputSpec, Normalizer, Split, augmentation_for, batches_per_epoch, eval_batches,
+                   resolve_normalization, train_batches)
 from . import distributed
 from .distributed import sum_all
 
@@ -59,14 +60,20 @@ class Trainer:
     eval_batch_size: int
     crop_padding_px: int
     flip: bool
+    augmentation: str  # pad-crop | resized-crop | none
     label_smoothing: float
     progress: bool
 
     @classmethod
-    def from_config(cls, cfg: Config, device: torch.device) -> "Trainer":
-        return cls(device=device, normalizer=Normalizer(cfg.mean, cfg.std, device, cfg.channels_last),
+    def from_config(cls, cfg: Config, device: torch.device, inputs: InputSpec | None = None) -> "Trainer":
+        """The trainer for cfg; `inputs` (the data's InputSpec) gives the normalisation and image size (default:
+        cfg's numbers, 32 px)."""
+        mean = inputs.mean if inputs else resolve_normalization(cfg.mean, 0, None)
+        std = inputs.std if inputs else resolve_normalization(cfg.std, 1, None)
+        return cls(device=device, normalizer=Normalizer(mean, std, device, cfg.channels_last),
                    amp_dtype=autocast_dtype(cfg.precision, device), batch_size=cfg.batch_size,
                    eval_batch_size=cfg.eval_batch_size, crop_padding_px=cfg.crop_padding_px, flip=cfg.flip,
+                   augmentation=augmentation_for(cfg.augmentation, inputs.image_size if inputs else 32),
                    label_smoothing=cfg.label_smoothing, progress=cfg.progress)
 
 
@@ -77,15 +84,38 @@ def make_optimizer(model: nn.Module, cfg: Config, lr: float) -> torch.optim.Opti
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_batches: int,
-                    warmup_batches: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over warmup_batches, then cosine from the base lr to 0, stepped once per batch."""
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
+                    warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over warmup_steps, then cosine from the base lr to 0 over the rest: step i (0-based)
+    runs at base * 0.5 * (1 + cos(pi * i / total)), which is torch's CosineAnnealingLR(T_max=total). A step
+    is a batch or an epoch, as the caller steps it (Config.lr_schedule_unit)."""
     def factor(i: int) -> float:
-        if i < warmup_batches:
-            return (i + 1) / warmup_batches
-        t = min(i - warmup_batches, total_batches - warmup_batches) / max(total_batches - warmup_batches, 1)
+        if i < warmup_steps:
+            return (i + 1) / warmup_steps
+        t = min(i - warmup_steps, total_steps - warmup_steps) / max(total_steps - warmup_steps, 1)
         return 0.5 * (1 + math.cos(math.pi * t))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Distillation:
+    """The soft targets of knowledge distillation, from one of two sources: a frozen teacher run on every
+    augmented batch, or `targets` computed once per training image (soft_targets(); row i for image i)."""
+
+    def __init__(self, temperature: float, weight: float, *, teacher: nn.Module | None = None,
+                 targets: torch.Tensor | None = None):
+        if (teacher is None) == (targets is None):
+            raise ValueError("Distillation needs a teacher or cached targets, not both")
+        self.temperature, self.weight, self.teacher, self.targets = temperature, weight, teacher, targets
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor,
+             label_smoothing: float) -> torch.Tensor:
+        if self.targets is not None:
+            teacher_logits = self.targets[idx]
+        else:
+            self.teacher.eval()
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+        return distillation_loss(logits, teacher_logits, labels, self.temperature, self.weight, label_smoothing)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -113,36 +143,27 @@ def soft_targets(teacher: nn.Module, split: Split, trainer: Trainer) -> torch.Te
 
 
 def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer,
-                generator: torch.Generator, desc: str = "train", teacher: nn.Module | None = None,
-                kd_temperature: float = 4.0, kd_weight: float = 0.5, targets: torch.Tensor | None = None) -> dict:
-    """One pass over `split` (already on trainer.device). With a teacher, the loss is distillation_loss
-    against the teacher's logits on the same augmented batch; with `targets` (from soft_targets(), one row
-    per image of `split`) against those rows instead. Returns loss, accuracy, images/s, seconds."""
+                generator: torch.Generator, desc: str = "train", distill: Distillation | None = None) -> dict:
+    """One pass over `split` (already on trainer.device); `scheduler` (if any) steps after every batch.
+    The loss is cross-entropy, or with `distill` the distillation loss. Returns loss, accuracy, the lr of
+    the last batch, images/s and seconds."""
     model.train()  # building a pruner or evaluating leaves the model in eval mode
-    if teacher is not None:
-        teacher.eval()
     scaler = torch.amp.GradScaler("cuda") if trainer.amp_dtype == torch.float16 else None
-    n_batches = math.ceil(len(distributed.shard(torch.arange(len(split)))) / trainer.batch_size)  # this rank's
+    n_batches = batches_per_epoch(len(split), trainer.batch_size)
     loss_sum = torch.zeros((), device=trainer.device)
     correct = torch.zeros((), device=trainer.device, dtype=torch.long)
     seen = 0
     start = time.perf_counter()
     bar = tqdm(total=n_batches, desc=desc, unit="batch", disable=not trainer.progress, leave=False, dynamic_ncols=True)
     for i, (images, labels, idx) in enumerate(train_batches(split, trainer.batch_size, generator,
-                                                             trainer.crop_padding_px, trainer.flip, with_index=True)):
+                                                             trainer.crop_padding_px, trainer.flip, with_index=True,
+                                                             kind=trainer.augmentation)):
         x = trainer.normalizer(images)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
             logits = model(x)
-            if targets is not None:
-                loss = distillation_loss(logits, targets[idx], labels, kd_temperature, kd_weight,
-                                         trainer.label_smoothing)
-            elif teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                loss = distillation_loss(logits, teacher_logits, labels, kd_temperature, kd_weight,
-                                         trainer.label_smoothing)
-            else:
-                loss = F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing)
+            loss = (distill.loss(logits, x, labels, idx, trainer.label_smoothing) if distill is not None
+                    else F.cross_entropy(logits, labels, label_smoothing=trainer.label_smoothing))
+        lr = optimizer.param_groups[0]["lr"]
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -170,7 +191,8 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
     bar.close()
     distributed.sync_buffers(getattr(model, "module", model))  # under DDP: every rank ends with rank 0's BN statistics
     seconds = time.perf_counter() - start
-    return {"loss": mean_loss, "train_accuracy": accuracy, "images_per_s": images / seconds, "seconds": seconds}
+    return {"loss": mean_loss, "train_accuracy": accuracy, "lr": lr, "images_per_s": images / seconds,
+            "seconds": seconds}
 
 
 @torch.inference_mode()

@@ -1,0 +1,171 @@
+"""What a run promises about its config, its schedule, its resume and the process it runs in (the review's
+findings: each test fails on the code before the fix)."""
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import prunelab
+from conftest import cli
+from prunelab.config import PrunelabError, make_config
+from prunelab.measurement import find_latency
+from prunelab.report import budget_differences
+
+TINY = ["--preset", "tiny", "--no-progress", "--no-export-onnx"]
+
+
+def rows(run_dir, event=None):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if event is None or r["event"] == event]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rules")
+    code, _, err = cli("run", *TINY, "--out-dir", out, "--name", "t", "--epochs", "3")
+    assert code == 0, err
+    return out / "t"
+
+
+# ---------------------------------------------------------------- the seed's learning-rate schedule
+
+def test_seed_and_quick_step_the_cosine_once_per_epoch_as_the_notebook_does():
+    assert make_config("seed").lr_schedule_unit == "epoch" and make_config("quick").lr_schedule_unit == "epoch"
+
+
+def test_per_epoch_schedule_gives_each_epoch_the_lr_of_cosine_annealing_lr_and_one_epoch_fine_tunes_a_constant_lr(
+        tiny_run):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    notebook = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3)  # the seed notebook's scheduler
+    expected = []
+    for _ in range(3):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        notebook.step()
+    epochs = rows(tiny_run, "epoch")
+    assert [r["lr"] for r in epochs if r["stage"] == 0] == pytest.approx(expected, abs=1e-12)
+    fine_tunes = [r for r in epochs if r["stage"] > 0]
+    assert fine_tunes and all(r["lr"] == 0.1 for r in fine_tunes)  # 1-epoch stages: the notebook's constant lr
+
+
+def test_per_batch_schedule_ends_each_stage_near_zero(tmp_path):
+    code, _, err = cli("run", *TINY, "--out-dir", tmp_path, "--name", "b", "--lr-schedule-unit", "batch",
+                       "--epochs", "2")
+    assert code == 0, err
+    epochs = rows(tmp_path / "b", "epoch")
+    last = {}
+    for r in epochs:
+        last[r["stage"]] = r["lr"]
+    batches = 2 * 4  # 2 epochs of 256 images in batches of 64
+    assert last[0] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * (batches - 1) / batches)))
+    assert all(lr == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 3 / 4))) for s, lr in last.items() if s > 0)
+
+
+# ---------------------------------------------------------------- a target's ratio is a result, not a config edit
+
+def test_a_macs_target_run_reports_the_ratio_it_found_and_never_changes_its_config(tmp_path):
+    cfg = make_config("tiny", {"progress": False, "export_onnx": False, "out_dir": str(tmp_path), "name": "m",
+                               "target_macs": 30e6})
+    before = dataclasses.asdict(cfg)
+    run = prunelab.run(cfg)
+    assert dataclasses.asdict(cfg) == before  # the caller's config is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.pruning_ratio = 0.5
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["pruning_ratio"] == 0.9  # as asked; the ratio found lives in the dense stage's result
+    for name in ("dense", "step_01", "final"):
+        assert json.loads((run / "checkpoints" / f"{name}.json").read_text())["config"] == saved
+    results = json.loads((run / "results.json").read_text())
+    found = results["pruning_ratio"]
+    assert found != 0.9 and results["final"]["ratio"] == pytest.approx(found)
+    report = (run / "report.md").read_text()
+    assert f"channel ratio found: {found:.4f}" in report and "channel ratio 0.9 in" not in report
+
+
+# ---------------------------------------------------------------- the crash window between checkpoint and log line
+
+def test_a_crash_between_a_stage_checkpoint_and_its_log_line_is_repaired_on_resume(tmp_path):
+    code, _, err = cli("run", *TINY, "--out-dir", tmp_path, "--name", "c")
+    assert code == 0, err
+    run = tmp_path / "c"
+    whole = json.loads((run / "results.json").read_text())
+    # the state a crash leaves right after final.json was written: no final line, no results
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("".join(x + "\n" for x in lines if json.loads(x)["event"] != "final"))
+    (run / "results.json").unlink()
+    code, _, err = cli("run", "--resume", run, "--no-progress")
+    assert code == 0, err
+    resumed = json.loads((run / "results.json").read_text())
+    assert resumed["final"] == whole["final"]
+    assert len(rows(run, "final")) == 1
+
+
+# ---------------------------------------------------------------- resume rules: one rule, for the API and the CLI
+
+def test_resume_refuses_a_recipe_change_with_the_same_words_from_the_api_and_the_cli(tiny_run):
+    with pytest.raises(PrunelabError, match="iterative_steps would change from 2 to 3") as api:
+        prunelab.run(make_config("tiny", {"iterative_steps": 3, "epochs": 3}), tiny_run)
+    code, _, err = cli("run", "--resume", tiny_run, "--iterative-steps", "3")
+    assert code == 2 and str(api.value) in err
+
+
+def test_resume_accepts_runtime_settings_from_the_api_and_the_cli(tiny_run):
+    same = make_config("tiny", {"epochs": 3, "num_threads": 1, "progress": False, "name": "other",
+                                "export_onnx": False})
+    assert prunelab.run(same, tiny_run) == tiny_run  # finished already: nothing to do, no error
+    code, _, err = cli("run", "--resume", tiny_run, "--num-threads", "1", "--device", "cpu", "--no-progress")
+    assert code == 0, err
+
+
+# ---------------------------------------------------------------- a library call leaves the process as it was
+
+def test_prunelab_run_leaves_threads_random_state_and_matplotlib_alone(tmp_path):
+    code = f"""
+import sys, torch, prunelab
+torch.set_num_threads(2); torch.manual_seed(123); expected = torch.rand(3)
+torch.manual_seed(123)
+prunelab.run(prunelab.make_config("tiny", {{"progress": False, "export_onnx": False, "num_threads": 1,
+                                           "out_dir": {str(tmp_path)!r}, "name": "p"}}))
+assert torch.get_num_threads() == 2, torch.get_num_threads()
+assert torch.equal(torch.rand(3), expected), "the global generator moved"
+assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- the report says what the run's budget was
+
+def test_budget_line_comes_from_the_resolved_config_and_the_data_seen():
+    quick = dataclasses.asdict(make_config("quick"))
+    data = {"train_images": 10000, "train_images_available": 50000, "test_images": 2000,
+            "test_images_available": 10000}
+    text = budget_differences(quick, data)
+    assert "10,000 training images (of 50,000)" in text and "2,000 test images (of 10,000)" in text
+    assert "5 dense epochs (seed: 10)" in text
+    whole_test = budget_differences({**quick, "test_subset": 0}, {**data, "test_images": 10000})
+    assert "test images" not in whole_test
+    assert budget_differences(dataclasses.asdict(make_config("seed")), {**data, "train_images": 50000,
+                                                                        "test_images": 10000}) == ""
+
+
+def test_results_hold_latency_as_records_and_old_flat_keys_still_render(tiny_run, tmp_path):
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert {(r["runtime"], r["device"], r["batch_size"]) for r in results["final"]["latency"]} == \
+        {("pytorch", "cpu", 1), ("pytorch", "cpu", 8)}
+    report = (tiny_run / "report.md").read_text()
+    # a results.json as prunelab 0.1 wrote it: flat keys
+    for part in [results["dense"], results["final"], *results["steps"]]:
+        for r in part.pop("latency"):
+            part[f"latency_ms_cpu_b{r['batch_size']}"] = r["median_ms"]
+            part[f"latency_p90_ms_cpu_b{r['batch_size']}"] = r["p90_ms"]
+    (tiny_run / "results.json").write_text(json.dumps(results))
+    code, _, err = cli("report", tiny_run)
+    assert code == 0, err
+    assert (tiny_run / "report.md").read_text() == report
+    assert find_latency(results["final"], "cpu", 8) == results["final"]["latency_ms_cpu_b8"]
