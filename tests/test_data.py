@@ -132,3 +132,80 @@ def test_augmentation_crops_and_flips_and_is_reproducible_from_the_generator():
     first_columns = a[:, 0, 16, :].tolist()
     assert len({tuple(r) for r in first_columns}) > 10  # many different offsets/flips
     assert any(r[5] > r[6] for r in first_columns)  # some rows are mirrored
+
+
+# ---------------------------------------------------------------- any image data (the any-model issue)
+
+def _cifar100(root, n=6):
+    import pickle
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("train", "test"):
+        d = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), b"fine_labels": [i % 100 for i in range(n)],
+             b"coarse_labels": [0] * n}
+        with open(folder / name, "wb") as f:
+            pickle.dump(d, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}, f)
+    return root
+
+
+def test_cifar100_python_layout_reads_the_fine_labels_and_their_names(tmp_path):
+    data = load_data(make_config("tiny", {"data_format": "auto", "data_dir": str(_cifar100(tmp_path))}))
+    assert len(data.classes) == 100 and data.classes[5] == "c5"
+    assert data.train.labels.tolist() == [0, 1, 2, 3, 4, 5] and "CIFAR-100" in data.source
+
+
+def _folder(root, sizes, mode="RGB"):
+    from PIL import Image
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i, (w, h) in enumerate(sizes):
+                Image.new(mode, (w, h), 120).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_images_of_any_size_are_resized_and_centre_cropped_to_image_size(tmp_path):
+    root = _folder(tmp_path / "d", [(80, 60), (64, 64), (200, 120)])
+    data = load_data(make_config("tiny", {"data_format": "auto", "data_dir": str(root), "image_size": 48}))
+    assert data.train.images.shape == (6, 3, 48, 48) and data.inputs.image_size == 48
+    with pytest.raises(PrunelabError, match="pass --image-size N"):  # mixed sizes need a size
+        load_data(make_config("tiny", {"data_format": "auto", "data_dir": str(root), "cache_dir": str(tmp_path / "c")}))
+
+
+def test_images_far_smaller_than_image_size_are_refused(tmp_path):
+    root = _folder(tmp_path / "d", [(20, 20)])
+    with pytest.raises(PrunelabError, match="more than 2x smaller than --image-size 64"):
+        load_data(make_config("tiny", {"data_format": "auto", "data_dir": str(root), "image_size": 64}))
+
+
+def test_grayscale_images_become_rgb_and_are_reported(tmp_path, capsys):
+    root = _folder(tmp_path / "d", [(32, 32)], mode="L")
+    data = load_data(make_config("tiny", {"data_format": "auto", "data_dir": str(root)}))
+    assert data.train.images.shape[1] == 3
+    assert "grayscale or palette images" in capsys.readouterr().err
+
+
+def test_mean_and_std_by_name_or_computed_on_the_training_split():
+    data = load_data(make_config("tiny", {"mean": "auto", "std": "imagenet"}))
+    x = data.train.images.double() / 255
+    assert data.inputs.mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-4)
+    assert data.inputs.std == (0.229, 0.224, 0.225)
+
+
+def test_cifar_batches_are_resized_when_image_size_differs(tmp_path):
+    data = load_data(make_config("tiny", {"data_format": "auto", "data_dir": str(_cifar100(tmp_path)),
+                                          "image_size": 64}))
+    assert data.train.images.shape[-2:] == (64, 64) and data.inputs.image_size == 64
+
+
+def test_random_resized_crop_keeps_size_and_draws_a_different_box_per_image():
+    from prunelab.data import random_resized_crop
+    g = torch.Generator().manual_seed(0)
+    images = torch.arange(96 * 96, dtype=torch.float).view(1, 1, 96, 96).expand(8, 3, 96, 96)
+    images = (images / images.max() * 255).to(torch.uint8)
+    out = random_resized_crop(images, g)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert len({tuple(o[0, :, 0].tolist()) for o in out}) == 8  # 8 different crops

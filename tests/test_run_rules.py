@@ -169,3 +169,12 @@ def test_results_hold_latency_as_records_and_old_flat_keys_still_render(tiny_run
     assert code == 0, err
     assert (tiny_run / "report.md").read_text() == report
     assert find_latency(results["final"], "cpu", 8) == results["final"]["latency_ms_cpu_b8"]
+
+
+def test_run_files_get_the_usual_permissions(tiny_run):
+    import os
+    import stat
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("checkpoints/final.safetensors", "checkpoints/final.json", "results.json", "results.png"):
+        assert stat.S_IMODE((tiny_run / name).stat().st_mode) == 0o666 & ~umask, name

@@ -17,17 +17,17 @@ from .config import PRESETS, Config, PrunelabError, make_config  # noqa: E402
 __all__ = ["Config", "PRESETS", "PrunelabError", "make_config", "run", "load", "evaluate", "measure", "export_onnx"]
 
 
-def run(config: Config | None = None, resume_dir=None):
+def run(config: Config | None = None, resume_dir=None, model=None):
     """Run the whole pipeline, or resume the run in `resume_dir` (config None, or one whose recipe equals the
     run's: only runtime settings may differ); returns the run directory."""
     from .pipeline import run as _run
-    return _run(config, resume_dir)
+    return _run(config, resume_dir, model)
 
 
-def load(path, device="cpu", trust_pickle: bool = False):
+def load(path, device="cpu", trust_pickle: bool = False, model=None):
     """Load a model saved by prunelab (run directory, .safetensors or .json): returns (model, description)."""
     from .modelfile import load as _load
-    return _load(path, device, trust_pickle=trust_pickle)
+    return _load(path, device, trust_pickle=trust_pickle, model=model)
 
 
 def evaluate(model, config, split: str = "test") -> float:
@@ -44,20 +44,21 @@ def evaluate(model, config, split: str = "test") -> float:
     device = next(model.parameters()).device
     if cfg.channels_last:  # evaluate exactly as the pipeline did, so recorded accuracies reproduce bit for bit
         model = model.to(memory_format=torch.channels_last)
-    normalizer = Normalizer(cfg.mean, cfg.std, device, cfg.channels_last)
+    normalizer = Normalizer(data.inputs.mean, data.inputs.std, device, cfg.channels_last)
     return _evaluate(model, part.to(device), normalizer, cfg.eval_batch_size)["accuracy"]
 
 
-def measure(model, batch_sizes=(1, 128), min_seconds: float = 1.0) -> dict:
-    """Params, MACs and CPU latency (median and p90, ms) of `model`."""
+def measure(model, batch_sizes=(1, 128), min_seconds: float = 1.0, image_size: int = 32) -> dict:
+    """Params, MACs and CPU latency (median and p90, ms) of `model` on image_size x image_size inputs."""
     import torch
 
     from .measurement import measure_model
     return measure_model(model, batch_sizes=list(batch_sizes), devices=[torch.device("cpu")], warmup=3,
-                         min_reps=5, min_seconds=min_seconds, channels_last=False)
+                         min_reps=5, min_seconds=min_seconds, channels_last=False, input_size=image_size)
 
 
-def export_onnx(model, path) -> dict:
-    """Write an ONNX model (dynamic batch), checked by onnx.checker and against PyTorch within 1e-4."""
+def export_onnx(model, path, image_size: int = 32) -> dict:
+    """Write an ONNX model (dynamic batch), checked by onnx.checker and against PyTorch (1e-4 + 1e-5 x the
+    largest logit)."""
     from .export import export_onnx as _export
-    return _export(model, path)
+    return _export(model, path, input_size=image_size)

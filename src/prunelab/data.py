@@ -116,20 +116,23 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_cifar_batches(folder: Path) -> tuple[Split, Split, list[str]]:
-    """Read the official `cifar-10-batches-py` layout: data_batch_1..5 and test_batch."""
-    train_files = sorted(folder.glob("data_batch_*"))
-    test_file = folder / "test_batch"
+    """Read the official python layouts: CIFAR-10's `cifar-10-batches-py` (data_batch_1..5, test_batch,
+    batches.meta) or CIFAR-100's `cifar-100-python` (train, test, meta; the 100 fine labels)."""
+    cifar100 = (folder / "train").is_file() and (folder / "test").is_file()
+    train_files = [folder / "train"] if cifar100 else sorted(folder.glob("data_batch_*"))
+    test_file = folder / ("test" if cifar100 else "test_batch")
     if not train_files or not test_file.is_file():
-        raise PrunelabError(f"{folder} lacks data_batch_* or test_batch files; download CIFAR-10 again with --download")
+        raise PrunelabError(f"{folder} lacks data_batch_* and test_batch (CIFAR-10) or train and test (CIFAR-100) "
+                            "files; download the data set again")
     parts = [_read_batch(p) for p in train_files]
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
     x_test, y_test = _read_batch(test_file)
-    classes = CIFAR10_CLASSES
-    meta = folder / "batches.meta"
+    classes = CIFAR10_CLASSES if not cifar100 else [f"class{i}" for i in range(100)]
+    meta = folder / ("meta" if cifar100 else "batches.meta")
     if meta.is_file():
         with open(meta, "rb") as f:
-            names = _ArrayUnpickler(f, encoding="bytes").load().get(b"label_names")
+            names = _ArrayUnpickler(f, encoding="bytes").load().get(b"fine_label_names" if cifar100 else b"label_names")
         if names:
             classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     return (Split(torch.from_numpy(x_train), torch.from_numpy(y_train)),
@@ -251,6 +254,14 @@ def read_image_folder_split(root: Path, cache_dir: Path | None, size: int = 0) -
     return Split(torch.from_numpy(images), torch.from_numpy(labels)), classes
 
 
+def _resize(images: torch.Tensor, size: int, chunk: int = 1000) -> torch.Tensor:
+    """Square uint8 images resized to size x size (bilinear, antialiased), in chunks to bound memory."""
+    out = [F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+           for i in range(0, len(images), chunk)]
+    return torch.cat(out)
+
+
 def make_synthetic(n_train: int, n_test: int, seed: int = 0, num_classes: int = 10, size: int = 32):
     """Learnable random data: each class has its own colour pattern, plus noise."""
     g = torch.Generator().manual_seed(seed)
@@ -266,7 +277,8 @@ def make_synthetic(n_train: int, n_test: int, seed: int = 0, num_classes: int = 
 
 
 def detect_format(data_dir: Path) -> str:
-    if (data_dir / "cifar-10-batches-py").is_dir() or (data_dir / "data_batch_1").is_file():
+    if any((data_dir / d).is_dir() for d in ("cifar-10-batches-py", "cifar-100-python")) or \
+            (data_dir / "data_batch_1").is_file() or ((data_dir / "train").is_file() and (data_dir / "meta").is_file()):
         return "cifar-batches"
     if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
         return "image-folder"
@@ -288,13 +300,15 @@ def load_data(cfg: Config) -> Data:
         if not fmt and cfg.download:
             fmt = "cifar-batches"
         if fmt == "cifar-batches":
-            folder = data_dir / "cifar-10-batches-py" if not (data_dir / "data_batch_1").is_file() else data_dir
+            folder = next((data_dir / d for d in ("cifar-10-batches-py", "cifar-100-python") if (data_dir / d).is_dir()),
+                          data_dir if any((data_dir / f).is_file() for f in ("data_batch_1", "train"))
+                          else data_dir / "cifar-10-batches-py")
             if not folder.is_dir():
                 if not cfg.download:
                     raise PrunelabError(f"{folder} not found; pass --download to fetch CIFAR-10, or point --data-dir at it")
                 download_cifar10(data_dir)
             train, test, classes = read_cifar_batches(folder)
-            source = f"CIFAR-10 python batches in {folder}"
+            source = f"CIFAR-{len(classes)} python batches in {folder}"
         elif fmt == "image-folder":
             cache = _cache_root(cfg.cache_dir)
             train, classes = read_image_folder_split(data_dir / "train", cache, cfg.image_size)
@@ -310,6 +324,8 @@ def load_data(cfg: Config) -> Data:
                                 "image folders; point --data-dir at one of them, or pass --download")
     if len(classes) < 2:
         raise PrunelabError(f"the data has {len(classes)} class; at least 2 are needed")
+    if cfg.image_size and train.images.shape[-1] != cfg.image_size:  # CIFAR batches, synthetic: resize the tensors
+        train, test = (Split(_resize(s.images, cfg.image_size), s.labels) for s in (train, test))
     for name, split in (("train", train), ("test", test)):
         if len(split) == 0:
             raise PrunelabError(f"the {name} split of {source} is empty; point --data-dir at complete data")

@@ -8,14 +8,27 @@ from pathlib import Path
 from typing import Callable
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would change process-wide state, if only briefly)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp_path), fsync it, then rename it over `path` (same folder, so the rename is atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the user's umask applies, as for any file
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # the usual permissions, whatever the writer did (safetensors makes 0600)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -173,6 +173,9 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
                 else f"{wrong[0]} is {tuple(state[wrong[0]].shape)} but the model has {tuple(own[wrong[0]].shape)}")
         raise PrunelabError(f"weights {weights} do not fit the model ({what}); "
                             "they belong to another architecture or pruned structure")
+    from collections import OrderedDict
+    state = OrderedDict(state)
+    state._metadata = getattr(own, "_metadata", None)  # module versions (MNASNet checks them); safetensors has none
     model.load_state_dict(state)
 
 

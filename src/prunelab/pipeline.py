@@ -197,7 +197,10 @@ def _export_onnx(rd: RunDir, n: int, given: torch.nn.Module | None) -> None:
         log("ONNX export skipped: install onnx and onnxruntime (pip install 'prunelab[onnx]'), then `prunelab export`")
         return
     model, desc = modelfile.load(rd.checkpoint(n + 1, n).with_suffix(".json"), model=given)
-    export_onnx(model, rd.onnx, input_size=modelfile.specs(desc)[1].image_size)
+    try:
+        export_onnx(model, rd.onnx, input_size=modelfile.specs(desc)[1].image_size)
+    except PrunelabError as e:  # the run's results stand without it; say why it is missing
+        log(f"ONNX export skipped: {e}")
 
 
 class _Stages:

@@ -158,7 +158,7 @@ def report_markdown(results: dict) -> str:
               f"Latency: fp32 forward pass in eval mode, median of timed runs after warm-up, "
               f"{m.get('torch_threads', '?')} CPU threads"
               + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ".", "",
-              "![results](results.png)", "", "![training curves](curves.png)", "", "![conv1 filters](filters.png)", "",
+              "![results](results.png)", "", "![training curves](curves.png)", "", "![first-layer filters](filters.png)", "",
               "## Every stage", "", steps_markdown(results), "",
               f"Wall time: dense {w['dense']:.0f} s, pruning steps {w['pruning_steps']:.0f} s, "
               f"final fine-tune {w['final_finetune']:.0f} s, total {w['total']:.0f} s.", "",
@@ -246,14 +246,20 @@ def plot_curves(results: dict, path: str | Path) -> None:
 
 
 def plot_filters(run_dir: Path, path: str | Path) -> None:
-    """The first convolution's filters, dense and pruned (after fine-tuning), as small RGB images."""
+    """The first convolution's filters, dense and pruned (after fine-tuning), as small RGB images (up to 64)."""
     from safetensors import safe_open
 
-    def conv1(name: str):
-        with safe_open(str(RunDir(run_dir).checkpoint_named(name).with_suffix(".safetensors")), "np") as f:
-            return f.get_tensor("conv1.weight")  # out x 3 x k x k
+    def first_conv(name: str):
+        stem = RunDir(run_dir).checkpoint_named(name)
+        layer = next(iter(json.loads(stem.with_suffix(".json").read_text())["layer_widths"]))  # in module order
+        with safe_open(str(stem.with_suffix(".safetensors")), "np") as f:
+            return layer, f.get_tensor(f"{layer}.weight")  # out x in x k x k
 
-    dense, pruned = conv1("dense"), conv1("final")
+    layer, dense = first_conv("dense")
+    _, pruned = first_conv("final")
+    if dense.shape[1] != 3:  # the first convolution does not see RGB (a grouped or unusual stem): draw channel 0
+        dense, pruned = dense[:, :1].repeat(3, axis=1), pruned[:, :1].repeat(3, axis=1)
+    dense, pruned = dense[:64], pruned[:64]
     fig = Figure(figsize=(12, 5), layout="constrained")
     subfigs = fig.subfigures(1, 2, width_ratios=[2, 1])
     for sub, weights, title in ((subfigs[0], dense, f"dense: {len(dense)} filters"),
@@ -267,7 +273,7 @@ def plot_filters(run_dir: Path, path: str | Path) -> None:
                 w = weights[i].transpose(1, 2, 0)
                 ax.imshow((w - w.min()) / (w.max() - w.min() + 1e-12), interpolation="nearest")
         sub.suptitle(title)
-    fig.suptitle(f"First convolution (conv1) filters, run '{Path(run_dir).name}'")
+    fig.suptitle(f"First convolution ({layer}) filters, run '{Path(run_dir).name}'")
     _save(fig, path, dpi=100)
 
 
@@ -287,8 +293,7 @@ def render(run_dir: str | Path, results: dict | None = None) -> None:
         results.setdefault("budget_vs_seed", budget_differences(results["config"], results["data"]))
     plot(results, rd.results_plot)
     plot_curves(results, rd.curves_plot)
-    if results["config"]["model"] == "resnet18_cifar":
-        plot_filters(rd.path, rd.filters_plot)
+    plot_filters(rd.path, rd.filters_plot)
     write_text(rd.report, report_markdown(results))
 
 
