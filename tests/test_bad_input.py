@@ -51,8 +51,10 @@ def setup_case(case, tmp):
         image_folder(data)
         (data / "train" / "c").mkdir()
         return ["--data-format", "auto", "--data-dir", data]
-    if case == "images of the wrong size":
-        return ["--data-format", "auto", "--data-dir", image_folder(data, size=64)]
+    if case == "images of mixed sizes":
+        image_folder(data)
+        Image.fromarray(np.full((64, 64, 3), 100, np.uint8)).save(data / "train" / "a" / "big.png")
+        return ["--data-format", "auto", "--data-dir", data]
     if case == "corrupt image file":
         image_folder(data)
         (data / "train" / "a" / "0.png").write_bytes(b"not a png at all")
@@ -110,7 +112,7 @@ CASES = [  # (case, extra CLI arguments, text the one-line message must contain)
     ("missing data folder", [], "does not exist"),
     ("data folder of neither layout", [], "neither"),
     ("empty class folder", [], "has no images"),
-    ("images of the wrong size", [], "64x64"),
+    ("images of mixed sizes", [], "pass --image-size N"),
     ("corrupt image file", [], "cannot decode image"),
     ("train and test classes differ", [], "different class folders"),
     ("batch file that runs code", [], "unreadable"),

@@ -122,7 +122,7 @@ def corrupt(weights):
 def wrong_arch(weights):
     desc = weights.with_suffix(".json")
     d = json.loads(desc.read_text())
-    d["model"] = "vgg11"
+    d["model"] = d["spec"]["builder"] = "vgg11"  # a real architecture, but not the one the weights are for
     desc.write_text(json.dumps(d))
 
 
@@ -143,7 +143,7 @@ def newer_format(weights):
 @pytest.mark.parametrize("damage, message", [
     (newer_format, "upgrade prunelab"),
     (corrupt, "checksum"),
-    (wrong_arch, "unknown model"),
+    (wrong_arch, "does not fit this model"),
     (wrong_widths, "do not fit"),
     (lambda w: w.with_suffix(".json").write_text("{not json"), "not valid JSON"),
     (lambda w: w.with_suffix(".json").unlink(), "description"),

@@ -11,6 +11,7 @@ resumed run makes the same decisions.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import json
 import time
@@ -159,8 +160,9 @@ def check_prunable(model: torch.nn.Module, cfg: Config, image_size: int, spec: M
     """Before any training: Torch-Pruning can trace this model and prune a share of its channels (on a copy)."""
     probe = copy.deepcopy(model).cpu().float()
     try:
-        pruner = build_pruner(probe, cfg, pruning_ratio=0.25, iterative_steps=1, image_size=image_size,
-                              num_classes=spec.num_classes)
+        # L2 importance: the probe checks structure only (Taylor would need gradients, random a generator draw)
+        pruner = build_pruner(probe, dataclasses.replace(cfg, importance="l2"), pruning_ratio=0.25, iterative_steps=1,
+                              image_size=image_size, num_classes=spec.num_classes)
         pruner.step()
         with torch.no_grad():
             out = probe.eval()(torch.zeros(1, 3, image_size, image_size))
