@@ -111,8 +111,7 @@ class Distillation:
              label_smoothing: float) -> torch.Tensor:
         if self.targets is not None:
             teacher_logits = self.targets[idx]
-        else:
-            self.teacher.eval()
+        else:  # the teacher is in eval mode from the start (set_teacher); only the student is put in train mode
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
         return distillation_loss(logits, teacher_logits, labels, self.temperature, self.weight, label_smoothing)
