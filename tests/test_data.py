@@ -209,3 +209,91 @@ def test_random_resized_crop_keeps_size_and_draws_a_different_box_per_image():
     out = random_resized_crop(images, g)
     assert out.shape == images.shape and out.dtype == torch.uint8
     assert len({tuple(o[0, :, 0].tolist()) for o in out}) == 8  # 8 different crops
+
+
+# ----------------------------------------------------------------------------- streaming from disk
+
+def _mixed_folder(root, per_class=10, classes=("a", "b", "c")):
+    """Random images of several sizes and aspect ratios, some grayscale, as JPEG and PNG."""
+    rng = np.random.default_rng(3)
+    sizes = [(40, 30), (36, 36), (60, 44), (30, 50)]
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                w, h = sizes[i % len(sizes)]
+                im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+                if i % 5 == 4:
+                    im = im.convert("L")
+                im.save(root / split / c / f"{i:03d}.{'jpg' if i % 2 else 'png'}")
+    return root
+
+
+def _loaded(root, **kw):
+    return load_data(make_config("tiny", {"data_format": "auto", "data_dir": str(root), "image_size": 24, **kw}))
+
+
+def test_a_folder_larger_than_the_memory_budget_streams_and_gives_the_same_batches(tmp_path):
+    from prunelab.data import FileSplit, Split, channel_stats, eval_batches
+    root = _mixed_folder(tmp_path / "d")
+    memory = _loaded(root, val_size=4, train_subset=20, mean="auto")
+    streamed = _loaded(root, val_size=4, train_subset=20, mean="auto", memory_budget_gb=1e-6, workers=2)
+    assert isinstance(memory.train, Split) and isinstance(streamed.train, FileSplit)
+    assert "streamed from disk" in streamed.source and "memory budget" in streamed.source
+    assert streamed.inputs == memory.inputs  # same size, same auto mean, same classes
+    for a, b in ((memory.train, streamed.train), (memory.val, streamed.val), (memory.test, streamed.test)):
+        assert torch.equal(a.labels, b.labels)
+        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(eval_batches(a, 7), eval_batches(b, 7)))
+    for kind in ("pad-crop", "resized-crop"):
+        ga, gb = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        pairs = list(zip(train_batches(memory.train, 8, ga, 4, True, with_index=True, kind=kind),
+                         train_batches(streamed.train, 8, gb, 4, True, with_index=True, kind=kind)))
+        assert len(pairs) == 3
+        for (xa, ya, ia), (xb, yb, ib) in pairs:
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+    assert all(torch.equal(u, v) for u, v in zip(channel_stats(memory.train), channel_stats(streamed.train)))
+
+
+def test_data_loading_stream_and_memory_override_the_budget(tmp_path):
+    from prunelab.data import FileSplit, Split
+    root = _mixed_folder(tmp_path / "d", per_class=2)
+    assert isinstance(_loaded(root, data_loading="stream").train, FileSplit)  # fits, but streaming was asked for
+    assert "as asked" in _loaded(root, data_loading="stream").source
+    assert isinstance(_loaded(root, data_loading="memory", memory_budget_gb=1e-6).train, Split)
+
+
+def test_streaming_refuses_unreadable_and_too_small_images_before_training(tmp_path):
+    root = _mixed_folder(tmp_path / "d", per_class=2)
+    (root / "train" / "a" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(PrunelabError, match="broken.jpg.*damaged"):
+        _loaded(root, data_loading="stream")
+    (root / "train" / "a" / "broken.jpg").unlink()
+    with pytest.raises(PrunelabError, match="more than 2x smaller than --image-size 128"):
+        _loaded(root, data_loading="stream", image_size=128)
+    with pytest.raises(PrunelabError, match="pass --image-size N"):  # mixed sizes, no size given
+        _loaded(root, data_loading="stream", image_size=0)
+
+
+def test_an_image_that_fails_to_decode_mid_epoch_is_named_in_one_line(tmp_path):
+    root = _mixed_folder(tmp_path / "d", per_class=2)
+    good = root / "train" / "b" / "001.jpg"
+    good.write_bytes(good.read_bytes()[: len(good.read_bytes()) * 2 // 3])  # the header reads; the pixels do not
+    data = _loaded(root, data_loading="stream", workers=1)
+    with pytest.raises(PrunelabError) as e:
+        list(train_batches(data.train, 4, torch.Generator().manual_seed(0), 4, True))
+    message = str(e.value)
+    assert "001.jpg" in message and "damaged" in message and "\n" not in message and "Traceback" not in message
+
+
+def test_a_run_that_streams_ends_with_the_same_model_as_one_in_memory(tmp_path):
+    import prunelab
+    root = _mixed_folder(tmp_path / "d", per_class=8)
+    models = []
+    for loading in ("memory", "stream"):
+        cfg = make_config("tiny", {"data_format": "auto", "data_dir": str(root), "image_size": 24, "name": loading,
+                                   "out_dir": str(tmp_path / "runs"), "data_loading": loading, "workers": 1,
+                                   "progress": False, "export_onnx": False, "measure_latency_every_step": False})
+        run_dir = prunelab.run(cfg)
+        models.append(prunelab.load(run_dir)[0].state_dict())
+    assert models[0].keys() == models[1].keys()
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])

@@ -28,6 +28,7 @@ NORMALIZATIONS = {  # per-channel mean and std on the 0-1 scale, by name
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2430, 0.2610]),  # the seed's constants
     "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),  # torchvision's pretrained weights
 }
+DATA_LOADINGS = ("auto", "memory", "stream")
 DATA_FORMATS = ("auto", "cifar-batches", "image-folder", "synthetic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -61,6 +62,13 @@ class Config:
     download: bool = _f(False, "download the official CIFAR-10 into data_dir if it is not there (needs a network)",
                         runtime=True)
     cache_dir: str = _f("", "where decoded image folders are cached (default: ~/.cache/prunelab)", runtime=True)
+    data_loading: str = _f("auto", "auto (decoded images in memory when they fit memory_budget_gb, else streamed) | "
+                                   "memory | stream (decoded from disk every epoch by DataLoader workers); both give "
+                                   "the same batches", runtime=True)
+    memory_budget_gb: float = _f(0.0, "most GB of decoded images (train + test) held in memory (0 = half of this "
+                                      "machine's RAM); larger image folders stream from disk", runtime=True)
+    workers: int = _f(-1, "DataLoader worker processes when images stream from disk (-1 = one per CPU core, "
+                          "up to 8; 0 = decode in the main process)", runtime=True)
 
     # --- run ---
     seed: int = _f(0, "seed for weights, data order, augmentation and subsets")
@@ -317,6 +325,10 @@ def validate(cfg: Config) -> None:
             raise PrunelabError(f"config: model_kwargs is not valid JSON ({e}); pass an object such as '{{\"width\": 64}}'")
         need(isinstance(kwargs, dict), f"model_kwargs must be a JSON object, got {cfg.model_kwargs}")
     need(cfg.data_format in DATA_FORMATS, f"unknown data_format '{cfg.data_format}'; choose one of: {', '.join(DATA_FORMATS)}")
+    need(cfg.data_loading in DATA_LOADINGS, f"unknown data_loading '{cfg.data_loading}'; choose one of: "
+         f"{', '.join(DATA_LOADINGS)}")
+    need(cfg.memory_budget_gb >= 0, f"memory_budget_gb must be 0 (half of the RAM) or positive, got {cfg.memory_budget_gb}")
+    need(cfg.workers >= -1, f"workers must be -1 (one per core), 0 or more, got {cfg.workers}")
     need(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}'; choose one of: {', '.join(PRECISIONS)}")
     need(cfg.device in DEVICES, f"unknown device '{cfg.device}'; choose one of: {', '.join(DEVICES)}")
     need(0.0 < cfg.pruning_ratio < 1.0, f"pruning_ratio must be in (0, 1), got {cfg.pruning_ratio}; e.g. 0.9 removes 90% of channels")

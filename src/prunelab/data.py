@@ -1,10 +1,14 @@
-"""CIFAR-10 as uint8 tensors in memory, batched augmentation on the training device.
+"""Image data for training and evaluation: uint8 batches, augmented on the training device.
 
-Readers: the official python batches (`cifar-10-batches-py/`), an image-folder tree
-(`train/<class>/*.jpg`, `test/<class>/*.jpg`), and synthetic data for tests. Decoded image folders
-are cached as .npz files so that only the first run pays for JPEG decoding. After loading, the
-whole split lives in one tensor; each epoch draws a permutation and random crops/flips for whole
-batches at once (airbench-style), with no DataLoader and no per-image PIL work.
+Readers: the official CIFAR-10/100 python batches, an image-folder tree (`train/<class>/*.jpg`,
+`test/<class>/*.jpg`) of any image size (resized and centre-cropped to `image_size`), and synthetic data
+for tests. Two ways to hold a split, with the same batches:
+- `Split` (the default whenever the decoded images fit `memory_budget_gb`): the whole split in one uint8
+  tensor; decoded image folders are cached as .npz files so that only the first run pays for decoding;
+- `FileSplit` (image folders larger than the budget): the files stay on disk and DataLoader workers
+  decode each batch with the same function.
+Each epoch draws one permutation and then random crops/flips for whole batches at once on the training
+device (airbench-style), so both ways yield identical batches for the same seed.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import hashlib
 import os
 import pickle
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +32,80 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8, N x 3 x H x W
-    labels: torch.Tensor  # int64, N
+    """A split held in memory: images uint8 N x 3 x S x S, labels int64 N, both on one device."""
+    images: torch.Tensor
+    labels: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def side(self) -> int:
+        return int(self.images.shape[-1])
 
     def subset(self, idx: torch.Tensor) -> "Split":
         return Split(self.images[idx], self.labels[idx])
 
     def to(self, device) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))
+
+    def batches(self, index_batches):
+        """(images, labels) for each index tensor or slice of `index_batches`, in order."""
+        for idx in index_batches:
+            yield self.images[idx], self.labels[idx]
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Image i of `files`, decoded as the in-memory path decodes it: uint8 3 x S x S."""
+
+    def __init__(self, files: list, size: int):
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        arr, _ = _decode_one(self.files[i], self.size)
+        if self.size == 0 or arr.shape[:2] != (self.size, self.size):
+            raise PrunelabError(f"image {self.files[i]} is {arr.shape[1]}x{arr.shape[0]}, not {self.size}x{self.size}; "
+                                "pass --image-size N to resize every image to N x N")
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+@dataclass
+class FileSplit:
+    """A split that stays on disk: image files and their labels (on the CPU). Batches are decoded by
+    `workers` DataLoader processes (torchvision's image-folder loader: PIL) and moved to `device`."""
+    files: list
+    labels: torch.Tensor
+    size: int
+    workers: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def side(self) -> int:
+        return self.size
+
+    def subset(self, idx: torch.Tensor) -> "FileSplit":
+        idx = idx.cpu()
+        return FileSplit([self.files[i] for i in idx.tolist()], self.labels[idx], self.size, self.workers, self.device)
+
+    def to(self, device) -> "FileSplit":
+        return FileSplit(self.files, self.labels, self.size, self.workers, torch.device(device))
+
+    def batches(self, index_batches):
+        lists = [list(range(len(self))[i]) if isinstance(i, slice) else i.cpu().tolist() for i in index_batches]
+        loader = torch.utils.data.DataLoader(_ImageFiles(self.files, self.size), batch_sampler=lists,
+                                             num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        try:
+            for idx, images in zip(lists, loader):
+                yield images.to(self.device, non_blocking=True), self.labels[idx].to(self.device)
+        except PrunelabError as e:  # raised in a worker, it comes back with the worker's traceback: keep our line
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            raise PrunelabError(lines[-1].split("PrunelabError: ", 1)[-1] if lines else str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -59,25 +126,38 @@ class InputSpec:
         return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), tuple(d.get("classes") or ()))
 
 
-def resolve_normalization(value: list, which: int, train: "Split | None") -> list[float]:
-    """Numbers as given, a named set (cifar10, imagenet), or auto: computed on the training split."""
+def resolve_normalization(value: list, which: int, stats: tuple | None) -> list[float]:
+    """Numbers as given, a named set (cifar10, imagenet), or auto: `stats` (channel_stats of the training split)."""
     from .config import NORMALIZATIONS
     if len(value) == 1 and isinstance(value[0], str):
         if value[0] == "auto":
-            if train is None:
+            if stats is None:
                 raise PrunelabError("mean/std 'auto' needs training data to compute them on")
-            x = train.images[: 20000].double() / 255  # up to 20,000 images: the mean settles long before
-            stats = (x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)))
             return [round(float(v), 4) for v in stats[which]]
         return list(NORMALIZATIONS[value[0]][which])
     return [float(v) for v in value]
 
 
+def channel_stats(split, max_images: int = 20000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (0-1 scale) over up to `max_images` images spread evenly over the split
+    (image folders are sorted by class: the first images would be of a few classes only)."""
+    n = min(len(split), max_images)
+    idx = torch.linspace(0, len(split) - 1, n).round().long().to(split.labels.device)
+    total, squares, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+    for images, _ in split.batches([idx[i:i + 500] for i in range(0, n, 500)]):
+        x = images.cpu().double() / 255
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+        count += x.numel() // 3
+    mean = total / count
+    return mean, ((squares / count - mean ** 2) * count / max(count - 1, 1)).clamp_min(0).sqrt()
+
+
 @dataclass
 class Data:
-    train: Split
-    val: Split | None
-    test: Split
+    train: Split | FileSplit
+    val: Split | FileSplit | None
+    test: Split | FileSplit
     classes: list[str]
     source: str  # one line saying where the data came from
     train_available: int = 0  # images in the training split before the validation split and subsets were drawn
@@ -168,47 +248,96 @@ def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], i
 MAX_UPSCALE = 2.0
 
 
-def _decode_images(files: list[tuple[Path, int]], size: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
-    """Decode to one uint8 N x 3 x S x S array. size 0: every image must already be square and of one size.
-    size S > 0: the shorter side is resized to S (bilinear, antialiased), then the centre S x S is cropped,
-    as torchvision's Resize(S) + CenterCrop(S). Grayscale and palette images become RGB; their count is returned."""
+def _decode_one(path: Path, size: int = 0) -> tuple[np.ndarray, bool]:
+    """One image as uint8 H x W x 3 (RGB) and whether it was grayscale or palette. size S > 0: the shorter
+    side is resized to S (bilinear, antialiased), then the centre S x S is cropped, as torchvision's
+    Resize(S) + CenterCrop(S); images more than MAX_UPSCALE times smaller than S are refused."""
     from PIL import Image
 
+    try:
+        with Image.open(path) as im:
+            gray = im.mode in ("L", "LA", "I", "I;16", "1", "P") and len(im.getbands()) < 3
+            im = im.convert("RGB")
+            w, h = im.size
+            if size:
+                _check_size(path, w, h, size)
+                if (w, h) != (size, size):
+                    scale = size / min(w, h)
+                    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                                   Image.Resampling.BILINEAR, reducing_gap=None)
+                    left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+                    im = im.crop((left, top, left + size, top + size))
+            return np.asarray(im), gray
+    except PrunelabError:
+        raise
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise PrunelabError(f"cannot decode image {path} ({type(e).__name__}); the data copy is damaged: "
+                            "replace or delete the file")
+
+
+def _check_size(path: Path, w: int, h: int, size: int) -> None:
+    if min(w, h) * MAX_UPSCALE < size:
+        raise PrunelabError(f"image {path} is {w}x{h}, more than {MAX_UPSCALE:g}x smaller than "
+                            f"--image-size {size}; lower --image-size or use larger images")
+
+
+def _decode_images(files: list[tuple[Path, int]], size: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """Decode to one uint8 N x 3 x S x S array (written in place: no second copy). size 0: every image must
+    already be square and of one size. Grayscale and palette images become RGB; their count is returned."""
     images, labels, gray = None, np.empty(len(files), dtype=np.int64), 0
     for i, (path, label) in enumerate(files):
-        try:
-            with Image.open(path) as im:
-                gray += im.mode in ("L", "LA", "I", "I;16", "1", "P") and len(im.getbands()) < 3
-                im = im.convert("RGB")
-                w, h = im.size
-                if size:
-                    if min(w, h) * MAX_UPSCALE < size:
-                        raise PrunelabError(f"image {path} is {w}x{h}, more than {MAX_UPSCALE:g}x smaller than "
-                                            f"--image-size {size}; lower --image-size or use larger images")
-                    if (w, h) != (size, size):
-                        scale = size / min(w, h)
-                        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                                       Image.Resampling.BILINEAR, reducing_gap=None)
-                        left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
-                        im = im.crop((left, top, left + size, top + size))
-                arr = np.asarray(im)
-        except PrunelabError:
-            raise
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
-            raise PrunelabError(f"cannot decode image {path} ({type(e).__name__}); the data copy is damaged: "
-                                "replace or delete the file")
+        arr, was_gray = _decode_one(path, size)
+        gray += was_gray
         if images is None:
             side = size or arr.shape[0]
             if arr.shape[0] != arr.shape[1] and not size:
                 raise PrunelabError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, not square; pass --image-size N "
                                     "to resize and centre-crop every image to N x N")
-            images = np.empty((len(files), side, side, 3), dtype=np.uint8)
-        if arr.shape != images.shape[1:]:
+            images = np.empty((len(files), 3, side, side), dtype=np.uint8)
+        if arr.shape != (images.shape[2], images.shape[3], 3):
             raise PrunelabError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, but the first image is "
-                                f"{images.shape[2]}x{images.shape[1]}; pass --image-size N to resize every image to N x N")
-        images[i] = arr
+                                f"{images.shape[3]}x{images.shape[2]}; pass --image-size N to resize every image to N x N")
+        images[i] = arr.transpose(2, 0, 1)
         labels[i] = label
-    return images.transpose(0, 3, 1, 2).copy(), labels, gray
+    return images, labels, gray
+
+
+def _scan_headers(files: list[tuple[Path, int]], size: int) -> tuple[int, int]:
+    """Before streaming: read every image's header (not its pixels) to refuse unreadable files and sizes that
+    would not work now rather than mid-epoch. Returns the side the images will have and the grayscale count."""
+    from PIL import Image
+
+    side, gray = size, 0
+    for path, _ in files:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+                gray += im.mode in ("L", "LA", "I", "I;16", "1", "P") and len(im.getbands()) < 3
+        except (OSError, ValueError, SyntaxError) as e:
+            raise PrunelabError(f"cannot read image {path} ({type(e).__name__}); the data copy is damaged: "
+                                "replace or delete the file")
+        if size:
+            _check_size(path, w, h, size)
+        else:
+            side = side or w
+            if (w, h) != (side, side):
+                raise PrunelabError(f"image {path} is {w}x{h}, but the first image is {side}x{side}; pass "
+                                    "--image-size N to resize every image to N x N")
+    return side, gray
+
+
+def memory_budget_bytes(cfg: Config) -> int:
+    """memory_budget_gb, or half of this machine's RAM."""
+    if cfg.memory_budget_gb:
+        return int(cfg.memory_budget_gb * 1e9)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume 8 GB of RAM
+        return 4 * 10 ** 9
+
+
+def _workers(cfg: Config) -> int:
+    return min(os.cpu_count() or 1, 8) if cfg.workers < 0 else cfg.workers
 
 
 def _cache_root(cfg_cache_dir: str) -> Path:
@@ -217,11 +346,11 @@ def _cache_root(cfg_cache_dir: str) -> Path:
     return Path(os.environ.get("PRUNELAB_CACHE", Path.home() / ".cache" / "prunelab"))
 
 
-def read_image_folder_split(root: Path, cache_dir: Path | None, size: int = 0) -> tuple[Split, list[str]]:
+def read_image_folder_split(root: Path, cache_dir: Path | None, size: int = 0, listing=None) -> tuple[Split, list[str]]:
     """Decode every image under root/<class>/ into one uint8 tensor (at size x size, see _decode_images), with a
     cache keyed by the file list and the size."""
-    classes, files, skipped = _list_image_folder(root)
-    if skipped:
+    classes, files, skipped = listing or _list_image_folder(root)
+    if skipped and listing is None:
         print(f"prunelab: skipped {skipped} non-image files under {root}", file=sys.stderr)
     key = hashlib.sha1()
     key.update(str(root.resolve()).encode())
@@ -310,12 +439,7 @@ def load_data(cfg: Config) -> Data:
             train, test, classes = read_cifar_batches(folder)
             source = f"CIFAR-{len(classes)} python batches in {folder}"
         elif fmt == "image-folder":
-            cache = _cache_root(cfg.cache_dir)
-            train, classes = read_image_folder_split(data_dir / "train", cache, cfg.image_size)
-            test, test_classes = read_image_folder_split(data_dir / "test", cache, cfg.image_size)
-            if test_classes != classes:
-                raise PrunelabError(f"{data_dir}/train and {data_dir}/test have different class folders; make them match")
-            source = f"image folders in {data_dir}"
+            train, test, classes, source = read_image_folders(data_dir, cfg)
         elif not data_dir.exists():
             raise PrunelabError(f"data folder '{data_dir}' does not exist; pass --data-dir pointing at CIFAR-10 "
                                 "(cifar-10-batches-py/ or train/ and test/ image folders), or --download")
@@ -324,7 +448,7 @@ def load_data(cfg: Config) -> Data:
                                 "image folders; point --data-dir at one of them, or pass --download")
     if len(classes) < 2:
         raise PrunelabError(f"the data has {len(classes)} class; at least 2 are needed")
-    if cfg.image_size and train.images.shape[-1] != cfg.image_size:  # CIFAR batches, synthetic: resize the tensors
+    if cfg.image_size and train.side != cfg.image_size:  # CIFAR batches, synthetic: resize the tensors
         train, test = (Split(_resize(s.images, cfg.image_size), s.labels) for s in (train, test))
     for name, split in (("train", train), ("test", test)):
         if len(split) == 0:
@@ -345,10 +469,48 @@ def load_data(cfg: Config) -> Data:
         train = train.subset(torch.randperm(len(train), generator=g)[:cfg.train_subset])
     if cfg.test_subset and cfg.test_subset < len(test):
         test = test.subset(torch.randperm(len(test), generator=g)[:cfg.test_subset])
-    inputs = InputSpec(int(train.images.shape[-1]), tuple(resolve_normalization(cfg.mean, 0, train)),
-                       tuple(resolve_normalization(cfg.std, 1, train)), tuple(classes))
+    stats = channel_stats(train) if ["auto"] in (cfg.mean, cfg.std) else None
+    inputs = InputSpec(train.side, tuple(resolve_normalization(cfg.mean, 0, stats)),
+                       tuple(resolve_normalization(cfg.std, 1, stats)), tuple(classes))
     return Data(train=train, val=val, test=test, classes=classes, source=source, train_available=train_available,
                 test_available=test_available, inputs=inputs)
+
+
+def read_image_folders(data_dir: Path, cfg: Config):
+    """train/ and test/ image folders: in memory when their decoded images fit the memory budget (or
+    data_loading says memory), else as FileSplits that stream from disk. Returns train, test, classes, source."""
+    listings = {}
+    for name in ("train", "test"):
+        listings[name] = _list_image_folder(data_dir / name)
+        if listings[name][2]:
+            print(f"prunelab: skipped {listings[name][2]} non-image files under {data_dir / name}", file=sys.stderr)
+    classes = listings["train"][0]
+    if listings["test"][0] != classes:
+        raise PrunelabError(f"{data_dir}/train and {data_dir}/test have different class folders; make them match")
+    files = listings["train"][1] + listings["test"][1]
+    side = cfg.image_size
+    if not side:
+        from PIL import Image
+        try:
+            with Image.open(files[0][0]) as im:
+                side = im.size[0]
+        except (OSError, ValueError, SyntaxError) as e:
+            raise PrunelabError(f"cannot read image {files[0][0]} ({type(e).__name__}); the data copy is damaged: "
+                                "replace or delete the file")
+    decoded, budget = len(files) * 3 * side * side, memory_budget_bytes(cfg)
+    if cfg.data_loading == "memory" or (cfg.data_loading == "auto" and decoded <= budget):
+        cache = _cache_root(cfg.cache_dir)
+        train, _ = read_image_folder_split(data_dir / "train", cache, cfg.image_size, listings["train"])
+        test, _ = read_image_folder_split(data_dir / "test", cache, cfg.image_size, listings["test"])
+        return train, test, classes, f"image folders in {data_dir}"
+    side, gray = _scan_headers(files, cfg.image_size)
+    if gray:
+        print(f"prunelab: {gray} grayscale or palette images under {data_dir} will be converted to RGB", file=sys.stderr)
+    workers = _workers(cfg)
+    train, test = (FileSplit([p for p, _ in listings[n][1]], torch.tensor([c for _, c in listings[n][1]]), side, workers)
+                   for n in ("train", "test"))
+    why = "as asked" if cfg.data_loading == "stream" else f"{decoded / 1e9:.1f} GB decoded > memory budget {budget / 1e9:.1f} GB"
+    return train, test, classes, f"image folders in {data_dir}, streamed from disk ({why}; {workers} workers)"
 
 
 def download_cifar10(data_dir: Path) -> None:
@@ -427,15 +589,16 @@ def augmentation_for(kind: str, image_side: int) -> str:
     return ("pad-crop" if image_side <= 64 else "resized-crop") if kind == "auto" else kind
 
 
-def train_batches(split: Split, batch_size: int, generator: torch.Generator, padding: int, flip: bool,
+def train_batches(split: Split | FileSplit, batch_size: int, generator: torch.Generator, padding: int, flip: bool,
                   with_index: bool = False, kind: str = "pad-crop"):
     """One epoch: shuffled batches of augmented uint8 images (on the split's device) and labels (and, with
     `with_index`, the images' indices in `split`). Under torchrun every rank draws the same permutation and
-    keeps its own shard of it (DistributedSampler's rule)."""
+    keeps its own shard of it (DistributedSampler's rule). The random numbers are drawn in the same order
+    whether the split is in memory or streamed, so both give the same batches."""
     perm = shard(torch.randperm(len(split), generator=generator)).to(split.labels.device)
-    for start in range(0, len(perm), batch_size):
-        idx = perm[start:start + batch_size]
-        batch = augment_batch(split.images[idx], kind, padding, flip, generator), split.labels[idx]
+    index_batches = [perm[start:start + batch_size] for start in range(0, len(perm), batch_size)]
+    for idx, (images, labels) in zip(index_batches, split.batches(index_batches)):
+        batch = augment_batch(images, kind, padding, flip, generator), labels
         yield (*batch, idx) if with_index else batch
 
 
@@ -445,6 +608,6 @@ def batches_per_epoch(n_images: int, batch_size: int) -> int:
     return -(-shard_length(n_images) // batch_size)
 
 
-def eval_batches(split: Split, batch_size: int):
-    for start in range(0, len(split), batch_size):
-        yield split.images[start:start + batch_size], split.labels[start:start + batch_size]
+def eval_batches(split: Split | FileSplit, batch_size: int):
+    """The split in order, in batches of (uint8 images, labels)."""
+    return split.batches([slice(start, start + batch_size) for start in range(0, len(split), batch_size)])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import itertools
 import json
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, modelfile, report
 from .config import Config, PrunelabError, resumed_config, to_dict
-from .data import Data, batches_per_epoch, load_data
+from .data import Data, batches_per_epoch, eval_batches, load_data
 from .files import write_json
 from .measurement import file_size_bytes, latency_devices, machine, measure_model
 from .models import ModelSpec, build, num_outputs
@@ -379,7 +380,5 @@ class _Stages:
         log(f"final: test acc {row['accuracy']:.4f}")
 
     def _gradient_batches(self):
-        n = self.cfg.taylor_batches * self.cfg.batch_size
-        for start in range(0, min(n, len(self.train)), self.cfg.batch_size):
-            yield (self.trainer.normalizer(self.train.images[start:start + self.cfg.batch_size]),
-                   self.train.labels[start:start + self.cfg.batch_size])
+        for images, labels in itertools.islice(eval_batches(self.train, self.cfg.batch_size), self.cfg.taylor_batches):
+            yield self.trainer.normalizer(images), labels
