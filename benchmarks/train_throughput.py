@@ -7,12 +7,20 @@ Both run in this process, on the same images, interleaved over several rounds; t
 median images/s of each and their ratio. Writes the table as JSON too.
 
     python benchmarks/train_throughput.py --data-dir ../shared/data/cifar10-jpeg
+
+With `--against REF` (a git commit), prunelab's loop also runs with the data path (data.py's
+train_batches) of that commit, in the same rounds: a change to the data path is no slower when the
+ratio current / REF is about 1.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,7 +74,31 @@ def seed_loop(split: Split, cfg, batches: int, warmup: int, workers: int) -> flo
     return seen / (time.perf_counter() - start)
 
 
-def prunelab_loop(split: Split, cfg, batches: int, warmup: int) -> float:
+def data_module_at(ref: str):
+    """prunelab's data.py as it was at git commit `ref`, imported as a module of the prunelab package."""
+    source = subprocess.run(["git", "show", f"{ref}:src/prunelab/data.py"], capture_output=True, text=True,
+                            check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "data_ref.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("prunelab.data_ref", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def prunelab_loop(split: Split, cfg, batches: int, warmup: int, train_batches=None) -> float:
+    """prunelab's training loop; `train_batches`: another version of data.train_batches to use instead."""
+    import prunelab.train
+    current = prunelab.train.train_batches
+    prunelab.train.train_batches = train_batches or current
+    try:
+        return _prunelab_loop(split, cfg, batches, warmup)
+    finally:
+        prunelab.train.train_batches = current
+
+
+def _prunelab_loop(split: Split, cfg, batches: int, warmup: int) -> float:
     torch.manual_seed(0)
     trainer = Trainer.from_config(cfg, torch.device("cpu"))
     model = build_model("resnet18_cifar")
@@ -87,17 +119,23 @@ def main():
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median is reported)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed loop (Colab's default 2)")
+    p.add_argument("--against", metavar="REF", help="also time prunelab's loop with data.py of this git commit")
     p.add_argument("--json", default="benchmarks/results/train_throughput.json")
     args = p.parse_args()
+    reference = data_module_at(args.against) if args.against else None
 
     n = (args.warmup + args.batches) * 128
     cfg = make_config("seed", {"data_dir": args.data_dir, "train_subset": n, "test_subset": 10, "progress": False})
     split = load_data(cfg).train
-    seed_ips, ours_ips = [], []
+    seed_ips, ours_ips, ref_ips = [], [], []
     for r in range(args.rounds):
         seed_ips.append(seed_loop(split, cfg, args.batches, args.warmup, args.workers))
         ours_ips.append(prunelab_loop(split, cfg, args.batches, args.warmup))
-        print(f"round {r + 1}: seed loop {seed_ips[-1]:.1f} img/s, prunelab loop {ours_ips[-1]:.1f} img/s", flush=True)
+        line = f"round {r + 1}: seed loop {seed_ips[-1]:.1f} img/s, prunelab loop {ours_ips[-1]:.1f} img/s"
+        if reference:
+            ref_ips.append(prunelab_loop(split, cfg, args.batches, args.warmup, reference.train_batches))
+            line += f", prunelab loop with the data path of {args.against} {ref_ips[-1]:.1f} img/s"
+        print(line, flush=True)
     seed_med, ours_med = statistics.median(seed_ips), statistics.median(ours_ips)
     result = {"benchmark": "train_throughput", "model": "resnet18_cifar (dense)", "batch_size": 128,
               "timed_batches": args.batches, "rounds": args.rounds, "seed_loop_workers": args.workers,
@@ -105,13 +143,22 @@ def main():
               "seed_median": seed_med, "prunelab_median": ours_med, "ratio": ours_med / seed_med,
               "prunelab_precision": str(Trainer.from_config(cfg, torch.device("cpu")).amp_dtype or "fp32"),
               "machine": machine()}
+    if reference:
+        result.update({"against": args.against, "against_images_per_s": ref_ips,
+                       "against_median": statistics.median(ref_ips),
+                       "ratio_current_vs_against": ours_med / statistics.median(ref_ips)})
     print()
     print("| loop | images/s (median of %d) | spread |" % args.rounds)
     print("| :--- | ---: | ---: |")
     print(f"| seed: DataLoader + PIL transforms, fp32, NCHW | {seed_med:.1f} | {min(seed_ips):.1f}-{max(seed_ips):.1f} |")
     print(f"| prunelab: uint8 tensor, batched aug, bf16, channels_last | {ours_med:.1f} | "
           f"{min(ours_ips):.1f}-{max(ours_ips):.1f} |")
+    if reference:
+        print(f"| prunelab, data path of {args.against} | {result['against_median']:.1f} | "
+              f"{min(ref_ips):.1f}-{max(ref_ips):.1f} |")
     print(f"\nratio prunelab / seed: {result['ratio']:.2f}x  (target >= 2.0x)")
+    if reference:
+        print(f"ratio current / {args.against} data path: {result['ratio_current_vs_against']:.3f}x")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")

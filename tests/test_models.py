@@ -27,6 +27,11 @@ HERE = Path(__file__).parent
 FAMILIES = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
             "regnet_y_400mf", "squeezenet1_1", "mnasnet0_5", "convnext_tiny", "googlenet",
             pytest.param("vgg11_bn", marks=pytest.mark.slow), pytest.param("densenet121", marks=pytest.mark.slow)]
+try:  # timm models by name: ResNet, EfficientNet (depthwise + squeeze-excite), ConvNeXt (layer scale)
+    import timm  # noqa: F401 (the optional extra; CI installs it with the test extra)
+    FAMILIES += ["timm:resnet18", "timm:efficientnet_b0", "timm:convnext_atto"]
+except ImportError:
+    pass
 SIZE, CLASSES = 32, 3
 
 
@@ -39,6 +44,7 @@ def zoo(tmp_path_factory):
 def test_family_prunes_by_half_trains_saves_and_exports(name, zoo):
     torch.manual_seed(0)
     spec = ModelSpec(builder=name, num_classes=CLASSES)
+    stem = name.replace(":", "-")
     model = build(spec)
     macs0, params0 = count_macs_params(model, SIZE)
     cfg = make_config("seed", {"iterative_steps": 2, "pruning_ratio": 0.5})
@@ -65,14 +71,14 @@ def test_family_prunes_by_half_trains_saves_and_exports(name, zoo):
         y = model(x)
     assert y.shape == (2, CLASSES)
     inputs = InputSpec(SIZE, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), ("a", "b", "c"))
-    save(zoo / name, model, spec, history(pruner), inputs=inputs)
-    save_file({"x": x, "y": y}, str(zoo / f"{name}.io.safetensors"))
+    save(zoo / stem, model, spec, history(pruner), inputs=inputs)
+    save_file({"x": x, "y": y}, str(zoo / f"{stem}.io.safetensors"))
     if name == "vgg11_bn":  # TorchScript's exporter cannot pool 1x1 to 7x7: a clear error, not a traceback
         with pytest.raises(PrunelabError, match="ONNX export of this model at 32 px failed"):
-            export_onnx(model, zoo / f"{name}.onnx", input_size=SIZE)
+            export_onnx(model, zoo / f"{stem}.onnx", input_size=SIZE)
         return
-    export_onnx(model, zoo / f"{name}.onnx", input_size=SIZE)
-    got = ort.InferenceSession(str(zoo / f"{name}.onnx"), providers=["CPUExecutionProvider"]).run(
+    export_onnx(model, zoo / f"{stem}.onnx", input_size=SIZE)
+    got = ort.InferenceSession(str(zoo / f"{stem}.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"images": x.numpy()})[0]
     assert np.abs(got - y.numpy()).max() <= 1e-4 + 1e-5 * float(y.abs().max())
 

@@ -44,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importances", nargs="+", default=[], metavar="NAME", help="one run per importance criterion")
     _add_config_options(p)
 
+    p = sub.add_parser("control", help="add controls to a finished run: scratch (same architecture from a random "
+                       "init, same training time) and/or random (random criterion)",
+                       description="Each control is resumable: run the same command again to continue. The report, "
+                                   "results.json and results.png of the run gain a row per control.")
+    p.add_argument("run_dir")
+    p.add_argument("--kind", nargs="+", default=["scratch"], choices=["scratch", "random"])
+    p.add_argument("--budget", default="time", choices=["time", "images"],
+                   help="the scratch control's training: the run's prune-and-fine-tune training seconds (time) or "
+                        "as many training images (images)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's)")
+    p.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: the run's)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: the run's)")
+
     p = sub.add_parser("report", help="redraw report.md and results.png of a finished run from its files")
     p.add_argument("run_dir")
 
@@ -100,6 +113,27 @@ def cmd_sweep(args) -> None:
     file_overrides = load_config_file(args.config) if args.config else {}
     sweep(make_config(args.preset, {**file_overrides, **overrides}), args.targets_macs, args.targets_params,
           args.importances)
+
+
+def cmd_control(args) -> None:
+    import dataclasses
+
+    from .controls import run_controls
+    from .rundir import open_existing
+    cfg = open_existing(args.run_dir)[1]
+    given = {k: v for k, v in (("device", args.device), ("num_threads", args.num_threads), ("data_dir", args.data_dir))
+             if v is not None}
+    cfg = dataclasses.replace(cfg, **given)
+    import torch
+    threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        for row in run_controls(args.run_dir, args.kind, runtime=cfg, budget=args.budget):
+            print(f"{row['control']} control: test accuracy {100 * row['accuracy']:.2f}%")
+    finally:
+        torch.set_num_threads(threads)
+    print(f"wrote {args.run_dir}/controls/ and updated report.md, results.json, results.png")
 
 
 def cmd_report(args) -> None:
@@ -188,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ok = False
     try:
-        {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "eval": cmd_eval, "bench": cmd_bench,
+        {"run": cmd_run, "sweep": cmd_sweep, "control": cmd_control, "report": cmd_report, "eval": cmd_eval, "bench": cmd_bench,
          "export": cmd_export}[args.command](args)
         ok = True
     except PrunelabError as e:

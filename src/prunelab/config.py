@@ -67,6 +67,13 @@ class Config:
                                    "the same batches", runtime=True)
     memory_budget_gb: float = _f(0.0, "most GB of decoded images (train + test) held in memory (0 = half of this "
                                       "machine's RAM); larger image folders stream from disk", runtime=True)
+    controls: list = _f([], "after the run: scratch (the pruned architecture trained from a random init for the same "
+                            "training time) and/or random (the same run with the random criterion), as report rows",
+                        runtime=True)
+    control_budget: str = _f("time", "the scratch control's budget: time (the training seconds of the prune-and-"
+                                     "fine-tune phase) | images (as many training images)", runtime=True)
+    seeds: list = _f([], "repeat the run once per seed (runs <name>/s<seed>/) and report mean ± std; the dense "
+                         "--baseline, when given, is shared", runtime=True)
     workers: int = _f(-1, "DataLoader worker processes when images stream from disk (-1 = one per CPU core, "
                           "up to 8; 0 = decode in the main process)", runtime=True)
 
@@ -240,7 +247,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
                 raise ValueError
             if name in ("mean", "std") and len(value) == 1 and str(value[0]) in (*NORMALIZATIONS, "auto"):
                 return [str(value[0])]
-            inner = type(default[0]) if default else str
+            inner = type(default[0]) if default else (int if name == "seeds" else str)
             return [inner(v) for v in value]
         if kind is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -328,6 +335,11 @@ def validate(cfg: Config) -> None:
     need(cfg.data_loading in DATA_LOADINGS, f"unknown data_loading '{cfg.data_loading}'; choose one of: "
          f"{', '.join(DATA_LOADINGS)}")
     need(cfg.memory_budget_gb >= 0, f"memory_budget_gb must be 0 (half of the RAM) or positive, got {cfg.memory_budget_gb}")
+    need(all(c in ("scratch", "random") for c in cfg.controls) and len(set(cfg.controls)) == len(cfg.controls),
+         f"controls must be scratch and/or random, each once, got {cfg.controls}")
+    need(cfg.control_budget in ("time", "images"), f"unknown control_budget '{cfg.control_budget}'; choose time or images")
+    need(len(set(cfg.seeds)) == len(cfg.seeds) and all(s >= 0 for s in cfg.seeds),
+         f"seeds must be distinct non-negative integers, got {cfg.seeds}")
     need(cfg.workers >= -1, f"workers must be -1 (one per core), 0 or more, got {cfg.workers}")
     need(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}'; choose one of: {', '.join(PRECISIONS)}")
     need(cfg.device in DEVICES, f"unknown device '{cfg.device}'; choose one of: {', '.join(DEVICES)}")

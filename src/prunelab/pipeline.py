@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import itertools
 import json
+import os
 import time
 from pathlib import Path
 
@@ -48,13 +49,23 @@ def run(cfg: Config | None = None, resume_dir: str | Path | None = None, model: 
         raise PrunelabError("run() needs a config, or a run directory to resume")
     if resume_dir is not None:
         cfg = resumed_config(open_existing(resume_dir)[1], cfg)
+    if (cfg.seeds or cfg.controls) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise PrunelabError("--seeds and --controls run in one process: run them without torchrun (`prunelab control "
+                            "RUN` adds controls to a finished run)")
+    if cfg.seeds and resume_dir is None:
+        from .controls import run_seeds
+        return run_seeds(cfg, model)
     threads = torch.get_num_threads()
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         with torch.random.fork_rng(devices=cuda):
-            return _run(cfg, resume_dir, model)
+            path = _run(cfg, resume_dir, model)
+            if cfg.controls:
+                from .controls import run_controls
+                run_controls(path, cfg.controls, runtime=cfg, model=model, budget=cfg.control_budget)
+            return path
     finally:
         torch.set_num_threads(threads)
 

@@ -43,7 +43,36 @@ def build_results(run_dir: str | Path) -> dict:
                         "total": dense["seconds"] + sum(s["seconds"] for s in steps) + final["seconds"]},
         "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "loss", "train_accuracy", "val_accuracy", "lr",
                                       "images_per_s", "seconds") if k in e} for e in epochs],
+        "controls": _controls(rd.path),
     }
+
+
+def _controls(run_dir: Path) -> list[dict]:
+    from .controls import control_rows
+    return control_rows(run_dir)
+
+
+CONTROL_WORDS = {
+    "scratch": "the pruned architecture, re-initialised at random and trained from scratch",
+    "random": "the same run with the random importance criterion",
+}
+
+
+def controls_markdown(results: dict) -> str:
+    """The controls' rows beside the pruned model, with their training budgets."""
+    f = results["final"]
+    lines = ["| model | test accuracy | vs pruned | MACs | training |", "| :--- | ---: | ---: | ---: | :--- |",
+             f"| pruned ({results['config']['importance']}) | {100 * f['accuracy']:.2f}% | | {_fmt_count(f['macs'])} | "
+             f"prune-and-fine-tune phase |"]
+    for c in results.get("controls") or []:
+        if c["control"] == "scratch":
+            how = (f"{c['epochs']} epochs, {c['train_seconds']:.0f} s for a budget of {c['budget_seconds']:.0f} s"
+                   if c.get("budget") == "time" else f"{c['epochs']} epochs, {c['train_images']:,} images (same images)")
+        else:
+            how = f"{c['train_seconds']:.0f} s, {c['train_images']:,} images after the dense stage"
+        lines.append(f"| {c['control']} control: {CONTROL_WORDS.get(c['control'], '')} | {100 * c['accuracy']:.2f}% | "
+                     f"{100 * (c['accuracy'] - f['accuracy']):+.2f} pts | {_fmt_count(c['macs'])} | {how} |")
+    return "\n".join(lines)
 
 
 def _strip(row: dict) -> dict:
@@ -159,6 +188,9 @@ def report_markdown(results: dict) -> str:
               f"{m.get('torch_threads', '?')} CPU threads"
               + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ".", "",
               "![results](results.png)", "", "![training curves](curves.png)", "", "![first-layer filters](filters.png)", "",
+              *(["## Controls", "", controls_markdown(results), "",
+                 "One seed each: whether a difference exceeds the spread between seeds needs `--seeds` "
+                 "(seeds.md).", ""] if results.get("controls") else []),
               "## Every stage", "", steps_markdown(results), "",
               f"Wall time: dense {w['dense']:.0f} s, pruning steps {w['pruning_steps']:.0f} s, "
               f"final fine-tune {w['final_finetune']:.0f} s, total {w['total']:.0f} s.", "",
@@ -185,6 +217,10 @@ def plot(results: dict, path: str | Path) -> None:
     ax_acc.plot(ratios, [100 * d["accuracy"]] + [100 * s["accuracy"] for s in steps], "o-", color="tab:blue",
                 label="after fine-tune")
     ax_acc.plot([f["ratio"]], [100 * f["accuracy"]], "*", ms=14, color="tab:green", label="after final fine-tune")
+    for c in results.get("controls") or []:
+        ax_acc.plot([f["ratio"]], [100 * c["accuracy"]], {"scratch": "X", "random": "^"}.get(c["control"], "o"), ms=10,
+                    linestyle="none",
+                    label=f"{c['control']} control")
     ax_acc.set(xlabel="channel pruning ratio", ylabel="test accuracy (%)", title="Accuracy")
     ax_acc.legend(fontsize=8)
 
@@ -291,6 +327,7 @@ def render(run_dir: str | Path, results: dict | None = None) -> None:
             row = results[part] if isinstance(part, str) else results["steps"][part]
             row["latency"] = latency_records(row)
         results.setdefault("budget_vs_seed", budget_differences(results["config"], results["data"]))
+        results["controls"] = _controls(rd.path)  # controls added after the run finished
     plot(results, rd.results_plot)
     plot_curves(results, rd.curves_plot)
     plot_filters(rd.path, rd.filters_plot)
