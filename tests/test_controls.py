@@ -73,6 +73,7 @@ def test_seeds_give_one_run_each_and_a_mean_and_std_that_match_them(tmp_path):
     (["--seeds", "1", "1"], "seeds must be distinct non-negative integers"),
     (["--seeds", "-1"], "seeds must be distinct non-negative integers"),
     (["--control-budget", "money"], "unknown control_budget"),
+    (["--sparse-reg", "-1"], "sparse_reg must be 0 or more"),
 ])
 def test_bad_control_and_seed_settings_are_refused_in_one_line(tmp_path, args, message):
     code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path, *args)
@@ -86,3 +87,91 @@ def test_a_control_of_an_unfinished_run_is_refused(tmp_path):
     create(cfg)
     code, _, err = cli("control", tmp_path / "runs" / "r", "--kind", "scratch")
     assert code == 2 and "has not finished" in err
+
+
+def test_sparse_training_shrinks_the_weakest_channel_groups_most():
+    import dataclasses
+    from prunelab.data import load_data
+    from prunelab.models import build_model
+    from prunelab.prune import build_sparsifier
+    from prunelab.train import Trainer, make_optimizer, train_epoch
+
+    cfg = make_config("tiny", {"precision": "fp32"})
+    data = load_data(cfg)
+    trainer = Trainer.from_config(cfg, torch.device("cpu"), data.inputs)
+    shares = {}
+    for reg in (0.0, 0.1):
+        torch.manual_seed(0)
+        model = build_model("resnet18_cifar", 10)
+        sparsifier = build_sparsifier(model, dataclasses.replace(cfg, sparse_reg=reg), 32, 10)
+        opt = make_optimizer(model, cfg, 0.1)
+        for epoch in range(2):
+            sparsifier.update_regularizer()
+            train_epoch(model, data.train, opt, None, trainer, torch.Generator().manual_seed(epoch),
+                        regularize=lambda: sparsifier.regularize(model))
+        layer_shares = []  # per convolution: the share of its output channels' L2 norm held by the weaker half
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.out_channels >= 8:
+                norms = m.weight.detach().flatten(1).norm(dim=1).sort().values
+                layer_shares.append(float(norms[: len(norms) // 2].sum() / norms.sum()))
+        shares[reg] = statistics.fmean(layer_shares)
+    assert shares[0.1] < 0.9 * shares[0.0], shares
+
+
+def test_a_run_with_sparse_training_reports_it_and_resumes_from_its_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path, name="sp", sparse_epochs=1, sparse_reg=0.01)
+    run_dir = prunelab.run(cfg)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert "sparse" in results and results["wall_time_s"]["sparse_training"] > 0
+    assert "| sparse training |" in (run_dir / "report.md").read_text()
+    assert (run_dir / "checkpoints" / "sparse.json").is_file()
+    # a crash after sparse training: the pruning steps are redone from the sparse checkpoint, with the same result
+    for stem in ("step_01", "step_02", "final"):
+        for suffix in (".json", ".safetensors"):
+            (run_dir / "checkpoints" / f"{stem}{suffix}").unlink()
+    (run_dir / "results.json").unlink()
+    lines = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if json.loads(ln)["stage"] in (0, -1)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    prunelab.run(None, run_dir)
+    again = json.loads((run_dir / "results.json").read_text())
+    assert again["final"]["accuracy"] == results["final"]["accuracy"]
+    assert sum(1 for e in again["epochs"] if e["stage"] == -1) == 1  # sparse training was not redone
+
+
+def test_a_sweep_plan_runs_as_independent_processes_and_collect_groups_seeds(tmp_path):
+    import subprocess
+    import sys
+    base = prunelab.run(_cfg(tmp_path, name="base"))  # its dense checkpoint is the plan's shared baseline
+    dense = base / "checkpoints" / "dense.safetensors"
+    code, out, err = cli("sweep", "--preset", "tiny", "--out-dir", tmp_path / "runs", "--name", "sw", "--no-progress",
+                         "--no-export-onnx", "--no-measure-latency-every-step", "--baseline", dense,
+                         "--targets-macs", "40e6", "--seeds", "0", "1", "--controls", "scratch",
+                         "--control-budget", "images", "--plan", tmp_path / "plan")
+    assert code == 0, err
+    commands = (tmp_path / "plan" / "commands.txt").read_text().splitlines()
+    assert len(commands) == 2 and all(c.startswith("prunelab run --or-resume --config ") for c in commands)
+    assert not (tmp_path / "runs" / "sw").exists()  # a plan runs nothing
+    jobs = [subprocess.Popen([sys.executable, "-m", "prunelab", *c.split()[1:]], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for c in commands]  # two processes at once
+    for job in jobs:
+        _, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err[-2000:]
+    sweep = tmp_path / "runs" / "sw"
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["l2-macs40M-s0", "l2-macs40M-s1"]
+    code, out, err = cli("collect", sweep)
+    assert code == 0, err
+    finals = [json.loads((sweep / f"l2-macs40M-s{s}" / "results.json").read_text())["final"]["accuracy"] for s in (0, 1)]
+    table = (sweep / "pareto.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| l2-macs40M |"))
+    assert f"{100 * statistics.fmean(finals):.2f}% ± {100 * statistics.stdev(finals):.2f}" in row
+    assert "scratch control" in table and (sweep / "pareto.png").is_file()
+    # a job started again resumes (here: finds its run finished) instead of refusing the existing folder
+    again = subprocess.run([sys.executable, "-m", "prunelab", *commands[0].split()[1:]], capture_output=True, text=True)
+    assert again.returncode == 0 and "already finished" in again.stdout + again.stderr
+
+
+def test_a_plan_without_a_baseline_is_refused(tmp_path):
+    code, _, err = cli("sweep", "--preset", "tiny", "--out-dir", tmp_path, "--targets-macs", "40e6",
+                       "--plan", tmp_path / "plan")
+    assert code == 2 and "pass --baseline FILE" in err and not (tmp_path / "plan").exists()

@@ -155,3 +155,26 @@ def test_api_functions_are_not_shadowed_by_submodules():
         importlib.import_module(f"prunelab.{module}")
     for name in ("run", "load", "evaluate", "measure", "export_onnx", "make_config"):
         assert callable(getattr(prunelab, name)), name
+
+
+def test_a_heavily_pruned_resnet_trains_on_odd_batches_without_the_onednn_channels_last_crash(tmp_path):
+    """oneDNN issue #6035: the CPU backward pass of a 1x1 stride-2 convolution with under 16 input channels
+    writes past its workspace in channels_last; with odd batch sizes it aborted the process ("corrupted
+    size vs. prev_size") in 3 of 3 runs before such models were trained in NCHW. In a subprocess: a crash
+    must fail this test, not kill pytest."""
+    from conftest import run_cli
+    r = run_cli("run", "--preset", "tiny", "--out-dir", tmp_path, "--synthetic-size", 197, "--no-progress",
+                "--no-export-onnx", "--no-measure-latency-every-step", "--final-finetune-epochs", 2)
+    assert r.returncode == 0, r.stderr[-2000:]  # 197 = 3 x 64 + 5: every epoch ends on a batch of 5
+    assert "training in NCHW from here" in r.stdout + r.stderr
+
+
+def test_the_channels_last_hazard_is_found_in_pruned_downsamples_only():
+    from prunelab.models import build_model, channels_last_unsafe_on_cpu
+    from prunelab.prune import build_pruner, prune_step
+    from prunelab.config import make_config
+    model = build_model("resnet18_cifar")
+    assert channels_last_unsafe_on_cpu(model) == ""
+    pruner = build_pruner(model, make_config("seed", {"iterative_steps": 1, "pruning_ratio": 0.9}))
+    prune_step(pruner, model)
+    assert channels_last_unsafe_on_cpu(model) == "layer2.0.downsample.0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from .config import PRESETS, Config, PrunelabError, load_config_file, make_config, to_dict
 
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (applied after the preset)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last finished step "
                    "(only runtime settings may be given: --device, --num-threads, --progress, --data-dir, ...)")
+    p.add_argument("--or-resume", action="store_true", help="if the run directory exists already, continue it (its "
+                   "recipe must equal the one given) instead of refusing: for jobs a scheduler may start again")
     _add_config_options(p)
 
     p = sub.add_parser("sweep", help="several targets and/or criteria, one run each, then a Pareto plot and table",
@@ -42,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets-macs", nargs="+", type=float, default=[], metavar="MACS", help="one run per MACs target")
     p.add_argument("--targets-params", nargs="+", type=float, default=[], metavar="N", help="one run per parameter target")
     p.add_argument("--importances", nargs="+", default=[], metavar="NAME", help="one run per importance criterion")
+    p.add_argument("--plan", metavar="DIR", help="run nothing: write one config per run and DIR/commands.txt (one "
+                   "`prunelab run` line per job, for SLURM arrays or shell loops); then `prunelab collect`")
     _add_config_options(p)
+
+    p = sub.add_parser("collect", help="the Pareto table and plot of a sweep's finished runs (grouped over seeds)",
+                       description="Reads <sweep>/*/results.json (and their controls); writes pareto.md and pareto.png.")
+    p.add_argument("sweep_dir")
 
     p = sub.add_parser("control", help="add controls to a finished run: scratch (same architecture from a random "
                        "init, same training time) and/or random (random criterion)",
@@ -102,17 +111,30 @@ def cmd_run(args) -> None:
         saved = open_existing(args.resume)[1]
         run(make_config("seed", {**to_dict(saved), **overrides}), args.resume)
         return
-    run(make_config(args.preset, overrides))
+    cfg = make_config(args.preset, overrides)
+    existing = Path(cfg.out_dir) / cfg.name
+    if args.or_resume and (existing / "config.json").is_file():
+        run(cfg, existing)
+        return
+    run(cfg)
 
 
 def cmd_sweep(args) -> None:
-    from .sweep import sweep
+    from .sweep import plan, sweep
 
     overrides = _overrides(args)
     overrides.setdefault("name", "sweep")
     file_overrides = load_config_file(args.config) if args.config else {}
-    sweep(make_config(args.preset, {**file_overrides, **overrides}), args.targets_macs, args.targets_params,
-          args.importances)
+    cfg = make_config(args.preset, {**file_overrides, **overrides})
+    if args.plan:
+        plan(cfg, args.plan, args.targets_macs, args.targets_params, args.importances)
+        return
+    sweep(cfg, args.targets_macs, args.targets_params, args.importances)
+
+
+def cmd_collect(args) -> None:
+    from .sweep import collect
+    collect(args.sweep_dir)
 
 
 def cmd_control(args) -> None:
@@ -222,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ok = False
     try:
-        {"run": cmd_run, "sweep": cmd_sweep, "control": cmd_control, "report": cmd_report, "eval": cmd_eval, "bench": cmd_bench,
+        {"run": cmd_run, "sweep": cmd_sweep, "control": cmd_control, "collect": cmd_collect, "report": cmd_report, "eval": cmd_eval, "bench": cmd_bench,
          "export": cmd_export}[args.command](args)
         ok = True
     except PrunelabError as e:

@@ -137,6 +137,10 @@ class Config:
     max_pruning_ratio: float = _f(1.0, "with global pruning: no layer loses more than this share of its channels")
     round_to: int = _f(2, "keep channel counts a multiple of this (0 = no rounding)")
     taylor_batches: int = _f(4, "batches of training data whose gradients feed the taylor importance")
+    sparse_epochs: int = _f(0, "epochs of sparse training between the dense stage and the first pruning step: "
+                               "Torch-Pruning's group-norm regularisation (GroupNormPruner) pushes the weights of "
+                               "unimportant channel groups towards zero, so pruning removes less (0 = off)")
+    sparse_reg: float = _f(5e-4, "strength of the sparse training's group-norm regularisation (Torch-Pruning's reg)")
     finetune_epochs_per_step: int = _f(1, "fine-tune epochs after each pruning step (0 = none)")
     final_finetune_epochs: int = _f(10, "fine-tune epochs after the last step (cosine over them)")
     distill: bool = _f(False, "fine-tune with knowledge distillation from the dense model (soft targets + hard labels)")
@@ -366,6 +370,8 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.momentum < 1.0, f"momentum must be in [0, 1), got {cfg.momentum}")
     need(cfg.weight_decay >= 0, f"weight_decay must be 0 or more, got {cfg.weight_decay}")
     need(0.0 <= cfg.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    need(cfg.sparse_epochs >= 0, f"sparse_epochs must be 0 (off) or more, got {cfg.sparse_epochs}")
+    need(cfg.sparse_reg >= 0, f"sparse_reg must be 0 or more, got {cfg.sparse_reg}; e.g. 5e-4")
     need(cfg.round_to >= 0, f"round_to must be 0 or more, got {cfg.round_to}")
     need(cfg.taylor_batches >= 1, f"taylor_batches must be at least 1, got {cfg.taylor_batches}")
     need(cfg.train_subset >= 0 and cfg.test_subset >= 0 and cfg.val_size >= 0,

@@ -85,8 +85,8 @@ def random_criterion(rd: RunDir, cfg: Config, model: torch.nn.Module | None = No
 
 def _budget(rd: RunDir, cfg: Config, n_train: int) -> tuple[float, int]:
     """Training seconds and training images of the run's prune-and-fine-tune phase (every epoch after the
-    dense stage; pruning itself, evaluation and latency measurement excluded)."""
-    epochs = [r for r in read_jsonl(rd.metrics) if r["event"] == "epoch" and r["stage"] >= 1]
+    dense stage, sparse training included; pruning itself, evaluation and latency measurement excluded)."""
+    epochs = [r for r in read_jsonl(rd.metrics) if r["event"] == "epoch" and r["stage"] != 0]  # sparse training: -1
     return sum(r["seconds"] for r in epochs), len(epochs) * n_train
 
 
@@ -108,6 +108,9 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
     reinitialise(model, cfg.seed + 7919)
     spec = modelfile.specs(desc)[0]
     control = dataclasses.replace(cfg, name=out.name, out_dir=str(out.parent), controls=[], seeds=[], baseline="")
+    crd = RunDir(out)
+    stages = _Stages(control, crd, trainer, device, data, spec, given)
+    model = stages._prepare_model(model)
     plan_path = out / "plan.json"
     if plan_path.is_file():  # a resumed control keeps the epoch count it planned
         plan = json.loads(plan_path.read_text())
@@ -127,9 +130,6 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
     log(f"control scratch: the final architecture re-initialised, {plan['epochs']} epochs "
         f"({'same training time' if budget == 'time' else 'same training images'} as the prune-and-fine-tune "
         f"phase: {plan['budget_seconds']:.0f} s, {plan['budget_images']:,} images)")
-    crd = RunDir(out)
-    stages = _Stages(control, crd, trainer, device, data, spec, given)
-    model = stages._prepare_model(model)
     start = time.perf_counter()
     stages._fit(model, 0, "scratch control", plan["epochs"], cfg.lr, cfg.warmup_epochs)
     seconds = sum(r["seconds"] for r in read_jsonl(crd.metrics) if r["event"] == "epoch")
@@ -159,19 +159,20 @@ def reinitialise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def _seconds_per_epoch(model, split, trainer, cfg, batches: int = 4) -> float:
-    """Training seconds per epoch of `model` on `split`, from a few timed batches after one untimed (on a
-    copy, so the weights to be trained are not touched)."""
+    """Training seconds per epoch of `model` on `split`, from `batches` full timed batches after one untimed
+    (on a copy, so the weights to be trained are not touched)."""
     import copy
 
     from .train import make_optimizer, train_epoch
-    probe = copy.deepcopy(model).to(trainer.device)
-    n = min(len(split), (batches + 1) * cfg.batch_size)
+    probe = copy.deepcopy(model)
+    bs = min(cfg.batch_size, len(split))
     g = torch.Generator().manual_seed(0)
     opt = make_optimizer(probe, cfg, cfg.lr)
-    train_epoch(probe, split.subset(torch.arange(min(cfg.batch_size, n))), opt, None, trainer, g, desc="timing")
-    stats = train_epoch(probe, split.subset(torch.arange(min(cfg.batch_size, n - 1), n)), opt, None, trainer, g,
+    train_epoch(probe, split.subset(torch.arange(bs)), opt, None, trainer, g, desc="timing")
+    timed = min(len(split) // bs, batches) * bs
+    stats = train_epoch(probe, split.subset(torch.arange(len(split) - timed, len(split))), opt, None, trainer, g,
                         desc="timing")
-    return stats["seconds"] / max(1, n - min(cfg.batch_size, n - 1)) * len(split)
+    return stats["seconds"] / timed * len(split)
 
 
 def control_row(path: Path) -> dict:
@@ -181,8 +182,8 @@ def control_row(path: Path) -> dict:
     r = json.loads((path / "results.json").read_text())
     f = r["final"]
     return {"control": path.name, "accuracy": f["accuracy"], "params": f["params"], "macs": f["macs"],
-            "train_seconds": sum(e["seconds"] for e in r["epochs"] if e["stage"] >= 1),
-            "train_images": sum(1 for e in r["epochs"] if e["stage"] >= 1) * r["data"]["train_images"]}
+            "train_seconds": sum(e["seconds"] for e in r["epochs"] if e["stage"] != 0),
+            "train_images": sum(1 for e in r["epochs"] if e["stage"] != 0) * r["data"]["train_images"]}
 
 
 def control_rows(run_dir: str | Path) -> list[dict]:

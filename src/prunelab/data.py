@@ -535,8 +535,8 @@ class Normalizer:
         self.channels_last = channels_last
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = (x_uint8.float() - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        x = (x_uint8.float() - self.mean) / self.std  # (augmented batches come out NHWC-strided: make it explicit)
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
 
 def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:

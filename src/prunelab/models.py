@@ -173,3 +173,17 @@ def num_outputs(model: nn.Module) -> int:
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
     """The first convolution (its filters are drawn in filters.png)."""
     return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def channels_last_unsafe_on_cpu(model: nn.Module) -> str:
+    """The name of a convolution that oneDNN's CPU backward pass mishandles in channels_last, or "".
+    A 1x1 convolution with stride > 1 and fewer than 16 input channels per group (the ResNet downsample
+    of a heavily pruned model) writes past a workspace when its weight gradient is computed in NHWC:
+    oneDNN issue uxlfoundation/oneDNN#6035 ("1x1 convolution backward_weights writes past the rtus
+    workspace (nhwc, IC < ic_block)"). With torch 2.14.1 on this project's CPUs it aborts the process
+    ("corrupted size vs. prev_size") on odd batch sizes. Such models train in NCHW on the CPU."""
+    for name, m in model.named_modules():
+        if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
+                and m.in_channels // m.groups < 16):
+            return name
+    return ""

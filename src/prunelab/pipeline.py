@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 from . import distributed, modelfile, report
 from .config import Config, PrunelabError, resumed_config, to_dict
 from .data import Data, batches_per_epoch, eval_batches, load_data
-from .files import write_json
+from .files import read_jsonl, write_json
 from .measurement import file_size_bytes, latency_devices, machine, measure_model
-from .models import ModelSpec, build, num_outputs
-from .prune import build_pruner, count_macs_params, history, prune_step, ratio_for_target, restore, step_ratio
+from .models import ModelSpec, build, channels_last_unsafe_on_cpu, num_outputs
+from .prune import build_pruner, build_sparsifier, count_macs_params, history, prune_step, ratio_for_target, restore, step_ratio
 from .rundir import RunDir, TensorBoardLog, create, open_existing
 from .train import (Distillation, Trainer, autocast_dtype, cosine_schedule, evaluate, make_optimizer, resolve_device, soft_targets,
                     train_epoch)
@@ -127,8 +127,9 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
         stages.set_teacher(dense)
     if done >= 1:  # rebuild the pruned model and the pruner's progress from the last checkpoint
         model, pruner = stages.resume_pruned(min(done, n))
-    else:
-        model, pruner = dense, stages.pruner(dense)
+    else:  # optional sparse training first (trains the dense model in place; the teacher is a copy)
+        model = stages.sparse(dense) if cfg.sparse_epochs else dense
+        pruner = stages.pruner(model)
     # Stages 1..n: iterative pruning, each followed by a short fine-tune.
     for k in range(max(done, 0) + 1, n + 1):
         stages.prune_stage(model, pruner, k)
@@ -217,6 +218,9 @@ def _export_onnx(rd: RunDir, n: int, given: torch.nn.Module | None) -> None:
         log(f"ONNX export skipped: {e}")
 
 
+SPARSE_STAGE = -1  # the stage number of sparse training (between dense, 0, and the first pruning step, 1)
+
+
 class _Stages:
     """The work of each stage; shared context so that each method reads as the recipe does."""
 
@@ -232,19 +236,32 @@ class _Stages:
         self.n = cfg.iterative_steps
         self.pruning_ratio = cfg.pruning_ratio  # a MACs/params target replaces it with what the dense stage finds
         self.distill = None  # a Distillation for the fine-tunes (the dense model is the teacher)
+        self._warned_format = False
 
     def pruner(self, model):
         return build_pruner(model, self.cfg, self.pruning_ratio, image_size=self.inputs.image_size,
                             num_classes=self.spec.num_classes)
 
     def _prepare_model(self, model):
+        """On the device, in channels_last when asked, except on the CPU for a model with a convolution that
+        oneDNN's channels_last backward pass corrupts memory on (models.channels_last_unsafe_on_cpu): then in
+        NCHW, its inputs too."""
         model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.cfg.channels_last else model
+        unsafe = self.device.type == "cpu" and channels_last_unsafe_on_cpu(model)
+        if unsafe and self.cfg.channels_last and not self._warned_format:
+            log(f"  training in NCHW from here: channels_last would corrupt memory in the CPU backward pass of "
+                f"{unsafe} (1x1, stride 2, under 16 input channels; oneDNN issue #6035)")
+            self._warned_format = True
+        channels_last = self.cfg.channels_last and not unsafe
+        self.trainer.normalizer.channels_last = channels_last
+        return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
-    def _fit(self, model, stage: int, phase: str, epochs: int, lr: float, warmup_epochs: float = 0.0) -> None:
+    def _fit(self, model, stage: int, phase: str, epochs: int, lr: float, warmup_epochs: float = 0.0,
+             sparsifier=None) -> None:
         """`epochs` epochs of SGD with a fresh optimiser and a cosine schedule over them, stepped per epoch or per
         batch (cfg.lr_schedule_unit). After every epoch but the last, weights and momentum go to the partial
-        checkpoint, so a crash costs at most one epoch."""
+        checkpoint, so a crash costs at most one epoch. `sparsifier` (a GroupNormPruner): its regulariser acts
+        on every batch."""
         if epochs == 0:
             return
         cfg = self.cfg
@@ -264,8 +281,11 @@ class _Stages:
             net = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
         for epoch in range(done + 1, epochs + 1):
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + stage * 1000 + epoch)
+            if sparsifier is not None:
+                sparsifier.update_regularizer()
             stats = train_epoch(net, self.train, optimizer, scheduler if per_batch else None, self.trainer, gen,
-                                desc=f"{phase} {epoch}/{epochs}", distill=distill)
+                                desc=f"{phase} {epoch}/{epochs}", distill=distill,
+                                regularize=(lambda: sparsifier.regularize(model)) if sparsifier is not None else None)
             if not per_batch:
                 scheduler.step()
             row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, **stats}
@@ -334,6 +354,32 @@ class _Stages:
                **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": machine()}
         self._save(model, 0, [], row)
         log(f"dense: test acc {row['accuracy']:.4f}, {row['params'] / 1e6:.2f} M params, {row['macs'] / 1e6:.1f} M MACs")
+        return model
+
+    def sparse(self, model):
+        """Sparse training of the dense model (in place) before the first pruning step; its own checkpoint,
+        checkpoints/sparse, and summary line ("event": "sparse"). Loaded from there on resume."""
+        cfg = self.cfg
+        stem = self.rd.checkpoint_named("sparse")
+        if stem.with_suffix(".json").is_file():
+            loaded, desc = modelfile.load(stem.with_suffix(".json"), model=self.given)
+            if distributed.WORLD.main and not any(r["event"] == "sparse" for r in read_jsonl(self.rd.metrics)):
+                self.rd.append_metrics(desc["metrics"])  # a crash came between the checkpoint and its line
+            return self._prepare_model(loaded)
+        start = time.perf_counter()
+        log(f"sparse training: {cfg.sparse_epochs} epochs, group-norm regularisation {cfg.sparse_reg:g}")
+        sparsifier = build_sparsifier(model, cfg, self.inputs.image_size, self.spec.num_classes)
+        self._fit(model, SPARSE_STAGE, "sparse training", cfg.sparse_epochs, cfg.finetune_lr, sparsifier=sparsifier)
+        row = {"event": "sparse", "stage": SPARSE_STAGE, "ratio": 0.0, "accuracy": self._accuracy(model, self.test),
+               **self._measure(model, latency=False), "seconds": time.perf_counter() - start}
+        distributed.check_identical(model, "after sparse training")
+        if distributed.WORLD.main:
+            modelfile.save(stem, model, self.spec, [], extra={"stage": "sparse", "metrics": row,
+                                                              "config": to_dict(cfg)}, inputs=self.inputs)
+            self.rd.append_metrics(row)
+            self.rd.partial.unlink(missing_ok=True)
+        distributed.barrier()
+        log(f"sparse training: test acc {row['accuracy']:.4f}")
         return model
 
     def load_dense(self):

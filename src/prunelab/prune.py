@@ -68,6 +68,25 @@ def build_pruner(model: nn.Module, cfg: Config, pruning_ratio: float | None = No
     )
 
 
+def build_sparsifier(model: nn.Module, cfg: Config, image_size: int = 32,
+                     num_classes: int | None = None) -> tp.pruner.GroupNormPruner:
+    """Torch-Pruning's group-norm regulariser (the "group_sl" recipe of its benchmarks, DepGraph, CVPR 2023):
+    after every backward pass, `regularize(model)` adds reg * gamma * w to the gradient of each channel group,
+    gamma growing (up to 2^4) as the group's L2 norm falls, so unimportant groups shrink towards zero before
+    they are pruned. Same graph settings as build_pruner; it prunes nothing itself."""
+    return tp.pruner.GroupNormPruner(
+        model,
+        example_inputs=example_input(model, image_size),
+        importance=tp.importance.MagnitudeImportance(p=2),
+        reg=cfg.sparse_reg,
+        global_pruning=cfg.global_pruning,
+        pruning_ratio=cfg.pruning_ratio,
+        ignored_layers=[classifier(model, num_classes)],
+        unwrapped_parameters=_unwrapped(model),
+        round_to=cfg.round_to or None,
+    )
+
+
 def _unwrapped(model: nn.Module) -> list:
     """Parameters that belong to no standard layer (ConvNeXt's `layer_scale`, C x 1 x 1), with the dimension that
     follows the channels: the first non-singleton one. Given explicitly so Torch-Pruning need not guess."""

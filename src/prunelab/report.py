@@ -28,6 +28,7 @@ def build_results(run_dir: str | Path) -> dict:
         raise PrunelabError(f"{rd.path} has not finished (no {'dense' if dense is None else 'final'} metrics); "
                             f"finish it with `prunelab run --resume {rd.path}`")
     steps = sorted((r for r in rows if r["event"] == "step"), key=lambda r: r["step"])
+    sparse = next((r for r in rows if r["event"] == "sparse"), None)
     epochs = [r for r in rows if r["event"] == "epoch"]
     data = {k: dense.get(k) for k in ("data", "train_images", "val_images", "test_images", "train_images_available",
                                       "test_images_available")}
@@ -38,9 +39,11 @@ def build_results(run_dir: str | Path) -> dict:
         "data": data,
         "machine": final.get("machine", dense.get("machine")),
         "dense": _strip(dense), "steps": [_strip(s) for s in steps], "final": _strip(final),
-        "wall_time_s": {"dense": dense["seconds"], "pruning_steps": sum(s["seconds"] for s in steps),
-                        "final_finetune": final["seconds"],
-                        "total": dense["seconds"] + sum(s["seconds"] for s in steps) + final["seconds"]},
+        **({"sparse": _strip(sparse)} if sparse else {}),
+        "wall_time_s": {"dense": dense["seconds"], **({"sparse_training": sparse["seconds"]} if sparse else {}),
+                        "pruning_steps": sum(s["seconds"] for s in steps), "final_finetune": final["seconds"],
+                        "total": dense["seconds"] + (sparse["seconds"] if sparse else 0) + sum(s["seconds"] for s in steps)
+                        + final["seconds"]},
         "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "loss", "train_accuracy", "val_accuracy", "lr",
                                       "images_per_s", "seconds") if k in e} for e in epochs],
         "controls": _controls(rd.path),
@@ -154,14 +157,15 @@ def key_results_markdown(results: dict) -> str:
 
 
 def steps_markdown(results: dict) -> str:
-    rows = [results["dense"], *results["steps"], results["final"]]
+    rows = [results["dense"], *([results["sparse"]] if results.get("sparse") else []), *results["steps"], results["final"]]
     settings = _lat_settings(results["final"])
     head = ["Stage", "Channel ratio", "Acc. before FT", "Acc. after FT", "Params", "MACs",
             *[latency_label({"runtime": rt, "device": dv, "batch_size": b}) + " (ms)" for rt, dv, b in settings],
             "Wall time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
     for r in rows:
-        stage = "dense" if r["stage"] == 0 else ("final" if "step" not in r else f"step {r['step']}")
+        stage = ("dense" if r["stage"] == 0 else "sparse training" if r["stage"] == -1 else
+                 "final" if "step" not in r else f"step {r['step']}")
         before = f"{100 * r['accuracy_before_finetune']:.2f}%" if "accuracy_before_finetune" in r else ""
         lats = [find_latency(r, dv, b, rt) for rt, dv, b in settings]
         lines.append("| " + " | ".join([stage, f"{r['ratio']:.3f}", before, f"{100 * r['accuracy']:.2f}%",
@@ -192,7 +196,9 @@ def report_markdown(results: dict) -> str:
                  "One seed each: whether a difference exceeds the spread between seeds needs `--seeds` "
                  "(seeds.md).", ""] if results.get("controls") else []),
               "## Every stage", "", steps_markdown(results), "",
-              f"Wall time: dense {w['dense']:.0f} s, pruning steps {w['pruning_steps']:.0f} s, "
+              f"Wall time: dense {w['dense']:.0f} s, "
+              + (f"sparse training {w['sparse_training']:.0f} s, " if "sparse_training" in w else "")
+              + f"pruning steps {w['pruning_steps']:.0f} s, "
               f"final fine-tune {w['final_finetune']:.0f} s, total {w['total']:.0f} s.", "",
               f"Machine: {m.get('processor', '?')}, {m.get('cpu_count', '?')} CPUs, {m.get('platform', '?')}, "
               f"torch {m.get('torch', '?')}" + (f", {m['gpu']}" if m.get("gpu") else "") + ".", ""]
@@ -260,6 +266,7 @@ def plot_curves(results: dict, path: str | Path) -> None:
     """Training curves: loss and accuracy per epoch of the dense training and of the final fine-tune."""
     final_stage = results["final"]["stage"]
     phases = [("dense training", [e for e in results["epochs"] if e["stage"] == 0]),
+              ("sparse training", [e for e in results["epochs"] if e["stage"] == -1]),
               ("final fine-tune", [e for e in results["epochs"] if e["stage"] == final_stage])]
     phases = [(name, rows) for name, rows in phases if rows]
     fig = Figure(figsize=(11, 4), layout="constrained")
@@ -345,17 +352,46 @@ REFERENCES = [
 
 
 def sweep_rows(sweep_dir: str | Path) -> list[dict]:
-    """One row per finished run under sweep_dir: its recipe, accuracy and cost."""
+    """One row per finished run under sweep_dir: its recipe, accuracy and cost, its seed group (the run name
+    without its -s<seed> suffix) and its controls' accuracies."""
+    import re
+
+    from .controls import control_rows
     rows = []
     for results_path in sorted(Path(sweep_dir).glob("*/results.json")):
         r = json.loads(results_path.read_text())
         c, f, d = r["config"], r["final"], r["dense"]
-        rows.append({"run": r["name"], "importance": c["importance"], "global": c["global_pruning"],
+        rows.append({"run": r["name"], "group": re.sub(r"-s\d+$", "", r["name"]), "seed": c["seed"],
+                     "importance": c["importance"], "global": c["global_pruning"],
                      "schedule": c.get("schedule", "linear"), "distill": c.get("distill", False),
                      "pruning_ratio": f["ratio"], "accuracy": f["accuracy"], "macs": f["macs"], "params": f["params"],
                      "dense_accuracy": d["accuracy"], "dense_macs": d["macs"],
-                     "latency_ms_cpu_b1": find_latency(f, "cpu", 1), "wall_time_s": r["wall_time_s"]["total"]})
+                     "latency_ms_cpu_b1": find_latency(f, "cpu", 1), "wall_time_s": r["wall_time_s"]["total"],
+                     "controls": {k["control"]: k["accuracy"] for k in control_rows(results_path.parent)}})
     return rows
+
+
+def sweep_groups(rows: list[dict]) -> list[dict]:
+    """Rows of the same recipe and target over seeds, as one point: mean and std of the accuracy (and of each
+    control's), sorted by MACs."""
+    from .controls import mean_std
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    out = []
+    for name, members in groups.items():
+        first = members[0]
+        controls = {}
+        for kind in sorted({k for m in members for k in m["controls"]}):
+            values = [m["controls"][kind] for m in members if kind in m["controls"]]
+            controls[kind] = mean_std(values)
+        out.append({**{k: first[k] for k in ("importance", "global", "schedule", "distill", "pruning_ratio", "macs",
+                                             "params", "dense_accuracy", "dense_macs", "latency_ms_cpu_b1")},
+                    "run": name, "seeds": [m["seed"] for m in members],
+                    "accuracy_stats": mean_std([m["accuracy"] for m in members]),
+                    "accuracy": sum(m["accuracy"] for m in members) / len(members),
+                    "wall_time_s": sum(m["wall_time_s"] for m in members) / len(members), "controls": controls})
+    return sorted(out, key=lambda g: g["macs"])
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
@@ -366,18 +402,29 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 
 
 def render_sweep(sweep_dir: str | Path) -> list[dict]:
-    """pareto.png (accuracy vs MACs, log axis) and pareto.md for the finished runs of a sweep."""
+    """pareto.png (accuracy vs MACs, log axis; error bars over seeds; controls as their own series) and pareto.md
+    for the finished runs of a sweep. Returns the per-run rows."""
+    from .controls import compare
     sweep_dir = Path(sweep_dir)
     rows = sweep_rows(sweep_dir)
     if not rows:
         raise PrunelabError(f"{sweep_dir} holds no finished runs (no */results.json); run `prunelab sweep` first")
-    front = pareto_front(rows)
+    groups = sweep_groups(rows)
+    front = pareto_front(groups)
     fig = Figure(figsize=(9, 6), layout="constrained")
     ax = fig.subplots()
-    for imp in sorted({r["importance"] for r in rows}):
-        pts = [r for r in rows if r["importance"] == imp]
-        ax.scatter([r["macs"] / 1e6 for r in pts], [100 * r["accuracy"] for r in pts], s=40, label=f"pruned: {imp}")
-    ax.plot([r["macs"] / 1e6 for r in front], [100 * r["accuracy"] for r in front], "k--", lw=1, label="Pareto front")
+    for imp in sorted({g["importance"] for g in groups}):
+        pts = [g for g in groups if g["importance"] == imp]
+        ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["accuracy"] for g in pts],
+                    yerr=[100 * g["accuracy_stats"]["std"] for g in pts], fmt="o", capsize=3, label=f"pruned: {imp}")
+    for kind, marker in (("scratch", "X"), ("random", "^")):
+        pts = [g for g in groups if kind in g["controls"]]
+        if pts:
+            ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["controls"][kind]["mean"] for g in pts],
+                        yerr=[100 * g["controls"][kind]["std"] for g in pts], fmt=marker, capsize=3,
+                        label=f"{kind} control" + (" (same architecture, from scratch)" if kind == "scratch" else
+                                                   " (random criterion)"))
+    ax.plot([g["macs"] / 1e6 for g in front], [100 * g["accuracy"] for g in front], "k--", lw=1, label="Pareto front")
     dense = rows[0]
     ax.scatter([dense["dense_macs"] / 1e6], [100 * dense["dense_accuracy"]], marker="s", color="gray", s=60,
                label="dense (this sweep)")
@@ -389,15 +436,28 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
     ax.grid(True, which="both", alpha=0.3)
     _save(fig, sweep_dir / "pareto.png")
 
-    lines = [f"# Sweep `{sweep_dir.name}`", "", "| run | importance | global | schedule | distill | ratio | accuracy | MACs "
-             "| params | CPU b1 (ms) | wall (s) | Pareto |", "| :--- | :--- | :---: | :--- | :---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]
-    for r in sorted(rows, key=lambda r: r["macs"]):
-        lat = f"{r['latency_ms_cpu_b1']:.2f}" if r["latency_ms_cpu_b1"] else ""
-        lines.append(f"| {r['run']} | {r['importance']} | {'yes' if r['global'] else 'no'} | {r['schedule']} | "
-                     f"{'yes' if r['distill'] else 'no'} | {r['pruning_ratio']:.3f} | {100 * r['accuracy']:.2f}% | "
-                     f"{_fmt_count(r['macs'])} | {_fmt_count(r['params'])} | {lat} | {r['wall_time_s']:.0f} | "
-                     f"{'*' if r in front else ''} |")
-    lines += ["", f"Dense model: {100 * dense['dense_accuracy']:.2f}% at {_fmt_count(dense['dense_macs'])} MACs.", "",
+    kinds = sorted({k for g in groups for k in g["controls"]})
+    lines = [f"# Sweep `{sweep_dir.name}`", "",
+             "| run | importance | global | schedule | distill | ratio | accuracy | seeds | MACs | params | CPU b1 (ms) "
+             "| wall (s) | Pareto |" + "".join(f" {k} control |" for k in kinds),
+             "| :--- | :--- | :---: | :--- | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
+             + " ---: |" * len(kinds)]
+
+    def acc(stats: dict) -> str:
+        return f"{100 * stats['mean']:.2f}%" + (f" ± {100 * stats['std']:.2f}" if stats["n"] > 1 else "")
+
+    for g in groups:
+        lat = f"{g['latency_ms_cpu_b1']:.2f}" if g["latency_ms_cpu_b1"] else ""
+        lines.append(f"| {g['run']} | {g['importance']} | {'yes' if g['global'] else 'no'} | {g['schedule']} | "
+                     f"{'yes' if g['distill'] else 'no'} | {g['pruning_ratio']:.3f} | {acc(g['accuracy_stats'])} | "
+                     f"{len(g['seeds'])} | {_fmt_count(g['macs'])} | {_fmt_count(g['params'])} | {lat} | "
+                     f"{g['wall_time_s']:.0f} | {'*' if g in front else ''} |"
+                     + "".join(f" {acc(g['controls'][k]) if k in g['controls'] else ''} |" for k in kinds))
+    comparisons = [f"- {g['run']} vs its {k} control: {compare(g['accuracy_stats'], g['controls'][k])}"
+                   for g in groups for k in kinds if k in g["controls"]]
+    lines += ["", "Accuracy: mean ± standard deviation over seeds where there are several; wall time: mean per run.",
+              *(["", *comparisons] if comparisons else []), "",
+              f"Dense model: {100 * dense['dense_accuracy']:.2f}% at {_fmt_count(dense['dense_macs'])} MACs.", "",
               "References (published on the official CIFAR-10 files, not measured here): "
               + "; ".join(f"{r['name']}: {100 * r['accuracy']:.1f}% at {_fmt_count(r['macs'])} MACs" for r in REFERENCES)
               + ".", "", "![pareto](pareto.png)", ""]

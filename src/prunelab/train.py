@@ -142,10 +142,12 @@ def soft_targets(teacher: nn.Module, split: Split, trainer: Trainer) -> torch.Te
 
 
 def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer,
-                generator: torch.Generator, desc: str = "train", distill: Distillation | None = None) -> dict:
+                generator: torch.Generator, desc: str = "train", distill: Distillation | None = None,
+                regularize=None) -> dict:
     """One pass over `split` (already on trainer.device); `scheduler` (if any) steps after every batch.
-    The loss is cross-entropy, or with `distill` the distillation loss. Returns loss, accuracy, the lr of
-    the last batch, images/s and seconds."""
+    The loss is cross-entropy, or with `distill` the distillation loss. `regularize()`, if given, changes
+    the gradients after every backward pass (sparse training). Returns loss, accuracy, the lr of the last
+    batch, images/s and seconds."""
     model.train()  # building a pruner or evaluating leaves the model in eval mode
     scaler = torch.amp.GradScaler("cuda") if trainer.amp_dtype == torch.float16 else None
     n_batches = batches_per_epoch(len(split), trainer.batch_size)
@@ -166,10 +168,15 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+            if regularize is not None:
+                scaler.unscale_(optimizer)
+                regularize()
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            if regularize is not None:
+                regularize()
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
