@@ -100,14 +100,16 @@ def test_export_command_writes_model_onnx_into_the_run(tiny_run):
 
 
 def test_bench_prints_dense_vs_pruned_with_ratios_and_writes_json(tiny_run, tmp_path):
-    r = run_cli("bench", tiny_run, "--batch-sizes", "1", "4", "--onnx", "--min-seconds", "0", "--min-reps", "3",
-                "--warmup", "1", "--json", tmp_path / "b.json")
+    r = run_cli("bench", tiny_run, "--batch-sizes", "1", "4", "--runtimes", "pytorch", "pytorch-fused", "onnxruntime",
+                "openvino", "--min-seconds", "0", "--min-reps", "3", "--warmup", "1", "--json", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr
     assert "t:dense" in r.stdout and "t:final" in r.stdout and "ONNX Runtime CPU" in r.stdout
+    assert "fastest for t:final, CPU batch 1:" in r.stdout
     data = json.loads((tmp_path / "b.json").read_text())
     dense, final = data["models"]
     settings = {(r["runtime"], r["batch_size"]) for r in final["latency"]}
-    assert settings == {("pytorch", 1), ("pytorch", 4), ("onnxruntime", 1), ("onnxruntime", 4)}
+    assert settings == {(rt, b) for rt in ("pytorch", "pytorch-fused", "onnxruntime", "openvino") for b in (1, 4)}
+    assert not final["skipped"]  # every path matched PyTorch
     for r in final["latency"]:  # each speed-up is the dense model's median over this one's, in the same setting
         ref = next(d for d in dense["latency"] if (d["runtime"], d["batch_size"]) == (r["runtime"], r["batch_size"]))
         assert r["speedup"] == pytest.approx(ref["median_ms"] / r["median_ms"])
@@ -179,3 +181,45 @@ def test_pickles_are_refused_unless_trusted_explicitly(tmp_path):
     r = run_cli("bench", tmp_path / "whole.pt", "--trust-pickle", "--batch-sizes", "1", "--min-seconds", "0",
                 "--min-reps", "1", "--warmup", "0")
     assert r.returncode == 0, r.stderr
+
+
+def test_every_installed_runtime_matches_pytorch_and_a_wrong_one_is_caught(tiny_run, tmp_path):
+    import numpy as np
+    import prunelab
+    from prunelab.config import PrunelabError
+    from prunelab.runtimes import check, installed, prepare
+    model, _ = prunelab.load(tiny_run)
+    names = installed()
+    assert {"pytorch", "pytorch-fused", "onnxruntime", "openvino"} <= set(names)  # CI installs the extras
+    for name in [n for n in names if n != "torch-compile"]:  # compile: minutes on a small CPU; checked below
+        for b in (1, 3):
+            path = prepare(name, model, 32, tmp_path / name, batch_size=b)
+            assert check(path, model, 32, b) < 1e-3
+    broken = prepare("pytorch", model, 32, tmp_path / "x")
+    run = broken.run
+    broken.run = lambda x: run(x) + np.float32(0.01)  # a path that is off by 0.01 in every logit
+    with pytest.raises(PrunelabError, match="differs from PyTorch"):
+        check(broken, model, 32, 2)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_pytorch(tiny_run, tmp_path):
+    import prunelab
+    from prunelab.runtimes import check, prepare
+    model, _ = prunelab.load(tiny_run)
+    path = prepare("torch-compile", model, 32, tmp_path, batch_size=2)
+    assert check(path, model, 32, 2) < 1e-3 and path.note.startswith("mode ")
+
+
+def test_bench_refuses_an_unknown_or_missing_runtime_in_one_line(tiny_run):
+    r = run_cli("bench", tiny_run, "--runtimes", "tensorrt")
+    assert r.returncode == 2 and "unknown runtime 'tensorrt'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("runtime, files", [("onnxruntime", ["model.ort-optimized.onnx"]),
+                                            ("openvino", ["model.xml", "model.bin"])])
+def test_export_writes_the_files_of_a_runtime(tiny_run, runtime, files):
+    r = run_cli("export", tiny_run, "--runtime", runtime)
+    assert r.returncode == 0, r.stderr
+    for f in files:
+        assert (tiny_run / f).is_file() and f"wrote {tiny_run / f}" in r.stdout

@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 128])
     p.add_argument("--device", default="auto", help="auto (CPU, plus CUDA when present) | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
-    p.add_argument("--onnx", action="store_true", help="also time each model's ONNX Runtime session")
+    p.add_argument("--runtimes", nargs="+", default=None, metavar="NAME",
+                   help="pytorch | pytorch-fused (batch norms folded) | torch-compile | onnxruntime | openvino | all "
+                        "(default: every installed one but torch-compile, whose compiling takes minutes on a small CPU)")
+    p.add_argument("--onnx", action="store_true", help="with --runtimes unset: pytorch and onnxruntime only "
+                   "(the option of earlier versions)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--min-reps", type=int, default=20)
     p.add_argument("--min-seconds", type=float, default=2.0)
@@ -92,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a run's final model (or a model file) to ONNX, checked against PyTorch")
     p.add_argument("model", metavar="RUN_DIR_OR_MODEL")
-    p.add_argument("--onnx", action="store_true", default=True, help="write ONNX (the default and only format for now)")
+    p.add_argument("--onnx", action="store_true", default=True, help="write ONNX (the default)")
+    p.add_argument("--runtime", default="onnx", choices=["onnx", "onnxruntime", "openvino"],
+                   help="also write what that runtime loads fastest: onnxruntime: model.ort-optimized.onnx (for "
+                        "this machine); openvino: model.xml + model.bin (OpenVINO IR)")
     p.add_argument("--out", metavar="FILE", help="output path (default: RUN_DIR/model.onnx or beside the model)")
     return parser
 
@@ -202,8 +209,6 @@ def _bench_models(paths, trust_pickle):
 
 
 def cmd_bench(args) -> None:
-    import tempfile
-
     import torch
 
     from .files import write_json
@@ -216,11 +221,20 @@ def cmd_bench(args) -> None:
         raise PrunelabError("--batch-sizes must be positive integers")
     device = resolve_device(args.device)
     devices = [torch.device("cpu")] + ([device] if device.type == "cuda" else [])
+    from .runtimes import installed, missing
+    if args.runtimes is None:
+        runtimes = ["pytorch", "onnxruntime"] if args.onnx else [r for r in installed() if r != "torch-compile"]
+    elif args.runtimes == ["all"]:
+        runtimes = installed()
+    else:
+        runtimes = args.runtimes
+        for r in runtimes:  # unknown or not installed: one line, before any model is loaded
+            reason = missing(r)
+            if reason:
+                raise PrunelabError(reason)
     models = _bench_models(args.models, args.trust_pickle)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = bench(models, args.batch_sizes, devices, warmup=args.warmup, min_reps=args.min_reps,
-                       min_seconds=args.min_seconds, onnx_dir=tmp if args.onnx else None,
-                       channels_last=args.channels_last)
+    result = bench(models, args.batch_sizes, devices, warmup=args.warmup, min_reps=args.min_reps,
+                   min_seconds=args.min_seconds, runtimes=runtimes, channels_last=args.channels_last)
     print(bench_table(result))
     if args.json:
         write_json(args.json, result)
@@ -236,8 +250,13 @@ def cmd_export(args) -> None:
     model, desc = load(args.model)
     src = Path(args.model)
     out = Path(args.out) if args.out else (RunDir(src).onnx if src.is_dir() else src.with_suffix(".onnx"))
-    info = export_onnx(model, out, input_size=(desc.get("inputs") or {}).get("image_size", 32))
+    size = (desc.get("inputs") or {}).get("image_size", 32)
+    info = export_onnx(model, out, input_size=size)
     print(f"wrote {out} (onnx.checker passed; onnxruntime matches PyTorch within {info['max_abs_diff']:.1e})")
+    if args.runtime != "onnx":
+        from .runtimes import export_for
+        for f in export_for(args.runtime, model, out, size):
+            print(f"wrote {f}")
 
 
 def main(argv: list[str] | None = None) -> int:

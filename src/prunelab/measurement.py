@@ -7,6 +7,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -149,55 +150,113 @@ def onnx_latency_ms(onnx_path: str | Path, batch_size: int, *, warmup: int = 3, 
     return _time_runs(run_once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
 
 
-def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3,
-          min_reps: int = 10, min_seconds: float = 2.0, onnx_dir: Path | None = None,
-          channels_last: bool = True) -> dict:
-    """Measure several models side by side in this process: params, MACs, file size, PyTorch latency on each
-    device and (with onnx_dir) ONNX Runtime latency, at each batch size; each latency record gets its speed-up
-    over the first model's in the same setting."""
-    from .export import export_onnx
+def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_reps: int = 10,
+          min_seconds: float = 2.0, runtimes=("pytorch",), workdir: Path | None = None,
+          channels_last: bool = False) -> dict:
+    """Measure several models side by side in this process: params, MACs, file size, and latency in each
+    runtime (runtimes.py) on the CPU at each batch size (PyTorch eager on CUDA too, when a CUDA device is in
+    `devices`). Every runtime's outputs are checked against eager PyTorch before it is timed; a path that
+    fails is listed in "skipped" with the reason. Each record gets its speed-up over the first model in the
+    same setting, and over the first model in eager PyTorch at that batch size."""
+    import tempfile
+
+    from .config import PrunelabError
+    from .runtimes import check, prepare
 
     rows = []
-    for label, model, weights, *rest in models:  # (label, model, weights file or None[, input size in px])
-        size = rest[0] if rest else 32
-        model = model.float().eval()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        row = {"model": label, "input_size": size,
-               **measure_model(model, batch_sizes=batch_sizes, devices=devices, warmup=warmup, min_reps=min_reps,
-                               min_seconds=min_seconds, channels_last=channels_last, input_size=size)}
-        if weights is not None:
-            row["file_size_bytes"] = file_size_bytes(weights)
-        if onnx_dir is not None:
-            onnx_path = Path(onnx_dir) / f"model{len(rows)}.onnx"
-            export_onnx(model, onnx_path, input_size=size)
-            for b in batch_sizes:
-                r = onnx_latency_ms(onnx_path, b, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds,
-                                    input_size=size)
-                row["latency"].append({"runtime": "onnxruntime", "device": "cpu", "batch_size": b, **r})
-        rows.append(row)
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, model, weights, *rest in models:  # (label, model, weights file or None[, input size in px])
+            size = rest[0] if rest else 32
+            model = model.float().eval()
+            macs, params = count_macs_params(model, size)
+            row = {"model": label, "input_size": size, "params": params, "macs": macs, "latency": [], "skipped": []}
+            if weights is not None:
+                row["file_size_bytes"] = file_size_bytes(weights)
+            for device in [d for d in devices if d.type == "cuda"]:
+                model.to(device)
+                for b in batch_sizes:
+                    r = latency_ms(model, b, device, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds,
+                                   channels_last=channels_last, input_size=size)
+                    row["latency"].append({"runtime": "pytorch", "device": "cuda", "batch_size": b, **r})
+                model.cpu()
+            work = Path(workdir or tmp) / f"model{len(rows)}"
+            work.mkdir(parents=True, exist_ok=True)
+            for runtime in runtimes:
+                for b in batch_sizes:
+                    try:
+                        path = prepare(runtime, model, size, work, batch_size=b)
+                        check(path, model, size, b)
+                    except PrunelabError as e:
+                        row["skipped"].append({"runtime": runtime, "batch_size": b, "reason": str(e)})
+                        continue
+                    x = np.random.default_rng(0).standard_normal((b, 3, size, size), dtype=np.float32)
+                    if runtime == "pytorch" and channels_last:
+                        cl = model.to(memory_format=torch.channels_last)
+                        xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+                        path.run = lambda _x, cl=cl, xt=xt: cl(xt)
+
+                    def once(run=path.run, x=x) -> float:
+                        t0 = time.perf_counter()
+                        with torch.inference_mode():
+                            run(x)
+                        return (time.perf_counter() - t0) * 1000
+
+                    r = _time_runs(once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
+                    row["latency"].append({"runtime": runtime, "device": "cpu", "batch_size": b, **r,
+                                           **({"note": path.note} if path.note else {})})
+            rows.append(row)
     for row in rows:
         for r in row["latency"]:
             ref = find_latency(rows[0], r["device"], r["batch_size"], r["runtime"])
-            r["speedup"] = ref / r["median_ms"]
+            eager = find_latency(rows[0], r["device"], r["batch_size"], "pytorch")
+            r["speedup"] = ref / r["median_ms"] if ref else None
+            r["speedup_vs_first_eager"] = eager / r["median_ms"] if eager else None
         row["macs_ratio"] = rows[0]["macs"] / row["macs"]
-    return {"models": rows, "batch_sizes": list(batch_sizes), "warmup": warmup, "min_reps": min_reps,
-            "min_seconds": min_seconds, "machine": machine()}
+    return {"models": rows, "batch_sizes": list(batch_sizes), "runtimes": list(runtimes), "warmup": warmup,
+            "min_reps": min_reps, "min_seconds": min_seconds, "machine": machine()}
+
+
+def fastest(result: dict) -> list[dict]:
+    """Per model and (device, batch size): the runtime with the lowest median."""
+    out = []
+    for row in result["models"]:
+        for device, b in sorted({(r["device"], r["batch_size"]) for r in row["latency"]}):
+            best = min((r for r in row["latency"] if (r["device"], r["batch_size"]) == (device, b)),
+                       key=lambda r: r["median_ms"])
+            out.append({"model": row["model"], "device": device, "batch_size": b, "runtime": best["runtime"],
+                        "median_ms": best["median_ms"], "speedup_vs_first_eager": best["speedup_vs_first_eager"]})
+    return out
 
 
 def bench_table(result: dict) -> str:
-    """The bench result as a Markdown table: one row per model and latency setting."""
-    lines = ["| model | params | MACs | file (MB) | runtime | batch | median (ms) | p90 (ms) | speed-up | MACs ratio |",
-             "| :--- | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: |"]
-    names = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
+    """The bench result as Markdown: one row per model and latency setting, then the fastest path for each."""
+    lines = ["| model | params | MACs | file (MB) | runtime | batch | median (ms) | p90 (ms) | speed-up | vs first, eager "
+             "| MACs ratio |", "| :--- | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    names = {"pytorch": "PyTorch", "pytorch-fused": "PyTorch, BN folded", "torch-compile": "torch.compile",
+             "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+    def x(v):
+        return f"{v:.1f}x" if v else ""
+
     for row in result["models"]:
         size = f"{row['file_size_bytes'] / 1e6:.3f}" if "file_size_bytes" in row else ""
-        for r in row["latency"]:
+        for r in sorted(row["latency"], key=lambda r: (r["device"], r["batch_size"], r["median_ms"])):
             lines.append(f"| {row['model']} | {row['params'] / 1e6:.3f} M | {row['macs'] / 1e6:.1f} M | {size} | "
                          f"{names.get(r['runtime'], r['runtime'])} {r['device'].upper()} | {r['batch_size']} | "
-                         f"{r['median_ms']:.3f} | {r['p90_ms']:.3f} | {r['speedup']:.1f}x | {row['macs_ratio']:.1f}x |")
+                         f"{r['median_ms']:.3f} | {r['p90_ms']:.3f} | {x(r.get('speedup'))} | "
+                         f"{x(r.get('speedup_vs_first_eager'))} | {row['macs_ratio']:.1f}x |")
     m = result["machine"]
     lines.append(f"\n{m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}"
                  + (f", {m['gpu']}" if m.get("gpu") else "") + f"; warm-up {result['warmup']}, at least "
-                 f"{result['min_reps']} runs and {result['min_seconds']} s per setting.")
+                 f"{result['min_reps']} runs and {result['min_seconds']} s per setting; every path's outputs matched "
+                 "eager PyTorch within 1e-4 + 1e-4 x the largest logit before it was timed.")
+    lines.append("")
+    for f in fastest(result):
+        lines.append(f"- fastest for {f['model']}, {f['device'].upper()} batch {f['batch_size']}: "
+                     f"{names.get(f['runtime'], f['runtime'])} {f['median_ms']:.3f} ms"
+                     + (f" ({f['speedup_vs_first_eager']:.1f}x the first model in eager PyTorch)"
+                        if f.get("speedup_vs_first_eager") else ""))
+    for row in result["models"]:
+        for s in row.get("skipped", []):
+            lines.append(f"- {row['model']}: {s['runtime']} at batch {s['batch_size']} skipped: {s['reason']}")
     return "\n".join(lines)
