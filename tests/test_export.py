@@ -223,3 +223,47 @@ def test_export_writes_the_files_of_a_runtime(tiny_run, runtime, files):
     assert r.returncode == 0, r.stderr
     for f in files:
         assert (tiny_run / f).is_file() and f"wrote {tiny_run / f}" in r.stdout
+
+
+def test_a_smaller_latency_budget_picks_a_smaller_model_and_an_unreachable_one_says_what_is_reachable(tmp_path):
+    import dataclasses
+
+    from prunelab.config import PrunelabError, make_config
+    from prunelab.models import build_model
+    from prunelab.runtimes import latency, ratio_for_latency
+    model = build_model("resnet18_cifar")
+    dense = latency(model, "onnxruntime", 32, 1, tmp_path / "d")
+    cfg = make_config("seed", {"latency_runtime": "onnxruntime"})
+    loose = ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=0.6 * dense), 32, 10)
+    tight = ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=0.15 * dense), 32, 10)
+    assert tight["ratio"] > loose["ratio"] > 0 and tight["latency_ms"] < loose["latency_ms"]
+    with pytest.raises(PrunelabError, match="out of reach: pruning 95% of the channels runs in"):
+        ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=1e-4), 32, 10, iterations=0)
+
+
+def test_a_run_with_a_latency_target_reports_target_achieved_and_ratio(tmp_path):
+    from conftest import cli
+    from prunelab.models import build_model
+    from prunelab.runtimes import latency
+    target = round(0.4 * latency(build_model("resnet18_cifar"), "onnxruntime", 32, 1, tmp_path / "d"), 3)
+    code, out, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path, "--no-progress", "--no-export-onnx",
+                         "--target-latency-ms", target, "--latency-runtime", "onnxruntime")
+    assert code == 0, err
+    results = json.loads((tmp_path / "tiny" / "results.json").read_text())
+    t = results["final"]["target_latency"]
+    assert t["runtime"] == "onnxruntime" and t["target_ms"] == target and t["achieved_ms"] > 0
+    assert results["pruning_ratio"] > 0.1  # the search had to prune to get there
+    assert f"**Latency target:** {target:g} ms per batch of 1 in onnxruntime" in (tmp_path / "tiny" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-latency-ms", "1", "--latency-runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
+    (["--target-latency-ms", "1", "--target-macs", "1e6"], "set one of target_macs, target_params and target_latency_ms"),
+    (["--target-latency-ms", "1e-5"], "out of reach"),
+    (["--target-latency-ms", "1e5"], "is not below the dense model's"),
+])
+def test_bad_latency_targets_are_refused_before_any_work(tmp_path, args, message):
+    from conftest import cli
+    code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "tiny").exists()

@@ -133,6 +133,11 @@ class Config:
     target_macs: float = _f(0.0, "prune until the model has at most this many MACs per image (the ratio is then searched "
                                  "for, and recorded as a result of the dense stage; 0 = off)")
     target_params: float = _f(0.0, "prune until the model has at most this many parameters (as target_macs; 0 = off)")
+    target_latency_ms: float = _f(0.0, "prune until one batch of latency_batch_size runs in at most this many ms in "
+                                       "latency_runtime on this machine (the ratio is searched on one-shot-pruned "
+                                       "copies, timed; 0 = off)")
+    latency_runtime: str = _f("pytorch", "runtime of target_latency_ms: pytorch | pytorch-fused | onnxruntime | openvino")
+    latency_batch_size: int = _f(1, "batch size of target_latency_ms")
     global_pruning: bool = _f(False, "rank channels across layers instead of within each layer")
     max_pruning_ratio: float = _f(1.0, "with global pruning: no layer loses more than this share of its channels")
     round_to: int = _f(2, "keep channel counts a multiple of this (0 = no rounding)")
@@ -352,7 +357,16 @@ def validate(cfg: Config) -> None:
          f"{', '.join(LR_SCHEDULE_UNITS)}")
     need(cfg.schedule in SCHEDULES, f"unknown schedule '{cfg.schedule}'{_suggest(cfg.schedule, SCHEDULES)}; choose one of: {', '.join(SCHEDULES)}")
     need(cfg.target_macs >= 0 and cfg.target_params >= 0, "target_macs and target_params must be 0 (off) or positive")
-    need(not (cfg.target_macs and cfg.target_params), "set target_macs or target_params, not both")
+    need(cfg.target_latency_ms >= 0, "target_latency_ms must be 0 (off) or positive")
+    need(sum(bool(t) for t in (cfg.target_macs, cfg.target_params, cfg.target_latency_ms)) <= 1,
+         "set one of target_macs, target_params and target_latency_ms, not several")
+    need(cfg.latency_batch_size >= 1, f"latency_batch_size must be at least 1, got {cfg.latency_batch_size}")
+    if cfg.target_latency_ms:
+        from .runtimes import missing
+        need(cfg.latency_runtime != "torch-compile", "latency_runtime torch-compile would compile every candidate "
+             "model (minutes each); use pytorch, pytorch-fused, onnxruntime or openvino")
+        reason = missing(cfg.latency_runtime)
+        need(not reason, reason)
     need(cfg.distill or not cfg.distill_cached, "distill_cached only changes how distillation is done; add --distill "
          "or drop --distill-cached")
     need(cfg.distill_temperature > 0, f"distill_temperature must be positive, got {cfg.distill_temperature}")

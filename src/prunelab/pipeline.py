@@ -191,7 +191,14 @@ def check_prunable(model: torch.nn.Module, cfg: Config, image_size: int, spec: M
 
 
 def _check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: torch.nn.Module | None = None) -> None:
-    """A MACs or parameter target must lie below the dense model's."""
+    """A MACs or parameter target must lie below the dense model's; a latency target within reach (timed)."""
+    if cfg.target_latency_ms:
+        import dataclasses as dc
+
+        from .runtimes import ratio_for_latency
+        ratio_for_latency(dense if dense is not None else build(spec), dc.replace(cfg), image_size, spec.num_classes,
+                          iterations=0)  # times the dense model and the 95% one: an unreachable target fails here
+        return
     if not (cfg.target_macs or cfg.target_params):
         return
     macs, params = count_macs_params(dense if dense is not None else build(spec), image_size)
@@ -344,12 +351,21 @@ class _Stages:
             log(f"dense: training {cfg.model} for {cfg.epochs} epochs")
             model = self._prepare_model(build(self.spec))
             self._fit(model, 0, "dense", cfg.epochs, cfg.lr, cfg.warmup_epochs)
+        search = {}
         if cfg.target_macs or cfg.target_params:
             self.pruning_ratio = ratio_for_target(model, cfg, cfg.target_macs, cfg.target_params,
                                                   image_size=self.inputs.image_size, num_classes=self.spec.num_classes)
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} reaches the target of "
                 f"{cfg.target_macs or cfg.target_params:.4g} {'MACs' if cfg.target_macs else 'parameters'}")
+        elif cfg.target_latency_ms:
+            from .runtimes import ratio_for_latency
+            search = ratio_for_latency(model, cfg, self.inputs.image_size, self.spec.num_classes)
+            self.pruning_ratio = search["ratio"]
+            log(f"dense: pruning ratio {self.pruning_ratio:.4f} runs in {search['latency_ms']:.3g} ms for a target of "
+                f"{cfg.target_latency_ms:g} ms ({cfg.latency_runtime}, batch {cfg.latency_batch_size}; dense "
+                f"{search['dense_latency_ms']:.3g} ms, timing noise {100 * search['noise']:.1f}%)")
         row = {"event": "dense", "stage": 0, "ratio": 0.0, "pruning_ratio": self.pruning_ratio,
+               **({"latency_search": search} if search else {}),
                "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": machine()}
         self._save(model, 0, [], row)
@@ -433,6 +449,15 @@ class _Stages:
         row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n),
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start, "machine": machine()}
+        if cfg.target_latency_ms and distributed.WORLD.main:
+            import tempfile
+
+            from .runtimes import latency
+            with tempfile.TemporaryDirectory() as tmp:
+                row["target_latency"] = {"runtime": cfg.latency_runtime, "batch_size": cfg.latency_batch_size,
+                                         "target_ms": cfg.target_latency_ms, "achieved_ms": latency(
+                                             model, cfg.latency_runtime, self.inputs.image_size,
+                                             cfg.latency_batch_size, tmp, min_seconds=1.0)}
         self._save(model, self.n + 1, history(pruner), row)
         log(f"final: test acc {row['accuracy']:.4f}")
 

@@ -115,6 +115,9 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
     ratio = c["pruning_ratio"] if pruning_ratio is None else pruning_ratio
     unit = "MACs" if c.get("target_macs") else "parameters"
     target = c.get("target_macs") or c.get("target_params")
+    if c.get("target_latency_ms"):
+        unit, target = f"ms ({c['latency_runtime']}, batch {c['latency_batch_size']}, latency on this machine)", \
+            c["target_latency_ms"]
     goal = (f"target {target:.4g} {unit}" + (f" (channel ratio found: {ratio:.4f})" if pruning_ratio is not None else "")
             if target else f"channel ratio {ratio}")
     return (f"{c['model']}, " + (f"baseline {c['baseline']}" if c.get("baseline") else f"{c['epochs']} dense epochs")
@@ -187,6 +190,13 @@ def report_markdown(results: dict) -> str:
     ]
     if budget:
         parts += ["", f"**Budget against the seed recipe:** {budget}."]
+    t = results["final"].get("target_latency")
+    if t:
+        search = results["dense"].get("latency_search") or {}
+        parts += ["", f"**Latency target:** {t['target_ms']:g} ms per batch of {t['batch_size']} in {t['runtime']}; "
+                  f"the final model runs in **{t['achieved_ms']:.3g} ms** (channel ratio found: "
+                  f"{results.get('pruning_ratio', 0):.4f}; dense {search.get('dense_latency_ms', float('nan')):.3g} ms; "
+                  f"timing noise measured on this machine: {100 * search.get('noise', float('nan')):.1f}%)."]
     parts += ["", "## Key results", "", key_results_markdown(results), "",
               f"Latency: fp32 forward pass in eval mode, median of timed runs after warm-up, "
               f"{m.get('torch_threads', '?')} CPU threads"

@@ -181,3 +181,68 @@ def export_for(runtime: str, model: nn.Module, onnx_path: str | Path, input_size
     compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     check(Prepared(runtime, lambda x: compiled(x)[compiled.output(0)]), model, input_size, 2)
     return [xml, xml.with_suffix(".bin")]
+
+
+def latency(model: nn.Module, runtime: str, input_size: int, batch_size: int, workdir: str | Path,
+            min_seconds: float = 0.3) -> float:
+    """Median ms of one batch of `model` in `runtime` (checked against PyTorch first)."""
+    from .measurement import _time_runs
+    path = prepare(runtime, model, input_size, workdir, batch_size=batch_size)
+    check(path, model, input_size, batch_size)
+    x = np.random.default_rng(0).standard_normal((batch_size, 3, input_size, input_size), dtype=np.float32)
+
+    def once() -> float:
+        import time
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            path.run(x)
+        return (time.perf_counter() - t0) * 1000
+    return _time_runs(once, warmup=3, min_reps=10, min_seconds=min_seconds)["median_ms"]
+
+
+def ratio_for_latency(model: nn.Module, cfg, image_size: int, num_classes: int | None = None,
+                      iterations: int = 8) -> dict:
+    """The smallest channel ratio whose one-shot pruning of (a copy of) `model` runs one batch of
+    cfg.latency_batch_size in at most cfg.target_latency_ms in cfg.latency_runtime on this machine, by
+    bisection on timed copies. The noise is measured first: the dense model timed 5 times, (max - min) /
+    median of those medians. Returns ratio, the latency measured at it, the dense latency and the noise.
+    Raises PrunelabError when even pruning 95% of the channels is too slow (saying how fast that is)."""
+    import dataclasses
+    import tempfile
+
+    from .prune import build_pruner
+
+    search_cfg = dataclasses.replace(cfg, importance="l2")  # widths depend on the ratio, not the criterion
+
+    def at(ratio: float, work: Path) -> float:
+        m = copy.deepcopy(model).float().eval().cpu()
+        if ratio > 0:
+            pruner = build_pruner(m, search_cfg, pruning_ratio=ratio, iterative_steps=1, image_size=image_size,
+                                  num_classes=num_classes)
+            pruner.step()
+        work.mkdir(parents=True)
+        return latency(m.eval(), cfg.latency_runtime, image_size, cfg.latency_batch_size, work)
+
+    target = cfg.target_latency_ms
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [at(0.0, Path(tmp) / f"dense{i}") for i in range(5)]
+        dense = sorted(runs)[2]
+        noise = (max(runs) - min(runs)) / dense
+        if target >= dense:
+            raise PrunelabError(f"target_latency_ms {target:g} is not below the dense model's {dense:.3g} ms "
+                                f"({cfg.latency_runtime}, batch {cfg.latency_batch_size}); lower it or drop it")
+        hi, lo = 0.95, 0.0
+        fastest = at(hi, Path(tmp) / "max")
+        if fastest > target * (1 + noise):
+            raise PrunelabError(f"target_latency_ms {target:g} is out of reach: pruning 95% of the channels runs in "
+                                f"{fastest:.3g} ms ({cfg.latency_runtime}, batch {cfg.latency_batch_size}, this "
+                                f"machine); raise the target to at least that")
+        achieved = fastest
+        for i in range(iterations):
+            mid = (lo + hi) / 2
+            ms = at(mid, Path(tmp) / f"r{i}")
+            if ms <= target:
+                hi, achieved = mid, ms
+            else:
+                lo = mid
+    return {"ratio": hi, "latency_ms": achieved, "dense_latency_ms": dense, "noise": noise}
