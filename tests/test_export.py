@@ -267,3 +267,21 @@ def test_bad_latency_targets_are_refused_before_any_work(tmp_path, args, message
     code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path, *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "tiny").exists()
+
+
+def test_int8_quantisation_adds_a_report_section_and_evaluates_in_onnx_runtime(tmp_path):
+    import onnx
+
+    import prunelab
+    from conftest import cli
+    run_dir = prunelab.run(prunelab.make_config("tiny", {"out_dir": str(tmp_path), "progress": False,
+                                                         "export_onnx": False, "int8": True}))
+    result = json.loads((run_dir / "int8" / "result.json").read_text())
+    fp32, int8 = result["models"]["fp32"], result["models"]["int8"]
+    assert fp32["accuracy"] == pytest.approx(result["pytorch_accuracy"], abs=1 / result["test_images"])  # same model
+    assert int8["file_size_bytes"] < 0.5 * fp32["file_size_bytes"]
+    ops = {n.op_type for n in onnx.load(str(run_dir / "int8" / "model-int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert result["calibration_images"] == 256 and "## INT8" in (run_dir / "report.md").read_text()
+    code, _, err = cli("quantize", tmp_path / "nowhere")
+    assert code == 2 and "not a prunelab run directory" in err

@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: the run's)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's)")
 
+    p = sub.add_parser("quantize", help="INT8 (ONNX Runtime static quantisation) of a finished run's final model",
+                       description="Calibrates on training images only, measures accuracy on the run's test images and "
+                                   "latency in ONNX Runtime, and adds an INT8 section to the run's report.")
+    p.add_argument("run_dir")
+    p.add_argument("--calibration-images", type=int, default=300)
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 128])
+    p.add_argument("--num-threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: the run's)")
+
     p = sub.add_parser("report", help="redraw report.md and results.png of a finished run from its files")
     p.add_argument("run_dir")
 
@@ -163,6 +172,15 @@ def cmd_control(args) -> None:
     finally:
         torch.set_num_threads(threads)
     print(f"wrote {args.run_dir}/controls/ and updated report.md, results.json, results.png")
+
+
+def cmd_quantize(args) -> None:
+    from .quantize import quantize_run
+    r = quantize_run(args.run_dir, args.calibration_images, args.batch_sizes, args.num_threads, data_dir=args.data_dir)
+    f32, i8 = r["models"]["fp32"], r["models"]["int8"]
+    print(f"INT8 {100 * i8['accuracy']:.2f}% vs FP32 {100 * f32['accuracy']:.2f}% (ONNX Runtime, {r['test_images']} test "
+          f"images); file {i8['file_size_bytes'] / 1e6:.3f} MB vs {f32['file_size_bytes'] / 1e6:.3f} MB")
+    print(f"wrote {args.run_dir}/int8/ and updated report.md and results.json")
 
 
 def cmd_report(args) -> None:
@@ -263,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ok = False
     try:
-        {"run": cmd_run, "sweep": cmd_sweep, "control": cmd_control, "collect": cmd_collect, "report": cmd_report, "eval": cmd_eval, "bench": cmd_bench,
+        {"run": cmd_run, "sweep": cmd_sweep, "control": cmd_control, "collect": cmd_collect, "quantize": cmd_quantize, "report": cmd_report, "eval": cmd_eval, "bench": cmd_bench,
          "export": cmd_export}[args.command](args)
         ok = True
     except PrunelabError as e:

@@ -70,6 +70,8 @@ class Config:
     controls: list = _f([], "after the run: scratch (the pruned architecture trained from a random init for the same "
                             "training time) and/or random (the same run with the random criterion), as report rows",
                         runtime=True)
+    int8: bool = _f(False, "after the run: INT8 static quantisation of the final model in ONNX Runtime (calibrated on "
+                           "300 training images), with its accuracy, size and latency in the report", runtime=True)
     control_budget: str = _f("time", "the scratch control's budget: time (the training seconds of the prune-and-"
                                      "fine-tune phase) | images (as many training images)", runtime=True)
     seeds: list = _f([], "repeat the run once per seed (runs <name>/s<seed>/) and report mean ± std; the dense "

@@ -314,7 +314,7 @@ def _scan_headers(files: list[tuple[Path, int]], size: int) -> tuple[int, int]:
                 w, h = im.size
                 gray += im.mode in ("L", "LA", "I", "I;16", "1", "P") and len(im.getbands()) < 3
         except (OSError, ValueError, SyntaxError) as e:
-            raise PrunelabError(f"cannot read image {path} ({type(e).__name__}); the data copy is damaged: "
+            raise PrunelabError(f"cannot decode image {path} ({type(e).__name__}); the data copy is damaged: "
                                 "replace or delete the file")
         if size:
             _check_size(path, w, h, size)
@@ -495,7 +495,7 @@ def read_image_folders(data_dir: Path, cfg: Config):
             with Image.open(files[0][0]) as im:
                 side = im.size[0]
         except (OSError, ValueError, SyntaxError) as e:
-            raise PrunelabError(f"cannot read image {files[0][0]} ({type(e).__name__}); the data copy is damaged: "
+            raise PrunelabError(f"cannot decode image {files[0][0]} ({type(e).__name__}); the data copy is damaged: "
                                 "replace or delete the file")
     decoded, budget = len(files) * 3 * side * side, memory_budget_bytes(cfg)
     if cfg.data_loading == "memory" or (cfg.data_loading == "auto" and decoded <= budget):

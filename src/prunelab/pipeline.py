@@ -65,6 +65,9 @@ def run(cfg: Config | None = None, resume_dir: str | Path | None = None, model: 
             if cfg.controls:
                 from .controls import run_controls
                 run_controls(path, cfg.controls, runtime=cfg, model=model, budget=cfg.control_budget)
+            if cfg.int8 and distributed.WORLD.main:
+                from .quantize import quantize_run
+                quantize_run(path, data_dir=cfg.data_dir)
             return path
     finally:
         torch.set_num_threads(threads)

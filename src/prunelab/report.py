@@ -47,7 +47,34 @@ def build_results(run_dir: str | Path) -> dict:
         "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "loss", "train_accuracy", "val_accuracy", "lr",
                                       "images_per_s", "seconds") if k in e} for e in epochs],
         "controls": _controls(rd.path),
+        **({"int8": json.loads((rd.path / "int8" / "result.json").read_text())}
+           if (rd.path / "int8" / "result.json").is_file() else {}),
     }
+
+
+def int8_markdown(results: dict) -> str:
+    """Dense, pruned FP32 and pruned INT8 side by side (INT8 and FP32 both in ONNX Runtime)."""
+    q, d = results["int8"], results["dense"]
+    sizes = sorted({r["batch_size"] for r in q["models"]["fp32"]["latency"]})
+    head = "| model | test accuracy | file (MB) | " + " | ".join(f"ONNX Runtime CPU b{b} (ms)" for b in sizes) + " |"
+    lines = [head, "| :--- | ---: | ---: |" + " ---: |" * len(sizes)]
+
+    def lat(row, b):
+        v = find_latency(row, "cpu", b, "onnxruntime")
+        return f"{v:.3f}" if v is not None else ""
+    lines.append(f"| dense (PyTorch file) | {100 * d['accuracy']:.2f}% | {d.get('file_size_bytes', 0) / 1e6:.2f} | "
+                 + " | ".join(lat(d, b) for b in sizes) + " |")
+    for name in ("fp32", "int8"):
+        m = q["models"][name]
+        lines.append(f"| pruned {name.upper()} (ONNX) | {100 * m['accuracy']:.2f}% | {m['file_size_bytes'] / 1e6:.3f} | "
+                     + " | ".join(lat(m, b) for b in sizes) + " |")
+    f32, i8 = q["models"]["fp32"], q["models"]["int8"]
+    speed = [f"b{b} {find_latency(f32, 'cpu', b, 'onnxruntime') / find_latency(i8, 'cpu', b, 'onnxruntime'):.2f}x"
+             for b in sizes]
+    lines += ["", f"INT8: static, QDQ, per-channel int8 weights, uint8 activations, calibrated on {q['calibration_images']} "
+              f"training images; accuracy on {q['test_images']} test images in ONNX Runtime. INT8 vs FP32: "
+              f"{100 * (i8['accuracy'] - f32['accuracy']):+.2f} pts, speed {', '.join(speed)}."]
+    return "\n".join(lines)
 
 
 def _controls(run_dir: Path) -> list[dict]:
@@ -202,6 +229,7 @@ def report_markdown(results: dict) -> str:
               f"{m.get('torch_threads', '?')} CPU threads"
               + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ".", "",
               "![results](results.png)", "", "![training curves](curves.png)", "", "![first-layer filters](filters.png)", "",
+              *(["## INT8", "", int8_markdown(results), ""] if results.get("int8") else []),
               *(["## Controls", "", controls_markdown(results), "",
                  "One seed each: whether a difference exceeds the spread between seeds needs `--seeds` "
                  "(seeds.md).", ""] if results.get("controls") else []),
