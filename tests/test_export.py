@@ -285,3 +285,31 @@ def test_int8_quantisation_adds_a_report_section_and_evaluates_in_onnx_runtime(t
     assert result["calibration_images"] == 256 and "## INT8" in (run_dir / "report.md").read_text()
     code, _, err = cli("quantize", tmp_path / "nowhere")
     assert code == 2 and "not a prunelab run directory" in err
+
+
+def test_a_runtime_that_is_not_installed_gets_an_install_hint(monkeypatch):
+    import importlib.util
+
+    from prunelab.config import PrunelabError, make_config
+    from prunelab.runtimes import missing
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    assert missing("openvino") == "runtime 'openvino' is not installed: pip install 'prunelab[openvino]'"
+    with pytest.raises(PrunelabError, match=r"pip install 'prunelab\[openvino\]'"):
+        make_config("tiny", {"target_latency_ms": 1.0, "latency_runtime": "openvino"})
+
+
+def test_int8_without_the_run_s_data_is_refused_before_anything_is_written(tmp_path):
+    import shutil
+
+    import prunelab
+    from conftest import cli
+    from test_data import write_image_folder
+    write_image_folder(tmp_path / "data", per_class=12)
+    run_dir = prunelab.run(prunelab.make_config("tiny", {"out_dir": str(tmp_path), "progress": False,
+                                                         "export_onnx": False, "data_format": "auto",
+                                                         "data_dir": str(tmp_path / "data")}))
+    shutil.rmtree(tmp_path / "data")
+    code, _, err = cli("quantize", run_dir)
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    assert not (run_dir / "int8").exists()
