@@ -75,7 +75,7 @@ def random_criterion(rd: RunDir, cfg: Config, model: torch.nn.Module | None = No
     from .pipeline import run
     out = control_dir(rd.path, "random")
     control = dataclasses.replace(cfg, name=out.name, out_dir=str(out.parent), importance="random", controls=[],
-                                  seeds=[], baseline=str(rd.checkpoint_named("dense").with_suffix(".safetensors")))
+                                  seeds=[], int8=False, baseline=str(rd.checkpoint_named("dense").with_suffix(".safetensors")))
     if (out / "config.json").is_file():
         run(dataclasses.replace(open_existing(out)[1], **runtime_settings(control)), out, model=model)
     else:
@@ -107,7 +107,8 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
     model, desc = modelfile.load(rd.checkpoint_named("final").with_suffix(".json"), model=given)
     reinitialise(model, cfg.seed + 7919)
     spec = modelfile.specs(desc)[0]
-    control = dataclasses.replace(cfg, name=out.name, out_dir=str(out.parent), controls=[], seeds=[], baseline="")
+    control = dataclasses.replace(cfg, name=out.name, out_dir=str(out.parent), controls=[], seeds=[], int8=False,
+                                  baseline="")
     crd = RunDir(out)
     stages = _Stages(control, crd, trainer, device, data, spec, given)
     model = stages._prepare_model(model)
