@@ -74,8 +74,9 @@ def random_criterion(rd: RunDir, cfg: Config, model: torch.nn.Module | None = No
     """The run again with the random importance, from the run's own dense checkpoint."""
     from .pipeline import run
     out = control_dir(rd.path, "random")
+    dense = rd.checkpoint_named("dense").with_suffix(".safetensors")
     control = dataclasses.replace(cfg, name=out.name, out_dir=str(out.parent), importance="random", controls=[],
-                                  seeds=[], int8=False, baseline=str(rd.checkpoint_named("dense").with_suffix(".safetensors")))
+                                  seeds=[], int8=False, baseline=str(dense))
     if (out / "config.json").is_file():
         run(dataclasses.replace(open_existing(out)[1], **runtime_settings(control)), out, model=model)
     else:
