@@ -138,7 +138,7 @@ def test_run_with_a_macs_target_and_distillation_ends_at_or_below_the_target(tmp
 
 @pytest.mark.parametrize("args, message", [
     (["--target-macs", "1e12"], "not below the dense model"),
-    (["--target-macs", "5e6", "--target-params", "1e5"], "not both"),
+    (["--target-macs", "5e6", "--target-params", "1e5"], "not several"),
     (["--distill-weight", "1.5"], "distill_weight must be in [0, 1]"),
     (["--schedule", "cubic"], "unknown schedule"),
     (["--distill-cached"], "add --distill"),
