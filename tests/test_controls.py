@@ -7,7 +7,7 @@ import torch
 
 import prunelab
 from conftest import cli
-from prunelab.config import PrunelabError, make_config
+from prunelab.config import make_config
 from prunelab.controls import reinitialise
 
 FAST = {"progress": False, "export_onnx": False, "measure_latency_every_step": False}

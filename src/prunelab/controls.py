@@ -24,9 +24,8 @@ import torch
 
 from . import modelfile
 from .config import Config, PrunelabError, runtime_settings, to_dict
-from .data import batches_per_epoch, load_data
+from .data import load_data
 from .files import read_jsonl, write_json, write_text
-from .models import build
 from .prune import count_macs_params
 from .rundir import RunDir, open_existing
 

@@ -130,26 +130,6 @@ def machine() -> dict:
     return info
 
 
-def onnx_latency_ms(onnx_path: str | Path, batch_size: int, *, warmup: int = 3, min_reps: int = 5,
-                    min_seconds: float = 1.0, threads: int | None = None, input_size: int = 32) -> dict:
-    """Latency of an ONNX Runtime CPU session, timed like latency_ms (same warm-up and repetition rule)."""
-    import numpy as np
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    x = {"images": np.random.default_rng(0).standard_normal((batch_size, 3, input_size, input_size), dtype=np.float32)}
-
-    def run_once() -> float:
-        t0 = time.perf_counter()
-        session.run(None, x)
-        return (time.perf_counter() - t0) * 1000
-
-    return _time_runs(run_once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
-
-
 def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_reps: int = 10,
           min_seconds: float = 2.0, runtimes=("pytorch",), workdir: Path | None = None,
           channels_last: bool = False) -> dict:
@@ -161,7 +141,7 @@ def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_rep
     import tempfile
 
     from .config import PrunelabError
-    from .runtimes import check, prepare
+    from .runtimes import check, prepare, time_run
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,14 +174,7 @@ def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_rep
                         cl = model.to(memory_format=torch.channels_last)
                         xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
                         path.run = lambda _x, cl=cl, xt=xt: cl(xt)
-
-                    def once(run=path.run, x=x) -> float:
-                        t0 = time.perf_counter()
-                        with torch.inference_mode():
-                            run(x)
-                        return (time.perf_counter() - t0) * 1000
-
-                    r = _time_runs(once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
+                    r = time_run(path.run, x, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
                     row["latency"].append({"runtime": runtime, "device": "cpu", "batch_size": b, **r,
                                            **({"note": path.note} if path.note else {})})
             rows.append(row)

@@ -196,10 +196,8 @@ def check_prunable(model: torch.nn.Module, cfg: Config, image_size: int, spec: M
 def _check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: torch.nn.Module | None = None) -> None:
     """A MACs or parameter target must lie below the dense model's; a latency target within reach (timed)."""
     if cfg.target_latency_ms:
-        import dataclasses as dc
-
         from .runtimes import ratio_for_latency
-        ratio_for_latency(dense if dense is not None else build(spec), dc.replace(cfg), image_size, spec.num_classes,
+        ratio_for_latency(dense if dense is not None else build(spec), cfg, image_size, spec.num_classes,
                           iterations=0)  # times the dense model and the 95% one: an unreachable target fails here
         return
     if not (cfg.target_macs or cfg.target_params):

@@ -19,7 +19,8 @@ from . import modelfile
 from .config import PrunelabError
 from .data import eval_batches, load_data
 from .files import write_json
-from .measurement import _time_runs, file_size_bytes, machine
+from .measurement import file_size_bytes, machine
+from .runtimes import ort_session, time_run
 from .rundir import open_existing
 
 
@@ -34,7 +35,6 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
     """Quantise a finished run's final model to INT8 (see the module doc); returns the result written to
     <run>/int8/result.json. Raises PrunelabError before any work if the run is unfinished or its data is gone."""
     try:
-        import onnxruntime as ort
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
@@ -80,17 +80,10 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
     tmp.replace(int8)
     seconds = time.perf_counter() - start
 
-    def session(path: Path):
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads or torch.get_num_threads(), 1
-        opts.log_severity_level = 3
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
     result = {"calibration_images": n, "calibration_from": "training split", "quantize_seconds": seconds,
               "test_images": len(data.test), "runtime": "onnxruntime", "models": {}, "machine": machine()}
     for name, path in (("fp32", fp32), ("int8", int8)):
-        s = session(path)
+        s = ort_session(path, threads)
         correct = 0
         for images, labels in eval_batches(data.test, 500):
             logits = s.run(None, {"images": _normalised(images, inputs.mean, inputs.std)})[0]
@@ -98,13 +91,8 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
         latency = []
         for b in batch_sizes:
             x = np.random.default_rng(0).standard_normal((b, 3, inputs.image_size, inputs.image_size), dtype=np.float32)
-
-            def once(s=s, x=x) -> float:
-                t0 = time.perf_counter()
-                s.run(None, {"images": x})
-                return (time.perf_counter() - t0) * 1000
             latency.append({"runtime": "onnxruntime", "device": "cpu", "batch_size": b,
-                            **_time_runs(once, warmup=3, min_reps=10, min_seconds=1.0)})
+                            **time_run(lambda x, s=s: s.run(None, {"images": x}), x)})
         result["models"][name] = {"accuracy": correct / len(data.test), "file_size_bytes": file_size_bytes(path),
                                   "latency": latency}
     result["pytorch_accuracy"] = desc["metrics"]["accuracy"]

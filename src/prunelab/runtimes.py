@@ -53,6 +53,33 @@ class Prepared:
     note: str = ""
 
 
+def ort_session(path: str | Path, threads: int | None = None, save_optimized: str | Path | None = None):
+    """An ONNX Runtime CPU session with all graph optimisations (optionally saving the optimised model)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if save_optimized:
+        opts.optimized_model_filepath = str(save_optimized)
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads or torch.get_num_threads(), 1
+    opts.log_severity_level = 3  # the optimised file is for this machine: said in the docs, not warned each time
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def time_run(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, warmup: int = 3, min_reps: int = 10,
+             min_seconds: float = 1.0) -> dict:
+    """Median and p90 ms of run(x) (measurement._time_runs' warm-up and repetition rule)."""
+    import time
+
+    from .measurement import _time_runs
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            run(x)
+        return (time.perf_counter() - t0) * 1000
+    return _time_runs(once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
+
+
 def fold_batchnorms(model: nn.Module) -> nn.Module:
     """A copy of `model` (eval mode) with each BatchNorm2d folded into the convolution before it (torch.fx's
     fuse). Models that torch.fx cannot trace are refused with the reason."""
@@ -91,13 +118,7 @@ def prepare(name: str, model: nn.Module, input_size: int, workdir: str | Path, b
         from .export import export_onnx
         export_onnx(model, onnx_path, input_size=input_size)
     if name == "onnxruntime":
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.optimized_model_filepath = str(workdir / "model.ort-optimized.onnx")
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.log_severity_level = 3  # the optimised file is for this machine: said here, not warned each time
-        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        session = ort_session(onnx_path, threads, save_optimized=workdir / "model.ort-optimized.onnx")
         return Prepared(name, lambda x: session.run(None, {"images": x})[0],
                         [onnx_path, workdir / "model.ort-optimized.onnx"])
     import openvino as ov  # name == "openvino"
@@ -161,17 +182,9 @@ def export_for(runtime: str, model: nn.Module, onnx_path: str | Path, input_size
     onnx_path = Path(onnx_path)
     from .files import write_atomic
     if runtime == "onnxruntime":
-        import onnxruntime as ort
         target = onnx_path.with_name(onnx_path.stem + ".ort-optimized.onnx")
-
-        def write(tmp: Path) -> None:
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.optimized_model_filepath = str(tmp)
-            opts.log_severity_level = 3
-            ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        write_atomic(target, write)
-        session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        write_atomic(target, lambda tmp: ort_session(onnx_path, save_optimized=tmp))
+        session = ort_session(target)
         check(Prepared(runtime, lambda x: session.run(None, {"images": x})[0]), model, input_size, 2)
         return [target]
     import openvino as ov
@@ -186,18 +199,10 @@ def export_for(runtime: str, model: nn.Module, onnx_path: str | Path, input_size
 def latency(model: nn.Module, runtime: str, input_size: int, batch_size: int, workdir: str | Path,
             min_seconds: float = 0.3) -> float:
     """Median ms of one batch of `model` in `runtime` (checked against PyTorch first)."""
-    from .measurement import _time_runs
     path = prepare(runtime, model, input_size, workdir, batch_size=batch_size)
     check(path, model, input_size, batch_size)
     x = np.random.default_rng(0).standard_normal((batch_size, 3, input_size, input_size), dtype=np.float32)
-
-    def once() -> float:
-        import time
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            path.run(x)
-        return (time.perf_counter() - t0) * 1000
-    return _time_runs(once, warmup=3, min_reps=10, min_seconds=min_seconds)["median_ms"]
+    return time_run(path.run, x, min_seconds=min_seconds)["median_ms"]
 
 
 def ratio_for_latency(model: nn.Module, cfg, image_size: int, num_classes: int | None = None,
