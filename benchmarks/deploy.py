@@ -1,5 +1,5 @@
 """Deployment table for one finished run: dense and pruned in every installed runtime at batch 1 and N,
-plus pruned INT8 (ONNX Runtime), side by side in one process. Prints Markdown and writes JSON.
+plus pruned INT8 in every installed INT8 runtime (OpenVINO + NNCF, ONNX Runtime), side by side in one process. Prints Markdown and writes JSON.
 
     python benchmarks/deploy.py runs/quick --threads 2 [--compile] [--batch-sizes 1 128]
 
@@ -16,7 +16,8 @@ import torch
 
 from prunelab.cli import _bench_models
 from prunelab.measurement import bench, bench_table, fastest
-from prunelab.quantize import quantize_run
+from prunelab.config import PrunelabError
+from prunelab.quantize import quant_runtime, quantize_run
 from prunelab.runtimes import installed
 
 
@@ -33,14 +34,26 @@ def main() -> None:
     runtimes = [r for r in installed() if args.compile or r != "torch-compile"]
     result = bench(_bench_models([args.run_dir], False), args.batch_sizes, [torch.device("cpu")], warmup=5,
                    min_reps=20, min_seconds=2.0, runtimes=runtimes)
-    int8 = quantize_run(args.run_dir, batch_sizes=args.batch_sizes, threads=args.threads, data_dir=args.data_dir)
+    int8 = {}
+    for runtime in ("onnxruntime", "openvino"):  # the last one's files and report section stay in the run
+        try:
+            quant_runtime(runtime)
+        except PrunelabError as e:
+            print(f"INT8 in {runtime}: skipped ({e})")
+            continue
+        int8[runtime] = quantize_run(args.run_dir, batch_sizes=args.batch_sizes, threads=args.threads,
+                                     data_dir=args.data_dir, runtime=runtime)
     print(bench_table(result))
-    f32, i8 = int8["models"]["fp32"], int8["models"]["int8"]
-    print("\n| pruned, ONNX Runtime | test accuracy | file (MB) | " + " | ".join(f"b{b} (ms)" for b in args.batch_sizes) + " |")
-    print("| :--- | ---: | ---: |" + " ---: |" * len(args.batch_sizes))
-    for name, m in (("FP32", f32), ("INT8", i8)):
-        print(f"| {name} | {100 * m['accuracy']:.2f}% | {m['file_size_bytes'] / 1e6:.3f} | "
-              + " | ".join(f"{r['median_ms']:.3f}" for r in m["latency"]) + " |")
+    print("\n| pruned | runtime | test accuracy | file (MB) | " + " | ".join(f"b{b} (ms)" for b in args.batch_sizes)
+          + " | INT8 speed-up |")
+    print("| :--- | :--- | ---: | ---: |" + " ---: |" * len(args.batch_sizes) + " :--- |")
+    for runtime, q in int8.items():
+        f32, i8 = q["models"]["fp32"], q["models"]["int8"]
+        for name, m in (("FP32", f32), ("INT8", i8)):
+            speed = ", ".join(f"b{a['batch_size']} {a['median_ms'] / b['median_ms']:.2f}x"
+                              for a, b in zip(f32["latency"], i8["latency"])) if name == "INT8" else ""
+            print(f"| {name} | {runtime} | {100 * m['accuracy']:.2f}% | {m['file_size_bytes'] / 1e6:.3f} | "
+                  + " | ".join(f"{r['median_ms']:.3f}" for r in m["latency"]) + f" | {speed} |")
     out = {"bench": result, "fastest": fastest(result), "int8": int8}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

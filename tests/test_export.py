@@ -285,22 +285,35 @@ def test_bad_latency_targets_are_refused_before_any_work(tmp_path, args, message
     assert not (tmp_path / "tiny").exists()
 
 
-def test_int8_quantisation_adds_a_report_section_and_evaluates_in_onnx_runtime(tmp_path):
+def test_int8_quantisation_in_openvino_and_onnx_runtime_adds_a_report_section_evaluated_in_that_runtime(tmp_path):
+    """--int8 (auto: OpenVINO + NNCF, installed by the test extra), then `prunelab quantize --runtime onnxruntime`
+    on the same run: each writes its own INT8 model, evaluates FP32 and INT8 in its runtime, and replaces the
+    other's files and report section."""
     import onnx
 
     import prunelab
     from conftest import cli
     run_dir = prunelab.run(prunelab.make_config("tiny", {"out_dir": str(tmp_path), "progress": False,
                                                          "export_onnx": False, "int8": True}))
-    result = json.loads((run_dir / "int8" / "result.json").read_text())
-    fp32, int8 = result["models"]["fp32"], result["models"]["int8"]
-    assert fp32["accuracy"] == pytest.approx(result["pytorch_accuracy"], abs=1 / result["test_images"])  # same model
-    assert int8["file_size_bytes"] < 0.5 * fp32["file_size_bytes"]
+    for runtime in ("openvino", "onnxruntime"):
+        if runtime == "onnxruntime":
+            code, out, err = cli("quantize", run_dir, "--runtime", "onnxruntime", "--batch-sizes", 1, 4)
+            assert code == 0, err
+        result = json.loads((run_dir / "int8" / "result.json").read_text())
+        assert result["runtime"] == runtime
+        fp32, int8 = result["models"]["fp32"], result["models"]["int8"]
+        assert fp32["accuracy"] == pytest.approx(result["pytorch_accuracy"], abs=1 / result["test_images"])  # same model
+        assert int8["file_size_bytes"] < (0.5 if runtime == "onnxruntime" else 0.9) * fp32["file_size_bytes"]
+        assert result["calibration_images"] == 256
+        report = (run_dir / "report.md").read_text()
+        assert "## INT8" in report and f"pruned INT8 ({'OpenVINO' if runtime == 'openvino' else 'ONNX Runtime'})" in report
+    assert not (run_dir / "int8" / "model-int8.xml").exists()  # the OpenVINO files went with their result
     ops = {n.op_type for n in onnx.load(str(run_dir / "int8" / "model-int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    assert result["calibration_images"] == 256 and "## INT8" in (run_dir / "report.md").read_text()
     code, _, err = cli("quantize", tmp_path / "nowhere")
     assert code == 2 and "not a prunelab run directory" in err
+    code, _, err = cli("quantize", run_dir, "--runtime", "tensorrt")
+    assert code == 2 and "unknown INT8 runtime 'tensorrt'" in err
 
 
 def test_a_runtime_that_is_not_installed_gets_an_install_hint(monkeypatch):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli
+from conftest import cli, run_cli
 from prunelab.config import PrunelabError, make_config
 from prunelab.models import build_model
 from prunelab.prune import build_pruner, count_macs_params, geometric_scheduler, prune_step, ratio_for_target
@@ -177,3 +177,23 @@ def test_sweep_runs_each_target_shares_the_dense_model_and_draws_the_pareto_plot
         assert json.loads((sweep / name / "results.json").read_text())["final"]["macs"] <= target
     again = run_cli(*args)  # finished runs are skipped, the plot is redrawn
     assert again.returncode == 0 and again.stdout.count("already finished") == 2
+
+
+def test_early_images_train_the_early_stages_on_a_subset_and_the_final_fine_tune_on_everything(tmp_path):
+    """--early-images: dense training and the fine-tunes between steps see that many images per epoch, the final
+    fine-tune the whole training split; the report says what the dense model's budget was."""
+    import json
+    code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path, "--name", "early", "--early-images", 100,
+                       "--no-progress", "--precision", "fp32")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "early" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if r["event"] == "epoch"]
+    final_stage = max(r["stage"] for r in epochs)
+    assert {r["images"] for r in epochs if r["stage"] < final_stage} == {100}
+    assert {r["images"] for r in epochs if r["stage"] == final_stage} == {256}  # tiny: 256 training images
+    report = (tmp_path / "early" / "report.md").read_text()
+    assert "trained for 1 epoch(s) of 100 images" in report and "not what the architecture can reach" in report
+    # cached distillation targets cover the whole split; the early fine-tunes take the rows of their images
+    code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path, "--name", "early-kd", "--early-images", 100,
+                       "--distill", "--distill-cached", "--no-progress", "--precision", "fp32", "--no-export-onnx")
+    assert code == 0, err

@@ -66,10 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: the run's)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's)")
 
-    p = sub.add_parser("quantize", help="INT8 (ONNX Runtime static quantisation) of a finished run's final model",
+    p = sub.add_parser("quantize", help="INT8 (static post-training quantisation) of a finished run's final model",
                        description="Calibrates on training images only, measures accuracy on the run's test images and "
-                                   "latency in ONNX Runtime, and adds an INT8 section to the run's report.")
+                                   "latency in the runtime that quantised, and adds an INT8 section to the run's report.")
     p.add_argument("run_dir")
+    p.add_argument("--runtime", default="auto", help="auto (openvino when OpenVINO and NNCF are installed, else "
+                                                     "onnxruntime) | openvino (NNCF) | onnxruntime (quantize_static)")
     p.add_argument("--calibration-images", type=int, default=300)
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 128])
     p.add_argument("--num-threads", type=int, default=0, help="CPU threads (0 = torch's default)")
@@ -176,9 +178,10 @@ def cmd_control(args) -> None:
 
 def cmd_quantize(args) -> None:
     from .quantize import quantize_run
-    r = quantize_run(args.run_dir, args.calibration_images, args.batch_sizes, args.num_threads, data_dir=args.data_dir)
+    r = quantize_run(args.run_dir, args.calibration_images, args.batch_sizes, args.num_threads, data_dir=args.data_dir,
+                     runtime=args.runtime)
     f32, i8 = r["models"]["fp32"], r["models"]["int8"]
-    print(f"INT8 {100 * i8['accuracy']:.2f}% vs FP32 {100 * f32['accuracy']:.2f}% (ONNX Runtime, {r['test_images']} test "
+    print(f"INT8 {100 * i8['accuracy']:.2f}% vs FP32 {100 * f32['accuracy']:.2f}% ({r['runtime']}, {r['test_images']} test "
           f"images); file {i8['file_size_bytes'] / 1e6:.3f} MB vs {f32['file_size_bytes'] / 1e6:.3f} MB")
     print(f"wrote {args.run_dir}/int8/ and updated report.md and results.json")
 

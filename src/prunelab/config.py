@@ -70,8 +70,10 @@ class Config:
     controls: list = _f([], "after the run: scratch (the pruned architecture trained from a random init for the same "
                             "training time) and/or random (the same run with the random criterion), as report rows",
                         runtime=True)
-    int8: bool = _f(False, "after the run: INT8 static quantisation of the final model in ONNX Runtime (calibrated on "
-                           "300 training images), with its accuracy, size and latency in the report", runtime=True)
+    int8: bool = _f(False, "after the run: INT8 static quantisation of the final model (calibrated on 300 training "
+                           "images), with its accuracy, size and latency in the report", runtime=True)
+    int8_runtime: str = _f("auto", "runtime that quantises and runs the INT8 model: auto (openvino when OpenVINO and "
+                                   "NNCF are installed, else onnxruntime) | openvino | onnxruntime", runtime=True)
     control_budget: str = _f("time", "the scratch control's budget: time (the training seconds of the prune-and-"
                                      "fine-tune phase) | images (as many training images)", runtime=True)
     seeds: list = _f([], "repeat the run once per seed (runs <name>/s<seed>/) and report mean ± std; the dense "
@@ -88,6 +90,10 @@ class Config:
     data_format: str = _f("auto", "auto | cifar-batches | image-folder | synthetic")
     train_subset: int = _f(0, "use this many training images (0 = all), drawn at random with the seed")
     test_subset: int = _f(0, "use this many test images (0 = all), drawn at random with the seed")
+    early_images: int = _f(0, "training images per epoch of every stage before the final fine-tune (dense training, "
+                              "sparse training, the fine-tunes between pruning steps), drawn with the seed from the "
+                              "training split; the final fine-tune trains on all of it. A short dense phase, then "
+                              "the cheap pruned model trains long ('early-bird' pruning). 0 = the whole split")
     val_size: int = _f(0, "images carved from train as a validation split (0 = none); the test set is only for reported numbers")
     synthetic_size: int = _f(512, "training images when data_format=synthetic (test gets a quarter)")
     image_size: int = _f(0, "side of the square images the model sees, px (0 = the data's own size, which must then "
@@ -169,30 +175,35 @@ class Config:
 
 
 # Presets are plain data: overrides on top of the defaults above (which are the seed recipe).
-# The same flow sized for a 2-core CPU in about 15 minutes on the real data.
-# Measured with `prunelab run --preset quick` (see docs/RESULTS.md).
-_QUICK = {
-    "train_subset": 10000,
-    "test_subset": 2000,
-    "epochs": 5,
-    "iterative_steps": 5,
-    "final_finetune_epochs": 5,
-    "latency_min_seconds": 0.5,
-}
 # What beat the seed recipe in the CPU ablation at equal wall time (docs/RESULTS.md, benchmarks/ablation.py):
 # a geometric schedule (whose saved fine-tune time goes to a longer final fine-tune, set per preset), and
 # a dense recipe with a 1-epoch warm-up, label smoothing 0.1 and Nesterov (the last two act in every fine-tune),
 # all with the cosine stepped per batch (as they were measured).
 _BEST_CHANGES = {"schedule": "geometric", "warmup_epochs": 1, "label_smoothing": 0.1, "nesterov": True,
                  "lr_schedule_unit": "batch"}
+# From scratch in about 6 minutes on a 2-core bf16 CPU, on all the data (docs/RESULTS.md, "quick"). The pruned
+# model trains ~10x faster than the dense one, so the budget goes to it: a dense phase of one epoch on 5,000
+# images, 3 geometric pruning steps (one 5,000-image epoch each), then 8 epochs on all 50,000 images.
+_QUICK = {
+    "early_images": 5000,
+    "epochs": 1,
+    "iterative_steps": 3,
+    "schedule": "geometric",
+    "final_finetune_epochs": 8,
+    "nesterov": True,
+    "lr_schedule_unit": "batch",
+    "latency_min_seconds": 0.5,
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The course project exactly: 10 dense epochs, L2 importance, ratio 0.9 in 20 linear steps,
     # 1 fine-tune epoch per step, 10 final fine-tune epochs, batch 128, SGD 0.1/0.9/5e-4, cosine stepped per epoch.
     "seed": {},
     "quick": _QUICK,
-    # The quick budget with the changes: 9 final fine-tune epochs instead of 5.
-    "quick-best": {**_QUICK, **_BEST_CHANGES, "final_finetune_epochs": 9},
+    # The budget of the ablation that beat the seed recipe (10,000 training and 2,000 test images, 5 dense epochs,
+    # 5 steps) with its changes and 9 final fine-tune epochs; meant to start from a trained --baseline.
+    "quick-best": {"train_subset": 10000, "test_subset": 2000, "epochs": 5, "iterative_steps": 5,
+                   "latency_min_seconds": 0.5, **_BEST_CHANGES, "final_finetune_epochs": 9},
     # The seed's budget with the changes, the final fine-tune lengthened in the same proportion (18 for 10).
     # Meant for a GPU; not yet run to the end anywhere.
     "best": {**_BEST_CHANGES, "final_finetune_epochs": 18},
@@ -348,6 +359,11 @@ def validate(cfg: Config) -> None:
     need(cfg.memory_budget_gb >= 0, f"memory_budget_gb must be 0 (half of the RAM) or positive, got {cfg.memory_budget_gb}")
     need(all(c in ("scratch", "random") for c in cfg.controls) and len(set(cfg.controls)) == len(cfg.controls),
          f"controls must be scratch and/or random, each once, got {cfg.controls}")
+    need(cfg.int8_runtime in ("auto", "openvino", "onnxruntime"), f"unknown int8_runtime '{cfg.int8_runtime}'; choose "
+         "auto, openvino or onnxruntime")
+    if cfg.int8:
+        from .quantize import quant_runtime
+        quant_runtime(cfg.int8_runtime)  # not installed: the one-line install hint now, not after the run
     need(cfg.control_budget in ("time", "images"), f"unknown control_budget '{cfg.control_budget}'; choose time or images")
     need(len(set(cfg.seeds)) == len(cfg.seeds) and all(s >= 0 for s in cfg.seeds),
          f"seeds must be distinct non-negative integers, got {cfg.seeds}")
@@ -392,6 +408,7 @@ def validate(cfg: Config) -> None:
     need(cfg.taylor_batches >= 1, f"taylor_batches must be at least 1, got {cfg.taylor_batches}")
     need(cfg.train_subset >= 0 and cfg.test_subset >= 0 and cfg.val_size >= 0,
          "train_subset, test_subset and val_size must be 0 or more")
+    need(cfg.early_images >= 0, f"early_images must be 0 (the whole training split) or more, got {cfg.early_images}")
     need(cfg.synthetic_size >= 16, f"synthetic_size must be at least 16, got {cfg.synthetic_size}")
     named = [v for v in (cfg.mean, cfg.std) if len(v) == 1 and isinstance(v[0], str)]
     need(all(len(v) == 3 for v in (cfg.mean, cfg.std) if v not in named) and

@@ -87,7 +87,7 @@ def _budget(rd: RunDir, cfg: Config, n_train: int) -> tuple[float, int]:
     """Training seconds and training images of the run's prune-and-fine-tune phase (every epoch after the
     dense stage, sparse training included; pruning itself, evaluation and latency measurement excluded)."""
     epochs = [r for r in read_jsonl(rd.metrics) if r["event"] == "epoch" and r["stage"] != 0]  # sparse training: -1
-    return sum(r["seconds"] for r in epochs), len(epochs) * n_train
+    return sum(r["seconds"] for r in epochs), sum(r.get("images", n_train) for r in epochs)
 
 
 def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Module | None = None) -> dict:
@@ -132,7 +132,7 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
         f"({'same training time' if budget == 'time' else 'same training images'} as the prune-and-fine-tune "
         f"phase: {plan['budget_seconds']:.0f} s, {plan['budget_images']:,} images)")
     start = time.perf_counter()
-    stages._fit(model, 0, "scratch control", plan["epochs"], cfg.lr, cfg.warmup_epochs)
+    stages._fit(model, 0, "scratch control", plan["epochs"], cfg.lr, cfg.warmup_epochs, split=stages.train)
     seconds = sum(r["seconds"] for r in read_jsonl(crd.metrics) if r["event"] == "epoch")
     macs, params = count_macs_params(model, data.inputs.image_size)
     row = {"control": "scratch", "accuracy": stages._accuracy(model, stages.test), "params": params, "macs": macs,

@@ -67,7 +67,7 @@ def run(cfg: Config | None = None, resume_dir: str | Path | None = None, model: 
                 run_controls(path, cfg.controls, runtime=cfg, model=model, budget=cfg.control_budget)
             if cfg.int8 and distributed.WORLD.main:
                 from .quantize import quantize_run
-                quantize_run(path, data_dir=cfg.data_dir)
+                quantize_run(path, data_dir=cfg.data_dir, runtime=cfg.int8_runtime)
             return path
     finally:
         torch.set_num_threads(threads)
@@ -238,6 +238,11 @@ class _Stages:
         self.spec, self.inputs, self.given = spec, data.inputs, given
         self.train, self.test = data.train.to(device), data.test.to(device)
         self.val = data.val.to(device) if data.val else None
+        self.early, self.early_idx = self.train, None  # what the stages before the final fine-tune train on
+        if 0 < cfg.early_images < len(self.train):
+            g = torch.Generator().manual_seed(cfg.seed * 7 + 1)
+            self.early_idx = torch.randperm(len(self.train), generator=g)[:cfg.early_images]
+            self.early = self.train.subset(self.early_idx.to(self.train.labels.device))
         self.data_info = {"data": data.source, "classes": data.classes, "train_images": len(data.train),
                           "val_images": len(data.val) if data.val else 0, "test_images": len(data.test),
                           "train_images_available": data.train_available, "test_images_available": data.test_available}
@@ -265,18 +270,22 @@ class _Stages:
         return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     def _fit(self, model, stage: int, phase: str, epochs: int, lr: float, warmup_epochs: float = 0.0,
-             sparsifier=None) -> None:
-        """`epochs` epochs of SGD with a fresh optimiser and a cosine schedule over them, stepped per epoch or per
+             sparsifier=None, split=None) -> None:
+        """`epochs` epochs over `split` (default: the early-stage images, self.early) of SGD with a fresh optimiser and a cosine schedule over them, stepped per epoch or per
         batch (cfg.lr_schedule_unit). After every epoch but the last, weights and momentum go to the partial
         checkpoint, so a crash costs at most one epoch. `sparsifier` (a GroupNormPruner): its regulariser acts
         on every batch."""
         if epochs == 0:
             return
         cfg = self.cfg
+        split = self.early if split is None else split
         distill = self._distillation() if stage > 0 else None
+        if distill is not None and distill.targets is not None and split is self.early and self.early_idx is not None:
+            distill = Distillation(distill.temperature, distill.weight,  # cached rows of the early images
+                                   targets=distill.targets[self.early_idx.to(distill.targets.device)])
         optimizer = make_optimizer(model, cfg, lr)
         per_batch = cfg.lr_schedule_unit == "batch"
-        steps_per_epoch = batches_per_epoch(len(self.train), cfg.batch_size) if per_batch else 1
+        steps_per_epoch = batches_per_epoch(len(split), cfg.batch_size) if per_batch else 1
         scheduler = cosine_schedule(optimizer, epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch))
         done = self.rd.load_partial(model, optimizer, stage)  # every rank reads it (a shared filesystem)
         if done:
@@ -291,12 +300,12 @@ class _Stages:
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + stage * 1000 + epoch)
             if sparsifier is not None:
                 sparsifier.update_regularizer()
-            stats = train_epoch(net, self.train, optimizer, scheduler if per_batch else None, self.trainer, gen,
+            stats = train_epoch(net, split, optimizer, scheduler if per_batch else None, self.trainer, gen,
                                 desc=f"{phase} {epoch}/{epochs}", distill=distill,
                                 regularize=(lambda: sparsifier.regularize(model)) if sparsifier is not None else None)
             if not per_batch:
                 scheduler.step()
-            row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, **stats}
+            row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, "images": len(split), **stats}
             if self.val is not None:
                 row["val_accuracy"] = self._accuracy(model, self.val)
             if distributed.WORLD.main:
@@ -446,7 +455,7 @@ class _Stages:
         start = time.perf_counter()
         before = self._accuracy(model, self.test)
         log(f"final fine-tune: {cfg.final_finetune_epochs} epochs")
-        self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, cfg.finetune_lr)
+        self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, cfg.finetune_lr, split=self.train)
         row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n),
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start, "machine": machine()}
@@ -463,5 +472,5 @@ class _Stages:
         log(f"final: test acc {row['accuracy']:.4f}")
 
     def _gradient_batches(self):
-        for images, labels in itertools.islice(eval_batches(self.train, self.cfg.batch_size), self.cfg.taylor_batches):
+        for images, labels in itertools.islice(eval_batches(self.early, self.cfg.batch_size), self.cfg.taylor_batches):
             yield self.trainer.normalizer(images), labels

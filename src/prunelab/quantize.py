@@ -1,8 +1,15 @@
-"""INT8 after pruning: post-training static quantisation of a run's final model with ONNX Runtime.
+"""INT8 after pruning: post-training static quantisation of a run's final model, in one of two runtimes.
 
-    <run>/int8/model-fp32.onnx   the final model, exported and pre-processed (shape inference, folding)
-    <run>/int8/model-int8.onnx   QDQ format, per-channel int8 weights, uint8 activations, MinMax calibration
-    <run>/int8/result.json       accuracy, file size and latency of FP32 and INT8, both in ONNX Runtime
+    openvino      NNCF's `nncf.quantize` of the OpenVINO model read from the ONNX file (its default preset:
+                  symmetric int8, per-channel weights); <run>/int8/model-int8.xml + .bin (OpenVINO IR)
+    onnxruntime   ONNX Runtime's `quantize_static`: QDQ format, per-channel int8 weights, uint8 activations,
+                  MinMax calibration; <run>/int8/model-int8.onnx
+
+    <run>/int8/model-fp32.onnx   the final model, exported (and, for ONNX Runtime, pre-processed)
+    <run>/int8/result.json       accuracy, file size and latency of FP32 and INT8, both in the chosen runtime
+
+`auto` picks OpenVINO when it and NNCF are installed (it measured faster at INT8 here: docs/RESULTS.md,
+benchmarks/deploy.py), else ONNX Runtime.
 
 Calibration uses training images only (spread evenly over the training split, never test images); accuracy
 is measured on the run's test images with the same runtime that runs the model.
@@ -20,7 +27,30 @@ from .config import PrunelabError
 from .data import eval_batches, load_data
 from .files import write_json
 from .measurement import file_size_bytes, machine
-from .runtimes import ort_session, time_run
+from .runtimes import missing, ort_session, time_run
+
+QUANT_RUNTIMES = ("auto", "openvino", "onnxruntime")
+
+
+def _nncf_missing() -> str:
+    import importlib.util
+    reason = missing("openvino")
+    if not reason and importlib.util.find_spec("nncf") is None:
+        reason = "INT8 in OpenVINO needs NNCF: pip install 'prunelab[openvino]'"
+    return reason
+
+
+def quant_runtime(name: str) -> str:
+    """The runtime that `name` (auto | openvino | onnxruntime) quantises with; a one-line error if it is not
+    installed or unknown."""
+    if name not in QUANT_RUNTIMES:
+        raise PrunelabError(f"unknown INT8 runtime '{name}'; choose one of: {', '.join(QUANT_RUNTIMES)}")
+    if name == "auto":
+        name = "openvino" if not _nncf_missing() else "onnxruntime"
+    reason = _nncf_missing() if name == "openvino" else missing("onnxruntime")
+    if reason:
+        raise PrunelabError(reason)
+    return name
 from .rundir import open_existing
 
 
@@ -31,14 +61,11 @@ def _normalised(images: torch.Tensor, mean, std) -> np.ndarray:
 
 
 def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes=(1, 128), threads: int = 0,
-                 data_dir: str | None = None) -> dict:
+                 data_dir: str | None = None, runtime: str = "auto") -> dict:
     """Quantise a finished run's final model to INT8 (see the module doc); returns the result written to
-    <run>/int8/result.json. Raises PrunelabError before any work if the run is unfinished or its data is gone."""
-    try:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError:
-        raise PrunelabError("INT8 quantisation needs onnx and onnxruntime: pip install 'prunelab[onnx]'")
+    <run>/int8/result.json. Raises PrunelabError before any work if the run is unfinished, its data is gone or
+    the runtime is not installed."""
+    runtime = quant_runtime(runtime)
     rd, cfg = open_existing(run_dir)
     if data_dir:  # the same data in another place (a runtime setting; config.json is not changed)
         import dataclasses
@@ -55,46 +82,42 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
     inputs = data.inputs
     out = rd.path / "int8"
     out.mkdir(exist_ok=True)
+    for old in [*out.glob("model-int8*"), out / "result.json"]:  # an earlier result must not outlive a failure
+        old.unlink(missing_ok=True)
     from .export import export_onnx
-    raw, fp32, int8 = out / "model-raw.onnx", out / "model-fp32.onnx", out / "model-int8.onnx"
-    export_onnx(model, raw, input_size=inputs.image_size)
-    quant_pre_process(str(raw), str(fp32))
-    raw.unlink()
+    fp32 = out / "model-fp32.onnx"
+    tmp = out / "model-raw.onnx"
+    export_onnx(model, tmp, input_size=inputs.image_size)
+    if runtime == "onnxruntime":
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+        quant_pre_process(str(tmp), str(fp32))
+        tmp.unlink()
+    else:
+        tmp.replace(fp32)
 
     n = min(calibration_images, len(data.train))
     idx = torch.linspace(0, len(data.train) - 1, n).round().long()
-    calibration = data.train.subset(idx)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"images": _normalised(images, inputs.mean, inputs.std)}
-                                 for images, _ in eval_batches(calibration, 32)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
+    calibration = [_normalised(images, inputs.mean, inputs.std) for images, _ in eval_batches(data.train.subset(idx), 32)]
     start = time.perf_counter()
-    tmp = int8.with_suffix(".tmp.onnx")
-    quantize_static(str(fp32), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    tmp.replace(int8)
+    quantize = _quantize_openvino if runtime == "openvino" else _quantize_onnxruntime
+    int8_files = quantize(fp32, out, calibration, n)
     seconds = time.perf_counter() - start
 
     result = {"calibration_images": n, "calibration_from": "training split", "quantize_seconds": seconds,
-              "test_images": len(data.test), "runtime": "onnxruntime", "models": {}, "machine": machine()}
-    for name, path in (("fp32", fp32), ("int8", int8)):
-        s = ort_session(path, threads)
+              "test_images": len(data.test), "runtime": runtime, "models": {}, "machine": machine()}
+    for name, files in (("fp32", [fp32]), ("int8", int8_files)):
+        run = _runner(runtime, files[0], threads)
         correct = 0
         for images, labels in eval_batches(data.test, 500):
-            logits = s.run(None, {"images": _normalised(images, inputs.mean, inputs.std)})[0]
+            logits = run(_normalised(images, inputs.mean, inputs.std))
             correct += int((logits.argmax(1) == labels.cpu().numpy()).sum())
         latency = []
         for b in batch_sizes:
             x = np.random.default_rng(0).standard_normal((b, 3, inputs.image_size, inputs.image_size), dtype=np.float32)
-            latency.append({"runtime": "onnxruntime", "device": "cpu", "batch_size": b,
-                            **time_run(lambda x, s=s: s.run(None, {"images": x}), x)})
-        result["models"][name] = {"accuracy": correct / len(data.test), "file_size_bytes": file_size_bytes(path),
-                                  "latency": latency}
+            run_b = _runner(runtime, files[0], threads, batch_size=b)
+            latency.append({"runtime": runtime, "device": "cpu", "batch_size": b, **time_run(run_b, x)})
+        result["models"][name] = {"accuracy": correct / len(data.test),
+                                  "file_size_bytes": sum(file_size_bytes(f) for f in files), "latency": latency}
     result["pytorch_accuracy"] = desc["metrics"]["accuracy"]
     write_json(out / "result.json", result)
     from .report import build_results, render
@@ -102,3 +125,53 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
     write_json(rd.results, results)
     render(rd.path, results)
     return result
+
+
+def _quantize_onnxruntime(fp32: Path, out: Path, calibration: list, n: int) -> list[Path]:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": x} for x in calibration])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    int8 = out / "model-int8.onnx"
+    tmp = int8.with_suffix(".tmp.onnx")
+    quantize_static(str(fp32), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    tmp.replace(int8)
+    return [int8]
+
+
+def _quantize_openvino(fp32: Path, out: Path, calibration: list, n: int) -> list[Path]:
+    import logging
+
+    import nncf
+    import openvino as ov
+    nncf.set_log_level(logging.ERROR)
+    images = [x[i:i + 1] for x in calibration for i in range(len(x))]  # one image per calibration item
+    quantized = nncf.quantize(ov.Core().read_model(str(fp32)), nncf.Dataset(images), subset_size=n)
+    xml, tmp = out / "model-int8.xml", out / "model-int8.tmp.xml"
+    ov.save_model(quantized, str(tmp), compress_to_fp16=False)
+    tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))  # the weights first: the .xml names a finished pair
+    tmp.replace(xml)
+    return [xml, xml.with_suffix(".bin")]
+
+
+def _runner(runtime: str, path: Path, threads: int, batch_size: int = 0):
+    """A function images -> logits for the model file `path` in `runtime`; OpenVINO compiled for `batch_size`
+    with the LATENCY hint (0: any batch, for evaluation)."""
+    if runtime == "onnxruntime":
+        session = ort_session(path, threads)
+        return lambda x: session.run(None, {"images": x})[0]
+    import openvino as ov
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if batch_size:
+        model.reshape({model.inputs[0].get_any_name(): [batch_size, *list(model.inputs[0].get_partial_shape())[1:]]})
+    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                                                 **({"INFERENCE_NUM_THREADS": threads} if threads else {})})
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})[compiled.output(0)].copy()
