@@ -27,7 +27,8 @@ from .config import PrunelabError
 from .data import eval_batches, load_data
 from .files import write_json
 from .measurement import file_size_bytes, machine
-from .runtimes import missing, ort_session, time_run
+from .rundir import open_existing
+from .runtimes import missing, ort_session, ov_runner, time_run
 
 QUANT_RUNTIMES = ("auto", "openvino", "onnxruntime")
 
@@ -51,7 +52,6 @@ def quant_runtime(name: str) -> str:
     if reason:
         raise PrunelabError(reason)
     return name
-from .rundir import open_existing
 
 
 def _normalised(images: torch.Tensor, mean, std) -> np.ndarray:
@@ -100,7 +100,7 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
     calibration = [_normalised(images, inputs.mean, inputs.std) for images, _ in eval_batches(data.train.subset(idx), 32)]
     start = time.perf_counter()
     quantize = _quantize_openvino if runtime == "openvino" else _quantize_onnxruntime
-    int8_files = quantize(fp32, out, calibration, n)
+    int8_files = quantize(fp32, out, calibration)
     seconds = time.perf_counter() - start
 
     result = {"calibration_images": n, "calibration_from": "training split", "quantize_seconds": seconds,
@@ -127,7 +127,7 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
     return result
 
 
-def _quantize_onnxruntime(fp32: Path, out: Path, calibration: list, n: int) -> list[Path]:
+def _quantize_onnxruntime(fp32: Path, out: Path, calibration: list) -> list[Path]:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -145,14 +145,14 @@ def _quantize_onnxruntime(fp32: Path, out: Path, calibration: list, n: int) -> l
     return [int8]
 
 
-def _quantize_openvino(fp32: Path, out: Path, calibration: list, n: int) -> list[Path]:
+def _quantize_openvino(fp32: Path, out: Path, calibration: list) -> list[Path]:
     import logging
 
     import nncf
     import openvino as ov
     nncf.set_log_level(logging.ERROR)
     images = [x[i:i + 1] for x in calibration for i in range(len(x))]  # one image per calibration item
-    quantized = nncf.quantize(ov.Core().read_model(str(fp32)), nncf.Dataset(images), subset_size=n)
+    quantized = nncf.quantize(ov.Core().read_model(str(fp32)), nncf.Dataset(images), subset_size=len(images))
     xml, tmp = out / "model-int8.xml", out / "model-int8.tmp.xml"
     ov.save_model(quantized, str(tmp), compress_to_fp16=False)
     tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))  # the weights first: the .xml names a finished pair
@@ -161,17 +161,8 @@ def _quantize_openvino(fp32: Path, out: Path, calibration: list, n: int) -> list
 
 
 def _runner(runtime: str, path: Path, threads: int, batch_size: int = 0):
-    """A function images -> logits for the model file `path` in `runtime`; OpenVINO compiled for `batch_size`
-    with the LATENCY hint (0: any batch, for evaluation)."""
+    """images -> logits for the model file `path` in `runtime` (OpenVINO compiled for `batch_size`; 0: any)."""
     if runtime == "onnxruntime":
         session = ort_session(path, threads)
         return lambda x: session.run(None, {"images": x})[0]
-    import openvino as ov
-    core = ov.Core()
-    model = core.read_model(str(path))
-    if batch_size:
-        model.reshape({model.inputs[0].get_any_name(): [batch_size, *list(model.inputs[0].get_partial_shape())[1:]]})
-    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-                                                 **({"INFERENCE_NUM_THREADS": threads} if threads else {})})
-    request = compiled.create_infer_request()
-    return lambda x: request.infer({0: x})[compiled.output(0)].copy()
+    return ov_runner(path, threads, batch_size)

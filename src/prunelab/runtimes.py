@@ -121,17 +121,24 @@ def prepare(name: str, model: nn.Module, input_size: int, workdir: str | Path, b
         session = ort_session(onnx_path, threads, save_optimized=workdir / "model.ort-optimized.onnx")
         return Prepared(name, lambda x: session.run(None, {"images": x})[0],
                         [onnx_path, workdir / "model.ort-optimized.onnx"])
-    import openvino as ov  # name == "openvino"
-    core = ov.Core()
-    ov_model = core.read_model(str(onnx_path))
-    ov_model.reshape({"images": [batch_size, 3, input_size, input_size]})
-    compiled = core.compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-                                                    "INFERENCE_NUM_THREADS": threads})
-    request = compiled.create_infer_request()
+    return Prepared(name, ov_runner(onnx_path, threads, batch_size), [onnx_path],  # name == "openvino"
+                    note="fp32 inference precision, LATENCY hint")
 
-    def run(x: np.ndarray) -> np.ndarray:
-        return request.infer({0: x})[compiled.output(0)].copy()
-    return Prepared(name, run, [onnx_path], note="fp32 inference precision, LATENCY hint")
+
+def ov_runner(path: str | Path, threads: int, batch_size: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """images -> logits for an ONNX or OpenVINO IR file in OpenVINO CPU: LATENCY hint, fp32 inference precision,
+    the input's batch fixed to `batch_size` (0: left dynamic, for evaluation on batches of any size)."""
+    import openvino as ov
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if batch_size:
+        shape = model.inputs[0].get_partial_shape()
+        shape[0] = batch_size
+        model.reshape({model.inputs[0].get_any_name(): shape})
+    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                                                 **({"INFERENCE_NUM_THREADS": threads} if threads else {})})
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})[compiled.output(0)].copy()
 
 
 def _compiled(model: nn.Module, input_size: int, batch_size: int) -> Prepared:
