@@ -338,7 +338,8 @@ def plot_curves(results: dict, path: str | Path) -> None:
     axes[0].set(xlabel="epoch", ylabel="training loss", title="Loss")
     axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy (train: augmented batches, as trained)")
     for ax in axes:
-        ax.legend(fontsize=8)
+        if phases:  # (a legend with nothing in it is a matplotlib warning in the user's terminal)
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not phases:
