@@ -1,8 +1,16 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` (pyproject's addopts: one worker per core): N test processes share the cores, so each, and every
+    # prunelab process a test starts, computes on one thread; two 2-thread processes on 2 cores spin-wait each other
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
@@ -46,3 +54,10 @@ def real_data():
 def _private_cache(tmp_path_factory, monkeypatch):
     """Decoded-image caches go to one folder per test session, not the user's home."""
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def pytest_collection_modifyitems(items):
+    """The longest tests (marked slow) first: with workers, the others fill the time beside them instead of
+    one worker finishing alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
