@@ -192,7 +192,7 @@ def test_early_images_train_the_early_stages_on_a_subset_and_the_final_fine_tune
     assert {r["images"] for r in epochs if r["stage"] < final_stage} == {100}
     assert {r["images"] for r in epochs if r["stage"] == final_stage} == {256}  # tiny: 256 training images
     report = (tmp_path / "early" / "report.md").read_text()
-    assert "trained for 1 epoch(s) of 100 images" in report and "not what the architecture can reach" in report
+    assert "trained for 1 epoch of 100 images" in report and "not what the architecture can reach" in report
     # cached distillation targets cover the whole split; the early fine-tunes take the rows of their images
     code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path, "--name", "early-kd", "--early-images", 100,
                        "--distill", "--distill-cached", "--no-progress", "--precision", "fp32", "--no-export-onnx")

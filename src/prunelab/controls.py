@@ -27,6 +27,7 @@ from .config import Config, PrunelabError, runtime_settings, to_dict
 from .data import load_data
 from .files import read_jsonl, write_json, write_text
 from .prune import count_macs_params
+from .report import counted
 from .rundir import RunDir, open_existing
 
 CONTROLS = ("scratch", "random")
@@ -128,7 +129,7 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
         if not (out / "config.json").is_file():
             create(control)
         write_json(plan_path, plan)
-    log(f"control scratch: the final architecture re-initialised, {plan['epochs']} epochs "
+    log(f"control scratch: the final architecture re-initialised, {counted(plan['epochs'], 'epoch')} "
         f"({'same training time' if budget == 'time' else 'same training images'} as the prune-and-fine-tune "
         f"phase: {plan['budget_seconds']:.0f} s, {plan['budget_images']:,} images)")
     start = time.perf_counter()
@@ -142,7 +143,7 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
     modelfile.save(out / "model", model, spec, desc.get("pruning_history") or [], extra={"metrics": row, "config": to_dict(control)},
                    inputs=data.inputs)
     write_json(result_path, row)  # last: its presence means the control is complete
-    log(f"control scratch: test acc {row['accuracy']:.4f} after {row['epochs']} epochs ({seconds:.0f} s of training)")
+    log(f"control scratch: test acc {row['accuracy']:.4f} after {counted(row['epochs'], 'epoch')} ({seconds:.0f} s of training)")
     return row
 
 

@@ -358,7 +358,7 @@ class _Stages:
             log(f"dense: baseline {cfg.baseline or 'the nn.Module given to prunelab.run'}")
             model = self._prepare_model(baseline)
         else:
-            log(f"dense: training {cfg.model} for {cfg.epochs} epochs")
+            log(f"dense: training {cfg.model} for {report.counted(cfg.epochs, 'epoch')}")
             model = self._prepare_model(build(self.spec))
             self._fit(model, 0, "dense", cfg.epochs, cfg.lr, cfg.warmup_epochs)
         search = {}
@@ -393,7 +393,7 @@ class _Stages:
                 self.rd.append_metrics(desc["metrics"])  # a crash came between the checkpoint and its line
             return self._prepare_model(loaded)
         start = time.perf_counter()
-        log(f"sparse training: {cfg.sparse_epochs} epochs, group-norm regularisation {cfg.sparse_reg:g}")
+        log(f"sparse training: {report.counted(cfg.sparse_epochs, 'epoch')}, group-norm regularisation {cfg.sparse_reg:g}")
         sparsifier = build_sparsifier(model, cfg, self.inputs.image_size, self.spec.num_classes)
         self._fit(model, SPARSE_STAGE, "sparse training", cfg.sparse_epochs, cfg.finetune_lr, sparsifier=sparsifier)
         row = {"event": "sparse", "stage": SPARSE_STAGE, "ratio": 0.0, "accuracy": self._accuracy(model, self.test),
@@ -454,7 +454,7 @@ class _Stages:
         cfg = self.cfg
         start = time.perf_counter()
         before = self._accuracy(model, self.test)
-        log(f"final fine-tune: {cfg.final_finetune_epochs} epochs")
+        log(f"final fine-tune: {report.counted(cfg.final_finetune_epochs, 'epoch')}")
         self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, cfg.finetune_lr, split=self.train)
         row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n),
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),

@@ -99,8 +99,8 @@ def controls_markdown(results: dict) -> str:
              f"prune-and-fine-tune phase |"]
     for c in results.get("controls") or []:
         if c["control"] == "scratch":
-            how = (f"{c['epochs']} epochs, {c['train_seconds']:.0f} s for a budget of {c['budget_seconds']:.0f} s"
-                   if c.get("budget") == "time" else f"{c['epochs']} epochs, {c['train_images']:,} images (same images)")
+            how = (f"{counted(c['epochs'], 'epoch')}, {c['train_seconds']:.0f} s for a budget of {c['budget_seconds']:.0f} s"
+                   if c.get("budget") == "time" else f"{counted(c['epochs'], 'epoch')}, {c['train_images']:,} images (same images)")
         else:
             how = f"{c['train_seconds']:.0f} s, {c['train_images']:,} images after the dense stage"
         lines.append(f"| {c['control']} control: {CONTROL_WORDS.get(c['control'], '')} | {100 * c['accuracy']:.2f}% | "
@@ -119,6 +119,11 @@ def _seed_value(name: str):
     return getattr(Config(), name)
 
 
+def counted(n: int, singular: str, plural: str = "") -> str:
+    """'1 dense epoch', '3 dense epochs'."""
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
 def budget_differences(config: dict, data: dict) -> str:
     """Where a run's budget differs from the seed recipe's, in words ("10,000 training images (of 50,000), 5 dense
     epochs (seed: 10)"), from its resolved config and the data it saw; "" when it is the seed's budget."""
@@ -129,13 +134,14 @@ def budget_differences(config: dict, data: dict) -> str:
             parts.append(f"{used:,} {what} images (of {available:,})")
     if config.get("data_format") == "synthetic":
         parts.append("synthetic data")
-    labels = {"epochs": "dense epochs", "iterative_steps": "pruning steps",
-              "finetune_epochs_per_step": "fine-tune epochs per step", "final_finetune_epochs": "final fine-tune epochs"}
+    labels = {"epochs": ("dense epoch", "dense epochs"), "iterative_steps": ("pruning step", "pruning steps"),
+              "finetune_epochs_per_step": ("fine-tune epoch per step", "fine-tune epochs per step"),
+              "final_finetune_epochs": ("final fine-tune epoch", "final fine-tune epochs")}
     for name, label in labels.items():
         if name == "epochs" and config.get("baseline"):
             continue  # no dense training in this run
         if config.get(name) is not None and config[name] != _seed_value(name):
-            parts.append(f"{config[name]} {label} (seed: {_seed_value(name)})")
+            parts.append(f"{counted(config[name], *label)} (seed: {_seed_value(name)})")
         if name == "epochs" and config.get("early_images") and not config.get("baseline"):
             parts.append(f"the dense model and the fine-tunes between steps see {config['early_images']:,} images per "
                          "epoch (seed: all)")
@@ -148,7 +154,7 @@ def dense_budget_sentence(results: dict) -> str:
     if cfg.get("baseline"):
         return f"**The dense model** was loaded from `{cfg['baseline']}`, not trained in this run."
     per_epoch = min(cfg.get("early_images") or data["train_images"], data["train_images"])
-    return (f"**The dense model** trained for {cfg['epochs']} epoch(s) of {per_epoch:,} images ({cfg['epochs'] * per_epoch:,} "
+    return (f"**The dense model** trained for {counted(cfg['epochs'], 'epoch')} of {per_epoch:,} images ({cfg['epochs'] * per_epoch:,} "
             f"images, {results['wall_time_s']['dense']:.0f} s with its evaluation). Its accuracy is what that budget "
             "buys, not what the architecture can reach; the run's result is the pruned model.")
 
@@ -164,12 +170,12 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
             c["target_latency_ms"]
     goal = (f"target {target:.4g} {unit}" + (f" (channel ratio found: {ratio:.4f})" if pruning_ratio is not None else "")
             if target else f"channel ratio {ratio}")
-    return (f"{c['model']}, " + (f"baseline {c['baseline']}" if c.get("baseline") else f"{c['epochs']} dense epochs")
+    return (f"{c['model']}, " + (f"baseline {c['baseline']}" if c.get("baseline") else counted(c["epochs"], "dense epoch"))
             + (f" on {c['early_images']:,} images per epoch" if c.get("early_images") else "")
             + f" (lr {c['lr']}, batch {c['batch_size']}, cosine stepped per {c.get('lr_schedule_unit', 'batch')}); "
             f"{c['importance']} importance, {'global' if c['global_pruning'] else 'per-layer'}, {goal} in "
-            f"{c['iterative_steps']} {c.get('schedule', 'linear')} steps; {c['finetune_epochs_per_step']} fine-tune "
-            f"epoch(s) per step" + (" (on the same images)" if c.get("early_images") else "")
+            f"{counted(c['iterative_steps'], c.get('schedule', 'linear') + ' step')}; "
+            f"{counted(c['finetune_epochs_per_step'], 'fine-tune epoch')} per step" + (" (on the same images)" if c.get("early_images") else "")
             + f", {c['final_finetune_epochs']} final"
             + (f"; distillation T={c['distill_temperature']} w={c['distill_weight']}" if c.get("distill") else ""))
 
@@ -316,7 +322,7 @@ def plot(results: dict, path: str | Path) -> None:
         ax.set_title(label)
         ax.margins(y=0.15)
     fig.suptitle(f"prunelab run '{results['name']}': {results['config']['model']}, "
-                 f"{results['config']['importance']} importance, {len(steps)} steps")
+                 f"{results['config']['importance']} importance, {counted(len(steps), 'step')}")
     _save(fig, path)
 
 
