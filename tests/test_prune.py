@@ -34,6 +34,19 @@ def test_ratio_0_9_in_steps_reaches_the_seeds_pruned_size():
     assert all(w % 2 == 0 for w in [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)])
 
 
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_round_to_keeps_multiples_and_never_leaves_a_layer_unpruned(round_to):
+    """At ratio 0.9 ResNet-18's 64-channel layers keep 6 channels, which Torch-Pruning 1.6.1 rounded to 0 with
+    round_to 8 or 16 and then left at all 64: 158 M / 291 M MACs instead of ~6 M / ~14 M."""
+    cfg, model, pruner = pruned(steps=2, ratio=0.9, round_to=round_to)
+    for _ in range(2):
+        prune_step(pruner, model)
+    widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w % round_to == 0 for w in widths) and max(widths) <= 0.1 * 512 + round_to
+    macs, _ = count_macs_params(model)
+    assert macs < 3 * 5.29e6  # the round_to=2 model has 5.29 M
+
+
 def test_taylor_importance_uses_gradients_and_prunes():
     cfg, model, pruner = pruned(importance="taylor")
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))

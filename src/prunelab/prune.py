@@ -44,6 +44,19 @@ def geometric_scheduler(pruning_ratio: float, steps: int) -> list[float]:
 SCHEDULERS = {"linear": tp.pruner.algorithms.scheduler.linear_scheduler, "geometric": geometric_scheduler}
 
 
+class _MetaPruner(tp.pruner.MetaPruner):
+    """Torch-Pruning's MetaPruner with one fix: round_to rounds the channels a layer keeps down to a multiple of
+    round_to, but never to zero. Torch-Pruning 1.6.1 rounds 6 kept channels to 0 with round_to=8; its dependency
+    graph then refuses to empty the layer, so the layer keeps *all* its channels (ResNet-18 at ratio 0.9 ended
+    with 158 M MACs at round_to=8 and 291 M at 16, against 5.3 M at 2). Layers narrower than round_to are left
+    as they are."""
+
+    def _round_to(self, n_pruned, current_channels, round_to):
+        keep = current_channels - n_pruned
+        keep = max(keep - keep % round_to, min(round_to, current_channels))
+        return max(current_channels - keep, 0)
+
+
 def build_pruner(model: nn.Module, cfg: Config, pruning_ratio: float | None = None,
                  iterative_steps: int | None = None, image_size: int = 32,
                  num_classes: int | None = None) -> tp.pruner.BasePruner:
@@ -53,7 +66,7 @@ def build_pruner(model: nn.Module, cfg: Config, pruning_ratio: float | None = No
     leaves it there: callers put it back in train mode. Depthwise and grouped convolutions, squeeze-excite
     blocks and parameters outside standard layers (ConvNeXt's layer scale) are handled by Torch-Pruning's
     dependency graph; the test matrix in tests/test_models.py checks the families."""
-    return tp.pruner.MetaPruner(
+    return _MetaPruner(
         model,
         example_inputs=example_input(model, image_size),
         importance=make_importance(cfg.importance),
