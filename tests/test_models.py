@@ -191,8 +191,11 @@ def test_a_torchvision_state_dict_serves_as_the_baseline_and_one_that_does_not_f
     torch.manual_seed(1)
     dense = build(ModelSpec("mnasnet0_5", 10))
     save_file(dense.state_dict(), str(tmp_path / "mnas.safetensors"))
+    # (ratio 0.5: at tiny's 0.9 the 16-channel stem of this untrained net keeps 2 channels, and its fine-tune at
+    # lr 0.1 on one thread can end in a NaN loss; the loading is what is under test here)
     code, _, err = cli("run", "--preset", "tiny", "--model", "mnasnet0_5", "--baseline", tmp_path / "mnas.safetensors",
-                       "--out-dir", tmp_path, "--name", "b", "--no-progress", "--no-export-onnx")
+                       "--pruning-ratio", "0.5", "--out-dir", tmp_path, "--name", "b", "--no-progress",
+                       "--no-export-onnx")
     assert code == 0, err
     code, _, err = cli("run", "--preset", "tiny", "--model", "mobilenet_v2", "--baseline",
                        tmp_path / "mnas.safetensors", "--out-dir", tmp_path, "--name", "c")
