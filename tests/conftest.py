@@ -60,4 +60,3 @@ def pytest_collection_modifyitems(items):
     """The longest tests (marked slow) first: with workers, the others fill the time beside them instead of
     one worker finishing alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
