@@ -272,8 +272,9 @@ class _Stages:
     def _fit(self, model, stage: int, phase: str, epochs: int, lr: float, warmup_epochs: float = 0.0,
              sparsifier=None, split=None) -> None:
         """`epochs` epochs of SGD over `split` (default: the early stages' images, self.early) with a fresh
-        optimiser and a cosine schedule over them, stepped per epoch or per batch (cfg.lr_schedule_unit). After every epoch but the last, weights and momentum go to the partial
-        checkpoint, so a crash costs at most one epoch. `sparsifier` (a GroupNormPruner): its regulariser acts
+        optimiser and a cosine schedule over them, stepped per epoch or per batch (cfg.lr_schedule_unit). After
+        every epoch but the last, weights and momentum go to the partial checkpoint, so a crash costs at most one
+        epoch. `sparsifier` (a GroupNormPruner): its regulariser acts
         on every batch."""
         if epochs == 0:
             return
