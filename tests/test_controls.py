@@ -27,8 +27,13 @@ def test_reinitialise_keeps_the_architecture_and_changes_every_weight(tmp_path):
     assert changed and all(not torch.equal(a[k], b[k]) for k in changed)
 
 
+def _first_epoch_lr(control_dir):
+    return next(json.loads(line) for line in (control_dir / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line)["event"] == "epoch")["lr"]
+
+
 def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(tmp_path):
-    run_dir = prunelab.run(_cfg(tmp_path, name="r"))
+    run_dir = prunelab.run(_cfg(tmp_path, name="r", lr=0.1, finetune_lr=0.03))
     code, out, err = cli("control", run_dir, "--kind", "scratch", "random", "--budget", "images")
     assert code == 0, err
     results = json.loads((run_dir / "results.json").read_text())
@@ -36,6 +41,8 @@ def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(t
     assert set(rows) == {"scratch", "random"}
     # scratch: the final architecture (same MACs), as many epochs as the prune-and-fine-tune phase had (2 x 1 + 1)
     assert rows["scratch"]["macs"] == results["final"]["macs"] and rows["scratch"]["epochs"] == 3
+    # at the fine-tunes' lr (not the dense one), as the report says
+    assert rows["scratch"]["lr"] == 0.03 and _first_epoch_lr(run_dir / "controls" / "scratch") == pytest.approx(0.03)
     scratch_model, _ = prunelab.load(run_dir / "controls" / "scratch" / "model.json")
     pruned, _ = prunelab.load(run_dir)
     assert [p.shape for p in scratch_model.parameters()] == [p.shape for p in pruned.parameters()]
@@ -43,6 +50,7 @@ def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(t
     assert random_cfg["importance"] == "random" and random_cfg["baseline"].endswith("checkpoints/dense.safetensors")
     report = (run_dir / "report.md").read_text()
     assert "## Controls" in report and "scratch control" in report and "random control" in report
+    assert "lr 0.03" in report
     # run again: nothing is redone
     before = (run_dir / "controls" / "scratch" / "result.json").stat().st_mtime_ns
     code, out, _ = cli("control", run_dir, "--kind", "scratch")
@@ -50,9 +58,10 @@ def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(t
 
 
 def test_a_time_budget_trains_the_scratch_control_for_about_the_phase_s_training_time(tmp_path):
-    run_dir = prunelab.run(_cfg(tmp_path, name="r", controls=["scratch"]))
+    run_dir = prunelab.run(_cfg(tmp_path, name="r", controls=["scratch"], control_lr=0.07))
     row = json.loads((run_dir / "controls" / "scratch" / "result.json").read_text())
     assert row["budget"] == "time" and row["epochs"] >= 1 and row["budget_seconds"] > 0
+    assert row["lr"] == 0.07 and _first_epoch_lr(run_dir / "controls" / "scratch") == pytest.approx(0.07)
 
 
 def test_seeds_give_one_run_each_and_a_mean_and_std_that_match_them(tmp_path):
@@ -73,6 +82,7 @@ def test_seeds_give_one_run_each_and_a_mean_and_std_that_match_them(tmp_path):
     (["--seeds", "1", "1"], "seeds must be distinct non-negative integers"),
     (["--seeds", "-1"], "seeds must be distinct non-negative integers"),
     (["--control-budget", "money"], "unknown control_budget"),
+    (["--control-lr", "-0.1"], "control_lr must be >= 0"),
     (["--sparse-reg", "-1"], "sparse_reg must be 0 or more"),
 ])
 def test_bad_control_and_seed_settings_are_refused_in_one_line(tmp_path, args, message):

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="time", choices=["time", "images"],
                    help="the scratch control's training: the run's prune-and-fine-tune training seconds (time) or "
                         "as many training images (images)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="the scratch control's SGD learning rate (default: the run's control_lr, else its finetune_lr)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's)")
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: the run's)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's)")
@@ -158,12 +160,14 @@ def cmd_collect(args) -> None:
 def cmd_control(args) -> None:
     import dataclasses
 
+    from .config import validate
     from .controls import run_controls
     from .rundir import open_existing
     cfg = open_existing(args.run_dir)[1]
-    given = {k: v for k, v in (("device", args.device), ("num_threads", args.num_threads), ("data_dir", args.data_dir))
-             if v is not None}
+    given = {k: v for k, v in (("device", args.device), ("num_threads", args.num_threads), ("data_dir", args.data_dir),
+                               ("control_lr", args.lr)) if v is not None}
     cfg = dataclasses.replace(cfg, **given)
+    validate(cfg)
     import torch
     threads = torch.get_num_threads()
     if cfg.num_threads:

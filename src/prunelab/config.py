@@ -76,6 +76,9 @@ class Config:
                                    "NNCF are installed, else onnxruntime) | openvino | onnxruntime", runtime=True)
     control_budget: str = _f("time", "the scratch control's budget: time (the training seconds of the prune-and-"
                                      "fine-tune phase) | images (as many training images)", runtime=True)
+    control_lr: float = _f(0.0, "the scratch control's SGD learning rate (0 = finetune_lr: the control trains the small "
+                                "network at the lr the pruned one is fine-tuned with; its warm-up is warmup_epochs)",
+                           runtime=True)
     seeds: list = _f([], "repeat the run once per seed (runs <name>/s<seed>/) and report mean ± std; the dense "
                          "--baseline, when given, is shared", runtime=True)
     workers: int = _f(-1, "DataLoader worker processes when images stream from disk (-1 = one per CPU core, "
@@ -366,6 +369,7 @@ def validate(cfg: Config) -> None:
          f"{', '.join(QUANT_RUNTIMES)}")
     if cfg.int8:
         quant_runtime(cfg.int8_runtime)  # not installed: the one-line install hint now, not after the run
+    need(cfg.control_lr >= 0, f"control_lr must be >= 0 (0 = finetune_lr), got {cfg.control_lr}")
     need(cfg.control_budget in ("time", "images"), f"unknown control_budget '{cfg.control_budget}'; choose time or images")
     need(len(set(cfg.seeds)) == len(cfg.seeds) and all(s >= 0 for s in cfg.seeds),
          f"seeds must be distinct non-negative integers, got {cfg.seeds}")

@@ -2,7 +2,8 @@
 
 - **scratch**: the final pruned architecture, re-initialised at random and trained on the same data with the
   same augmentation, for the same training wall time as the run's prune-and-fine-tune phase (`budget time`,
-  the default) or for as many training images (`budget images`). Liu et al., "Rethinking the Value of
+  the default) or for as many training images (`budget images`), at the fine-tunes' learning rate (or
+  `control_lr`). Liu et al., "Rethinking the Value of
   Network Pruning" (ICLR 2019). Lives in `<run>/controls/scratch/`.
 - **random**: the same run with the `random` importance criterion, from the same dense checkpoint. A normal
   run directory, `<run>/controls/random/`.
@@ -116,6 +117,7 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
     plan_path = out / "plan.json"
     if plan_path.is_file():  # a resumed control keeps the epoch count it planned
         plan = json.loads(plan_path.read_text())
+        plan.setdefault("lr", cfg.lr)  # planned by a version that trained the control at the dense lr
     else:
         seconds, images = _budget(rd, cfg, len(data.train))
         if budget == "images":
@@ -125,19 +127,19 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
             per_epoch = _seconds_per_epoch(model, data.train, trainer, cfg)
             epochs = max(1, math.floor(seconds / per_epoch))
         plan = {"budget": budget, "budget_seconds": seconds, "budget_images": images, "epochs": epochs,
-                "measured_seconds_per_epoch": per_epoch}
+                "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or cfg.finetune_lr}
         if not (out / "config.json").is_file():
             create(control)
         write_json(plan_path, plan)
     log(f"control scratch: the final architecture re-initialised, {counted(plan['epochs'], 'epoch')} "
         f"({'same training time' if budget == 'time' else 'same training images'} as the prune-and-fine-tune "
-        f"phase: {plan['budget_seconds']:.0f} s, {plan['budget_images']:,} images)")
+        f"phase: {plan['budget_seconds']:.0f} s, {plan['budget_images']:,} images), lr {plan['lr']:g}")
     start = time.perf_counter()
-    stages._fit(model, 0, "scratch control", plan["epochs"], cfg.lr, cfg.warmup_epochs, split=stages.train)
+    stages._fit(model, 0, "scratch control", plan["epochs"], plan["lr"], cfg.warmup_epochs, split=stages.train)
     seconds = sum(r["seconds"] for r in read_jsonl(crd.metrics) if r["event"] == "epoch")
     macs, params = count_macs_params(model, data.inputs.image_size)
     row = {"control": "scratch", "accuracy": stages._accuracy(model, stages.test), "params": params, "macs": macs,
-           "epochs": plan["epochs"], "train_seconds": seconds, "train_images": plan["epochs"] * len(data.train),
+           "epochs": plan["epochs"], "lr": plan["lr"], "train_seconds": seconds, "train_images": plan["epochs"] * len(data.train),
            **{k: plan[k] for k in ("budget", "budget_seconds", "budget_images")},
            "wall_seconds_this_session": time.perf_counter() - start}
     modelfile.save(out / "model", model, spec, desc.get("pruning_history") or [], extra={"metrics": row, "config": to_dict(control)},

@@ -101,6 +101,7 @@ def controls_markdown(results: dict) -> str:
         if c["control"] == "scratch":
             how = (f"{counted(c['epochs'], 'epoch')}, {c['train_seconds']:.0f} s for a budget of {c['budget_seconds']:.0f} s"
                    if c.get("budget") == "time" else f"{counted(c['epochs'], 'epoch')}, {c['train_images']:,} images (same images)")
+            how += f", lr {c['lr']:g}" if "lr" in c else ""
         else:
             how = f"{c['train_seconds']:.0f} s, {c['train_images']:,} images after the dense stage"
         lines.append(f"| {c['control']} control: {CONTROL_WORDS.get(c['control'], '')} | {100 * c['accuracy']:.2f}% | "
