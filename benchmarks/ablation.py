@@ -56,6 +56,19 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "ft-lr-0.01": ("fine-tune lr 0.01 instead of 0.1", [*PB, "--finetune-lr", "0.01"], False),
     "quick-best": ("the quick-best preset: geometric, 9 final epochs, label smoothing 0.1, Nesterov",
                    ["--preset", "quick-best"], False),
+    # Issue 12, part 3: sparse training (group-norm regularisation) before pruning, against quick-best at about
+    # its wall time. One sparse epoch of the dense model costs about as much as the five per-step fine-tunes it
+    # replaces; `no-step-ft-final-12` drops the same fine-tunes without sparse training (its time goes to the
+    # final fine-tune), to tell the two effects apart.
+    "sparse-reg-5e-4": ("quick-best, 1 sparse epoch (reg 5e-4) instead of the per-step fine-tunes",
+                        ["--preset", "quick-best", "--sparse-epochs", "1", "--sparse-reg", "5e-4",
+                         "--finetune-epochs-per-step", "0"], False),
+    "sparse-reg-5e-3": ("quick-best, 1 sparse epoch (reg 5e-3) instead of the per-step fine-tunes",
+                        ["--preset", "quick-best", "--sparse-epochs", "1", "--sparse-reg", "5e-3",
+                         "--finetune-epochs-per-step", "0"], False),
+    "no-step-ft-final-12": ("quick-best without the per-step fine-tunes, 12 final epochs instead of 9",
+                            ["--preset", "quick-best", "--finetune-epochs-per-step", "0",
+                             "--final-finetune-epochs", "12"], False),
     "scratch-seed": ("dense model trained here with the seed's recipe (5 epochs)", PB, True),
     "scratch-better-dense": ("dense: 1 warm-up epoch, label smoothing 0.1, Nesterov",
                              [*PB, "--warmup-epochs", "1", "--label-smoothing", "0.1", "--nesterov"], True),
@@ -84,10 +97,12 @@ def run_variant(name: str, seed: int, args) -> dict:
     r = json.loads(results.read_text())
     return {"variant": name, "seed": seed, "accuracy": r["final"]["accuracy"], "params": r["final"]["params"],
             "macs": r["final"]["macs"], "dense_accuracy": r["dense"]["accuracy"],
-            "wall_s": r["wall_time_s"]["total"], "run_dir": str(run_dir)}
+            "wall_s": r["wall_time_s"]["total"], "run_dir": str(run_dir),
+            # where sparse training should show: accuracy right after the first and the last cut, before fine-tuning
+            "first_cut": r["steps"][0]["accuracy_before_finetune"], "last_cut": r["steps"][-1]["accuracy_before_finetune"]}
 
 
-def summarise(rows: list[dict]) -> list[dict]:
+def summarise(rows: list[dict], reference: str | None = None) -> list[dict]:
     out = []
     for name in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == name]
@@ -95,11 +110,13 @@ def summarise(rows: list[dict]) -> list[dict]:
         s = {"variant": name, "change": VARIANTS[name][0], "from_scratch": VARIANTS[name][2],
              "seeds": [r["seed"] for r in rs], "accuracy": acc, "mean": statistics.mean(acc),
              "spread": max(acc) - min(acc), "wall_s_mean": statistics.mean(r["wall_s"] for r in rs),
-             "params": sorted({r["params"] for r in rs}), "macs": sorted({r["macs"] for r in rs})}
+             "params": sorted({r["params"] for r in rs}), "macs": sorted({r["macs"] for r in rs}),
+             "first_cut_mean": statistics.mean(r["first_cut"] for r in rs),
+             "last_cut_mean": statistics.mean(r["last_cut"] for r in rs)}
         out.append(s)
     by_name = {s["variant"]: s for s in out}
     for s in out:
-        ref = by_name.get(REFERENCE[s["from_scratch"]])
+        ref = by_name.get(reference or REFERENCE[s["from_scratch"]])
         if ref:
             s["delta_pts"] = 100 * (s["mean"] - ref["mean"])
             s["wall_ratio"] = s["wall_s_mean"] / ref["wall_s_mean"]
@@ -107,13 +124,15 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def table(summary: list[dict]) -> str:
-    lines = ["| variant | change | accuracy per seed | mean | spread | vs reference | params | MACs | wall (s) | wall ratio |",
-             "| :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| variant | change | accuracy per seed | mean | spread | vs reference | right after the first / last cut "
+             "| params | MACs | wall (s) | wall ratio |",
+             "| :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in summary:
         lines.append(
             f"| {s['variant']} | {s['change']} | {' / '.join(f'{100 * a:.2f}%' for a in s['accuracy'])} | "
             f"{100 * s['mean']:.2f}% | {100 * s['spread']:.2f} | "
             + (f"{s['delta_pts']:+.2f} pts" if "delta_pts" in s else "") + " | "
+            + f"{100 * s['first_cut_mean']:.1f}% / {100 * s['last_cut_mean']:.1f}% | "
             + f"{', '.join(f'{p:,}' for p in s['params'])} | {', '.join(f'{m / 1e6:.2f} M' for m in s['macs'])} | "
             f"{s['wall_s_mean']:.0f} | " + (f"{s['wall_ratio']:.2f}" if "wall_ratio" in s else "") + " |")
     return "\n".join(lines)
@@ -125,11 +144,14 @@ def main() -> None:
     p.add_argument("--baseline", required=True, help="trained dense model the pruning variants start from")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--reference", choices=list(VARIANTS), default=None,
+                   help="the variant every row is compared with (default: seed-recipe, or scratch-seed for variants "
+                        "that train their own dense model)")
     p.add_argument("--out-dir", default="runs/ablation")
     p.add_argument("--json", default="benchmarks/results/ablation.json")
     args = p.parse_args()
     rows = [run_variant(v, s, args) for v in args.variants for s in args.seeds]
-    summary = summarise(rows)
+    summary = summarise(rows, args.reference)
     print(table(summary))
     write_json(args.json, {"machine": machine(), "baseline": args.baseline, "data_dir": args.data_dir,
                            "runs": rows, "summary": summary})
