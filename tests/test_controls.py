@@ -33,7 +33,11 @@ def _first_epoch_lr(control_dir):
 
 
 def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(tmp_path):
-    run_dir = prunelab.run(_cfg(tmp_path, name="r", lr=0.1, finetune_lr=0.03))
+    run_dir = prunelab.run(_cfg(tmp_path, name="r", lr=0.1, finetune_lr=0.03, final_finetune_lr=0.05))
+    # the short fine-tunes between steps at finetune_lr, the final one at final_finetune_lr (1-epoch stages: constant)
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "epoch"]
+    assert {r["stage"]: r["lr"] for r in epochs} == {0: 0.1, 1: 0.03, 2: 0.03, 3: 0.05}
     code, out, err = cli("control", run_dir, "--kind", "scratch", "random", "--budget", "images")
     assert code == 0, err
     results = json.loads((run_dir / "results.json").read_text())
@@ -41,8 +45,8 @@ def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(t
     assert set(rows) == {"scratch", "random"}
     # scratch: the final architecture (same MACs), as many epochs as the prune-and-fine-tune phase had (2 x 1 + 1)
     assert rows["scratch"]["macs"] == results["final"]["macs"] and rows["scratch"]["epochs"] == 3
-    # at the fine-tunes' lr (not the dense one), as the report says
-    assert rows["scratch"]["lr"] == 0.03 and _first_epoch_lr(run_dir / "controls" / "scratch") == pytest.approx(0.03)
+    # at the final fine-tune's lr (not the dense one, nor the short fine-tunes'), as the report says
+    assert rows["scratch"]["lr"] == 0.05 and _first_epoch_lr(run_dir / "controls" / "scratch") == pytest.approx(0.05)
     scratch_model, _ = prunelab.load(run_dir / "controls" / "scratch" / "model.json")
     pruned, _ = prunelab.load(run_dir)
     assert [p.shape for p in scratch_model.parameters()] == [p.shape for p in pruned.parameters()]
@@ -50,7 +54,7 @@ def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(t
     assert random_cfg["importance"] == "random" and random_cfg["baseline"].endswith("checkpoints/dense.safetensors")
     report = (run_dir / "report.md").read_text()
     assert "## Controls" in report and "scratch control" in report and "random control" in report
-    assert "lr 0.03" in report
+    assert "lr 0.05" in report
     # run again: nothing is redone
     before = (run_dir / "controls" / "scratch" / "result.json").stat().st_mtime_ns
     code, out, _ = cli("control", run_dir, "--kind", "scratch")
@@ -83,6 +87,7 @@ def test_seeds_give_one_run_each_and_a_mean_and_std_that_match_them(tmp_path):
     (["--seeds", "-1"], "seeds must be distinct non-negative integers"),
     (["--control-budget", "money"], "unknown control_budget"),
     (["--control-lr", "-0.1"], "control_lr must be >= 0"),
+    (["--final-finetune-lr", "-0.2"], "final_finetune_lr must be 0 (= finetune_lr) or positive"),
     (["--sparse-reg", "-1"], "sparse_reg must be 0 or more"),
 ])
 def test_bad_control_and_seed_settings_are_refused_in_one_line(tmp_path, args, message):

@@ -154,7 +154,7 @@ def test_budget_line_comes_from_the_resolved_config_and_the_data_seen():
                                                                         "test_images": 10000}) == ""
     early = budget_differences(dataclasses.asdict(make_config("quick")), {**data, "train_images": 50000,
                                                                          "test_images": 10000})
-    assert "see 5,000 images per epoch (seed: all)" in early and "1 dense epoch (seed: 10)" in early
+    assert "see 2,560 images per epoch (seed: all)" in early and "1 dense epoch (seed: 10)" in early
 
 
 def test_results_hold_latency_as_records_and_old_flat_keys_still_render(tiny_run, tmp_path):

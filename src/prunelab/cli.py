@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the scratch control's training: the run's prune-and-fine-tune training seconds (time) or "
                         "as many training images (images)")
     p.add_argument("--lr", type=float, default=None,
-                   help="the scratch control's SGD learning rate (default: the run's control_lr, else its finetune_lr)")
+                   help="the scratch control's SGD learning rate (default: the run's control_lr, else its final fine-tune's lr)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's)")
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: the run's)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's)")

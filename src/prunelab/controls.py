@@ -2,8 +2,8 @@
 
 - **scratch**: the final pruned architecture, re-initialised at random and trained on the same data with the
   same augmentation, for the same training wall time as the run's prune-and-fine-tune phase (`budget time`,
-  the default) or for as many training images (`budget images`), at the fine-tunes' learning rate (or
-  `control_lr`). Liu et al., "Rethinking the Value of
+  the default) or for as many training images (`budget images`), at the final fine-tune's learning rate
+  (`final_finetune_lr`, else `finetune_lr`; or `control_lr`). Liu et al., "Rethinking the Value of
   Network Pruning" (ICLR 2019). Lives in `<run>/controls/scratch/`.
 - **random**: the same run with the `random` importance criterion, from the same dense checkpoint. A normal
   run directory, `<run>/controls/random/`.
@@ -127,7 +127,7 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
             per_epoch = _seconds_per_epoch(model, data.train, trainer, cfg)
             epochs = max(1, math.floor(seconds / per_epoch))
         plan = {"budget": budget, "budget_seconds": seconds, "budget_images": images, "epochs": epochs,
-                "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or cfg.finetune_lr}
+                "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or cfg.final_finetune_lr or cfg.finetune_lr}
         if not (out / "config.json").is_file():
             create(control)
         write_json(plan_path, plan)

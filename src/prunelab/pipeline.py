@@ -454,9 +454,12 @@ class _Stages:
     def final(self, model, pruner) -> None:
         cfg = self.cfg
         start = time.perf_counter()
-        before = self._accuracy(model, self.test)
+        # the model the final fine-tune starts from is the last step's result: its accuracy is on record
+        last = [r for r in read_jsonl(self.rd.metrics) if r.get("event") == "step" and r.get("stage") == self.n]
+        before = last[-1]["accuracy"] if last else self._accuracy(model, self.test)
         log(f"final fine-tune: {report.counted(cfg.final_finetune_epochs, 'epoch')}")
-        self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, cfg.finetune_lr, split=self.train)
+        self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, cfg.final_finetune_lr or cfg.finetune_lr,
+                  split=self.train)
         row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n),
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start, "machine": machine()}

@@ -177,7 +177,7 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
             f"{c['importance']} importance, {'global' if c['global_pruning'] else 'per-layer'}, {goal} in "
             f"{counted(c['iterative_steps'], c.get('schedule', 'linear') + ' step')}; "
             f"{counted(c['finetune_epochs_per_step'], 'fine-tune epoch')} per step" + (" (on the same images)" if c.get("early_images") else "")
-            + f", {c['final_finetune_epochs']} final"
+            + f", {counted(c['final_finetune_epochs'], 'final epoch')} (lr {c.get('final_finetune_lr') or c.get('finetune_lr', 0.1)})"
             + (f"; distillation T={c['distill_temperature']} w={c['distill_weight']}" if c.get("distill") else ""))
 
 
@@ -265,7 +265,10 @@ def report_markdown(results: dict) -> str:
               + (f"sparse training {w['sparse_training']:.0f} s, " if "sparse_training" in w else "")
               + f"pruning steps {w['pruning_steps']:.0f} s, "
               f"final fine-tune {w['final_finetune']:.0f} s, total {w['total']:.0f} s.", "",
-              f"Machine: {m.get('processor', '?')}, {m.get('cpu_count', '?')} CPUs, {m.get('platform', '?')}, "
+              f"Machine: {m.get('processor', '?')}"
+              + ({True: " (with bf16)", False: " (no bf16)"}.get(m.get("cpu_bf16"), "")
+                 if not m.get("gpu") else "")
+              + f", {m.get('cpu_count', '?')} CPUs, {m.get('platform', '?')}, "
               f"torch {m.get('torch', '?')}" + (f", {m['gpu']}" if m.get("gpu") else "") + ".", ""]
     return "\n".join(parts)
 
