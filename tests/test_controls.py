@@ -68,6 +68,24 @@ def test_a_time_budget_trains_the_scratch_control_for_about_the_phase_s_training
     assert row["lr"] == 0.07 and _first_epoch_lr(run_dir / "controls" / "scratch") == pytest.approx(0.07)
 
 
+def test_a_wrong_probe_is_corrected_by_the_first_epoch_and_the_schedule_runs_over_the_new_count(tmp_path, monkeypatch):
+    import math
+
+    import prunelab.controls as controls
+    run_dir = prunelab.run(_cfg(tmp_path, name="r", finetune_lr=0.05))
+    monkeypatch.setattr(controls, "_seconds_per_epoch", lambda *a, **k: 1e-6)  # a probe that says: a million epochs
+    code, _, err = cli("control", run_dir, "--kind", "scratch")
+    assert code == 0, err
+    plan = json.loads((run_dir / "controls" / "scratch" / "plan.json").read_text())
+    epochs = [json.loads(line) for line in (run_dir / "controls" / "scratch" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "epoch"]
+    assert plan["probe_epochs"] > 1000 and 1 <= plan["epochs"] < 50 and len(epochs) == plan["epochs"]
+    row = json.loads((run_dir / "controls" / "scratch" / "result.json").read_text())
+    assert row["epochs"] == plan["epochs"]
+    n = plan["epochs"]  # tiny steps the cosine once per epoch: epoch i runs at 0.05 * (1 + cos(pi * i / n)) / 2
+    assert [r["lr"] for r in epochs] == pytest.approx([0.05 * 0.5 * (1 + math.cos(math.pi * i / n)) for i in range(n)])
+
+
 def test_seeds_give_one_run_each_and_a_mean_and_std_that_match_them(tmp_path):
     group = prunelab.run(_cfg(tmp_path, name="g", seeds=[0, 1]))
     finals = [json.loads((group / f"s{s}" / "results.json").read_text())["final"]["accuracy"] for s in (0, 1)]

@@ -181,3 +181,8 @@ def test_run_files_get_the_usual_permissions(tiny_run):
     os.umask(umask)
     for name in ("checkpoints/final.safetensors", "checkpoints/final.json", "results.json", "results.png"):
         assert stat.S_IMODE((tiny_run / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_the_final_fine_tune_starts_from_the_accuracy_the_last_step_measured(tiny_run):
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert results["final"]["accuracy_before_finetune"] == results["steps"][-1]["accuracy"]

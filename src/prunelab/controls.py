@@ -125,7 +125,7 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
             per_epoch = None
         else:
             per_epoch = _seconds_per_epoch(model, data.train, trainer, cfg)
-            epochs = max(1, math.floor(seconds / per_epoch))
+            epochs = max(1, math.floor(seconds / per_epoch + 0.5))  # the epoch count whose time is nearest the budget
         plan = {"budget": budget, "budget_seconds": seconds, "budget_images": images, "epochs": epochs,
                 "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or cfg.final_finetune_lr or cfg.finetune_lr}
         if not (out / "config.json").is_file():
@@ -134,8 +134,22 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
     log(f"control scratch: the final architecture re-initialised, {counted(plan['epochs'], 'epoch')} "
         f"({'same training time' if budget == 'time' else 'same training images'} as the prune-and-fine-tune "
         f"phase: {plan['budget_seconds']:.0f} s, {plan['budget_images']:,} images), lr {plan['lr']:g}")
+    def replan(first_epoch_seconds: float) -> int:
+        """The time budget again, from the first real epoch instead of the few probe batches: this machine's
+        speed moves by a quarter from minute to minute, and a probe of 4 batches once planned 4 epochs for 7."""
+        if plan["budget"] != "time":
+            return plan["epochs"]
+        epochs = max(1, math.floor(plan["budget_seconds"] / first_epoch_seconds + 0.5))
+        if epochs != plan["epochs"]:
+            log(f"control scratch: the first epoch took {first_epoch_seconds:.0f} s, so {counted(epochs, 'epoch')} "
+                f"fit the budget (the probe said {plan['epochs']})")
+            plan.update(epochs=epochs, probe_epochs=plan["epochs"], first_epoch_seconds=first_epoch_seconds)
+            write_json(plan_path, plan)  # before the epoch's partial checkpoint: a resume keeps the new count
+        return epochs
+
     start = time.perf_counter()
-    stages._fit(model, 0, "scratch control", plan["epochs"], plan["lr"], cfg.warmup_epochs, split=stages.train)
+    stages._fit(model, 0, "scratch control", plan["epochs"], plan["lr"], cfg.warmup_epochs, split=stages.train,
+                replan=replan)
     seconds = sum(r["seconds"] for r in read_jsonl(crd.metrics) if r["event"] == "epoch")
     macs, params = count_macs_params(model, data.inputs.image_size)
     row = {"control": "scratch", "accuracy": stages._accuracy(model, stages.test), "params": params, "macs": macs,

@@ -249,6 +249,7 @@ class _Stages:
         self.n = cfg.iterative_steps
         self.pruning_ratio = cfg.pruning_ratio  # a MACs/params target replaces it with what the dense stage finds
         self.distill = None  # a Distillation for the fine-tunes (the dense model is the teacher)
+        self.step_accuracy = None  # test accuracy of the model as the last finished pruning step left it
         self._warned_format = False
 
     def pruner(self, model):
@@ -270,12 +271,13 @@ class _Stages:
         return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     def _fit(self, model, stage: int, phase: str, epochs: int, lr: float, warmup_epochs: float = 0.0,
-             sparsifier=None, split=None) -> None:
+             sparsifier=None, split=None, replan=None) -> None:
         """`epochs` epochs of SGD over `split` (default: the early stages' images, self.early) with a fresh
         optimiser and a cosine schedule over them, stepped per epoch or per batch (cfg.lr_schedule_unit). After
         every epoch but the last, weights and momentum go to the partial checkpoint, so a crash costs at most one
-        epoch. `sparsifier` (a GroupNormPruner): its regulariser acts
-        on every batch."""
+        epoch. `sparsifier` (a GroupNormPruner): its regulariser acts on every batch. `replan(seconds)`, if given,
+        is asked after the first epoch of a fresh stage how many epochs the stage should have, given that epoch's
+        seconds (the scratch control's time budget); the schedule then runs over the new count."""
         if epochs == 0:
             return
         cfg = self.cfg
@@ -297,7 +299,9 @@ class _Stages:
         if distributed.WORLD.active:  # wrapped anew for every stage: pruning changed the parameters
             from torch.nn.parallel import DistributedDataParallel
             net = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
-        for epoch in range(done + 1, epochs + 1):
+        epoch = done
+        while epoch < epochs:
+            epoch += 1
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + stage * 1000 + epoch)
             if sparsifier is not None:
                 sparsifier.update_regularizer()
@@ -306,6 +310,12 @@ class _Stages:
                                 regularize=(lambda: sparsifier.regularize(model)) if sparsifier is not None else None)
             if not per_batch:
                 scheduler.step()
+            new_epochs = replan(stats["seconds"]) if replan is not None and epoch == 1 and done == 0 else epochs
+            if new_epochs != epochs:  # the same cosine over the new length, fast-forwarded past epoch 1
+                epochs = new_epochs
+                scheduler = cosine_schedule(optimizer, epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch))
+                for _ in range(steps_per_epoch):
+                    scheduler.step()
             row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, "images": len(split), **stats}
             if self.val is not None:
                 row["val_accuracy"] = self._accuracy(model, self.val)
@@ -432,8 +442,9 @@ class _Stages:
             restore(pruner, pruning_history, stage)
             pruners.append(pruner)
 
-        model, _ = modelfile.load(self.rd.checkpoint(stage, self.n).with_suffix(".json"), replay=replay,
-                                  model=self.given)
+        model, desc = modelfile.load(self.rd.checkpoint(stage, self.n).with_suffix(".json"), replay=replay,
+                                     model=self.given)
+        self.step_accuracy = (desc.get("metrics") or {}).get("accuracy")
         return self._prepare_model(model), pruners[0]
 
     def prune_stage(self, model, pruner, k: int) -> None:
@@ -448,15 +459,16 @@ class _Stages:
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
                **self._measure(model, latency=cfg.measure_latency_every_step), "seconds": time.perf_counter() - start}
         self._save(model, k, history(pruner), row)
+        self.step_accuracy = row["accuracy"]
         log(f"step {k}/{self.n}: ratio {row['ratio']:.3f}  acc {before:.4f} -> {row['accuracy']:.4f}  "
             f"{row['params'] / 1e6:.3f} M params  {row['macs'] / 1e6:.1f} M MACs  ({row['seconds']:.0f} s)")
 
     def final(self, model, pruner) -> None:
         cfg = self.cfg
         start = time.perf_counter()
-        # the model the final fine-tune starts from is the last step's result: its accuracy is on record
-        last = [r for r in read_jsonl(self.rd.metrics) if r.get("event") == "step" and r.get("stage") == self.n]
-        before = last[-1]["accuracy"] if last else self._accuracy(model, self.test)
+        # the final fine-tune starts from the last step's result, whose accuracy was just measured (or, on resume,
+        # is in its checkpoint): every rank knows it, so no evaluation is repeated
+        before = self.step_accuracy if self.step_accuracy is not None else self._accuracy(model, self.test)
         log(f"final fine-tune: {report.counted(cfg.final_finetune_epochs, 'epoch')}")
         self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, cfg.final_finetune_lr or cfg.finetune_lr,
                   split=self.train)
