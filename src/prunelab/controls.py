@@ -125,7 +125,7 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
             per_epoch = None
         else:
             per_epoch = _seconds_per_epoch(model, data.train, trainer, cfg)
-            epochs = max(1, math.floor(seconds / per_epoch + 0.5))  # the epoch count whose time is nearest the budget
+            epochs = _epochs_for(seconds, per_epoch)
         plan = {"budget": budget, "budget_seconds": seconds, "budget_images": images, "epochs": epochs,
                 "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or cfg.final_finetune_lr or cfg.finetune_lr}
         if not (out / "config.json").is_file():
@@ -139,7 +139,7 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
         speed moves by a quarter from minute to minute, and a probe of 4 batches once planned 4 epochs for 7."""
         if plan["budget"] != "time":
             return plan["epochs"]
-        epochs = max(1, math.floor(plan["budget_seconds"] / first_epoch_seconds + 0.5))
+        epochs = _epochs_for(plan["budget_seconds"], first_epoch_seconds)
         if epochs != plan["epochs"]:
             log(f"control scratch: the first epoch took {first_epoch_seconds:.0f} s, so {counted(epochs, 'epoch')} "
                 f"fit the budget (the probe said {plan['epochs']})")
@@ -174,6 +174,11 @@ def reinitialise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             if hasattr(m, "reset_running_stats"):
                 m.reset_running_stats()
     return model
+
+
+def _epochs_for(budget_seconds: float, seconds_per_epoch: float) -> int:
+    """The epoch count whose training time comes nearest the budget (at least one)."""
+    return max(1, math.floor(budget_seconds / seconds_per_epoch + 0.5))
 
 
 def _seconds_per_epoch(model, split, trainer, cfg, batches: int = 4) -> float:
