@@ -221,6 +221,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The seed's budget with the changes, the final fine-tune lengthened in the same proportion (18 for 10).
     # Meant for a GPU; not yet run to the end anywhere.
     "best": {**_BEST_CHANGES, "final_finetune_epochs": 18},
+    # quick's recipe with a 40-epoch final fine-tune, evaluated on every test image: the full-data result on a
+    # 2-core CPU in well under an hour, from scratch or (better) from a trained --baseline (docs/RESULTS.md, "full").
+    "full": {**_QUICK, "final_finetune_epochs": 40, "test_subset": 0, "latency_min_seconds": 1.0},
     # The smallest run that passes through every stage: for tests and trying the CLI.
     "tiny": {
         "data_format": "synthetic",
