@@ -1,9 +1,9 @@
 """The final fine-tune alone, several ways, from one run's last pruning step: training seconds and test accuracy.
 
 In `quick` the final fine-tune is most of the wall time, so its recipe decides both the time and the result.
-Each variant starts from the same checkpoint (the run's `checkpoints/step_NN`, the last step), trains as the
-pipeline's final stage does (prunelab.train: same batches for the same seed, cosine stepped per batch) with
-the run's config plus the variant's overrides, and is evaluated on the run's test images. One variant at a
+Each variant starts from the same checkpoint (the run's `checkpoints/step_NN`, the last step) and is trained by
+the pipeline's own final-stage code (`_Stages._fit`: same batches for the same seed, same optimiser and
+schedule) with the run's config plus the variant's overrides, then evaluated on the run's test images. One variant at a
 time, in a fresh process each (never beside anything else: on 2 cores they slow each other).
 
     python benchmarks/final_finetune.py /work/runs/quick-base \
@@ -17,45 +17,43 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
 def one(run_dir: str, overrides: dict) -> dict:
+    """One variant: the pipeline's own final stage (`_Stages._fit`, as `prunelab control` trains its scratch
+    control), in a throw-away run directory, from the run's last step checkpoint."""
     import dataclasses
-
-    import torch
+    import tempfile
 
     from prunelab import modelfile
-    from prunelab.config import config_from_dict
-    from prunelab.data import batches_per_epoch, load_data
+    from prunelab.config import config_from_dict, final_lr
+    from prunelab.data import load_data
+    from prunelab.files import read_jsonl
     from prunelab.measurement import machine
-    from prunelab.rundir import open_existing
-    from prunelab.train import Trainer, cosine_schedule, evaluate, make_optimizer, train_epoch
+    from prunelab.pipeline import _Stages
+    from prunelab.rundir import create, open_existing
+    from prunelab.train import Trainer, resolve_device
 
     rd, cfg = open_existing(run_dir)
-    cfg = config_from_dict({**dataclasses.asdict(cfg), "progress": False, **overrides})
     n = cfg.iterative_steps
-    data = load_data(cfg)
-    trainer = Trainer.from_config(cfg, torch.device("cpu"), data.inputs)
-    model, _ = modelfile.load(rd.checkpoint(n, n).with_suffix(".json"))
-    trainer.normalizer.channels_last = False  # as the pipeline trains a pruned ResNet on the CPU (models.py)
-    lr = cfg.final_finetune_lr or cfg.finetune_lr
-    optimizer = make_optimizer(model, cfg, lr)
-    steps = batches_per_epoch(len(data.train), cfg.batch_size)
-    scheduler = cosine_schedule(optimizer, cfg.final_finetune_epochs * steps)
-    start = time.perf_counter()
-    rates = []
-    for epoch in range(1, cfg.final_finetune_epochs + 1):  # the pipeline's generator for stage n + 1
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (n + 1) * 1000 + epoch)
-        stats = train_epoch(model, data.train, optimizer, scheduler, trainer, g)
-        rates.append(stats["images_per_s"])
-        print(f"  epoch {epoch}: loss {stats['loss']:.3f}, {stats['images_per_s']:.0f} images/s", flush=True)
-    seconds = time.perf_counter() - start
-    acc = evaluate(model, data.test, trainer.normalizer, cfg.eval_batch_size)["accuracy"]
-    return {"run": str(run_dir), "overrides": overrides, "epochs": cfg.final_finetune_epochs, "lr": lr,
-            "batch_size": cfg.batch_size, "train_seconds": seconds, "images_per_s": rates,
-            "test_images": len(data.test), "accuracy": acc, "machine": machine()}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config_from_dict({**dataclasses.asdict(cfg), "progress": False, "out_dir": tmp, "name": "ft",
+                                "controls": [], "seeds": [], "int8": False, **overrides})
+        device = resolve_device(cfg.device)
+        data = load_data(cfg)
+        scratch = create(cfg)
+        model, desc = modelfile.load(rd.checkpoint(n, n).with_suffix(".json"))
+        stages = _Stages(cfg, scratch, Trainer.from_config(cfg, device, data.inputs), device, data,
+                         modelfile.specs(desc)[0], None)
+        model = stages._prepare_model(model)
+        stages._fit(model, n + 1, "final fine-tune", cfg.final_finetune_epochs, final_lr(cfg), split=stages.train)
+        epochs = [r for r in read_jsonl(scratch.metrics) if r["event"] == "epoch"]
+        accuracy = stages._accuracy(model, stages.test)
+    return {"run": str(run_dir), "overrides": overrides, "epochs": cfg.final_finetune_epochs, "lr": final_lr(cfg),
+            "batch_size": cfg.batch_size, "train_seconds": sum(r["seconds"] for r in epochs),
+            "images_per_s": [r["images_per_s"] for r in epochs], "test_images": len(data.test), "accuracy": accuracy,
+            "machine": machine()}
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import prunelab
 from conftest import cli
 from prunelab.config import PrunelabError, make_config
 from prunelab.measurement import find_latency
-from prunelab.report import budget_differences
+from prunelab.report import budget_differences, recipe_sentence
 
 TINY = ["--preset", "tiny", "--no-progress", "--no-export-onnx"]
 
@@ -157,6 +157,18 @@ def test_budget_line_comes_from_the_resolved_config_and_the_data_seen():
     assert "see 2,560 images per epoch (seed: all)" in early and "1 dense epoch (seed: 10)" in early
 
 
+def test_the_recipe_sentence_names_each_stage_s_own_lr_and_no_dense_training_for_a_baseline():
+    quick = dataclasses.asdict(make_config("quick"))
+    text = recipe_sentence(quick)
+    assert "1 dense epoch on 2,560 images (lr 0.02)" in text
+    assert "per step on 2,560 images (lr 0.1)" in text and "8 final epochs (lr 0.2)" in text
+    from_baseline = recipe_sentence({**quick, "baseline": "dense.safetensors"})
+    assert from_baseline.startswith("resnet18_cifar, baseline dense.safetensors; ") and "0.02" not in from_baseline
+    # a results.json from before final_finetune_lr: the final fine-tune ran at finetune_lr
+    old = {k: v for k, v in dataclasses.asdict(make_config("seed")).items() if k != "final_finetune_lr"}
+    assert "10 final epochs (lr 0.1)" in recipe_sentence(old)
+
+
 def test_results_hold_latency_as_records_and_old_flat_keys_still_render(tiny_run, tmp_path):
     results = json.loads((tiny_run / "results.json").read_text())
     assert {(r["runtime"], r["device"], r["batch_size"]) for r in results["final"]["latency"]} == \
@@ -185,4 +197,24 @@ def test_run_files_get_the_usual_permissions(tiny_run):
 
 def test_the_final_fine_tune_starts_from_the_accuracy_the_last_step_measured(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
+    assert results["final"]["accuracy_before_finetune"] == results["steps"][-1]["accuracy"]
+
+
+def test_no_model_state_is_evaluated_twice_on_the_same_images(tmp_path, monkeypatch):
+    """Each evaluation of the test split costs as much as a training epoch of the dense model on a CPU: the
+    final stage's "before" accuracy must be the last step's, not a second pass over the same weights."""
+    import prunelab.pipeline as pipeline
+    seen, real = [], pipeline.evaluate
+
+    def counting(model, split, *args, **kwargs):
+        weights = tuple(round(float(t.double().sum()), 6) for t in model.state_dict().values() if t.is_floating_point())
+        seen.append((id(split), len(split), weights))
+        return real(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate", counting)
+    cfg = make_config("tiny", {"out_dir": str(tmp_path), "name": "e", "progress": False, "export_onnx": False,
+                                  "measure_latency_every_step": False})
+    results = json.loads((prunelab.run(cfg) / "results.json").read_text())
+    assert len(seen) == 1 + 2 * cfg.iterative_steps + 1  # dense; before and after each step's fine-tune; final
+    assert len(set(seen)) == len(seen)
     assert results["final"]["accuracy_before_finetune"] == results["steps"][-1]["accuracy"]

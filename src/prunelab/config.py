@@ -240,6 +240,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def final_lr(cfg: "Config | dict") -> float:
+    """The final fine-tune's learning rate: final_finetune_lr, or finetune_lr where that is 0 (also for the config
+    dict of a results.json written before final_finetune_lr existed)."""
+    c = cfg if isinstance(cfg, dict) else {"final_finetune_lr": cfg.final_finetune_lr, "finetune_lr": cfg.finetune_lr}
+    return c.get("final_finetune_lr") or c.get("finetune_lr", 0.1)
+
+
 def field_names() -> list[str]:
     return [f.name for f in fields(Config)]
 

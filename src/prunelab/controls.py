@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from . import modelfile
-from .config import Config, PrunelabError, runtime_settings, to_dict
+from .config import Config, PrunelabError, final_lr, runtime_settings, to_dict
 from .data import load_data
 from .files import read_jsonl, write_json, write_text
 from .prune import count_macs_params
@@ -127,7 +127,7 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
             per_epoch = _seconds_per_epoch(model, data.train, trainer, cfg)
             epochs = _epochs_for(seconds, per_epoch)
         plan = {"budget": budget, "budget_seconds": seconds, "budget_images": images, "epochs": epochs,
-                "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or cfg.final_finetune_lr or cfg.finetune_lr}
+                "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or final_lr(cfg)}
         if not (out / "config.json").is_file():
             create(control)
         write_json(plan_path, plan)

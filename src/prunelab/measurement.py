@@ -123,8 +123,8 @@ def _cpu_name() -> str:
 
 def machine() -> dict:
     """What the numbers were measured on."""
-    from .train import _cpu_has_bf16
-    info = {"platform": platform.platform(), "processor": _cpu_name(), "cpu_bf16": _cpu_has_bf16(),
+    from .train import cpu_has_bf16
+    info = {"platform": platform.platform(), "processor": _cpu_name(), "cpu_bf16": cpu_has_bf16(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

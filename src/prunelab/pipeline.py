@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, modelfile, report
-from .config import Config, PrunelabError, resumed_config, to_dict
+from .config import Config, PrunelabError, final_lr, resumed_config, to_dict
 from .data import Data, batches_per_epoch, eval_batches, load_data
 from .files import read_jsonl, write_json
 from .measurement import file_size_bytes, latency_devices, machine, measure_model
@@ -470,7 +470,7 @@ class _Stages:
         # is in its checkpoint): every rank knows it, so no evaluation is repeated
         before = self.step_accuracy if self.step_accuracy is not None else self._accuracy(model, self.test)
         log(f"final fine-tune: {report.counted(cfg.final_finetune_epochs, 'epoch')}")
-        self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, cfg.final_finetune_lr or cfg.finetune_lr,
+        self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, final_lr(cfg),
                   split=self.train)
         row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n),
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),

@@ -11,7 +11,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .config import Config, PrunelabError, to_dict
+from .config import Config, PrunelabError, final_lr, to_dict
 from .files import read_jsonl, write_atomic, write_text
 from .measurement import find_latency, latency_label, latency_records
 from .rundir import RunDir
@@ -171,13 +171,14 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
             c["target_latency_ms"]
     goal = (f"target {target:.4g} {unit}" + (f" (channel ratio found: {ratio:.4f})" if pruning_ratio is not None else "")
             if target else f"channel ratio {ratio}")
-    return (f"{c['model']}, " + (f"baseline {c['baseline']}" if c.get("baseline") else counted(c["epochs"], "dense epoch"))
-            + (f" on {c['early_images']:,} images per epoch" if c.get("early_images") else "")
-            + f" (lr {c['lr']}, batch {c['batch_size']}, cosine stepped per {c.get('lr_schedule_unit', 'batch')}); "
-            f"{c['importance']} importance, {'global' if c['global_pruning'] else 'per-layer'}, {goal} in "
-            f"{counted(c['iterative_steps'], c.get('schedule', 'linear') + ' step')}; "
-            f"{counted(c['finetune_epochs_per_step'], 'fine-tune epoch')} per step" + (" (on the same images)" if c.get("early_images") else "")
-            + f", {counted(c['final_finetune_epochs'], 'final epoch')} (lr {c.get('final_finetune_lr') or c.get('finetune_lr', 0.1)})"
+    per_unit = f"cosine stepped per {c.get('lr_schedule_unit', 'batch')}"
+    early = f" on {c['early_images']:,} images" if c.get("early_images") else ""
+    dense = (f"baseline {c['baseline']}" if c.get("baseline")
+             else f"{counted(c['epochs'], 'dense epoch')}{early} (lr {c['lr']})")
+    return (f"{c['model']}, {dense}; {c['importance']} importance, {'global' if c['global_pruning'] else 'per-layer'}, "
+            f"{goal} in {counted(c['iterative_steps'], c.get('schedule', 'linear') + ' step')}; "
+            f"{counted(c['finetune_epochs_per_step'], 'fine-tune epoch')} per step{early} (lr {c.get('finetune_lr', 0.1)}), "
+            f"{counted(c['final_finetune_epochs'], 'final epoch')} (lr {final_lr(c)}); batch {c['batch_size']}, {per_unit}"
             + (f"; distillation T={c['distill_temperature']} w={c['distill_weight']}" if c.get("distill") else ""))
 
 

@@ -38,10 +38,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     # auto: bf16 where the hardware does it natively (CPUs with AVX-512 bf16 / AMX, Ampere+ GPUs)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else None
+    return torch.bfloat16 if torch.backends.mkldnn.is_available() and cpu_has_bf16() else None
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
