@@ -40,6 +40,8 @@ def one(run_dir: str, overrides: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_from_dict({**dataclasses.asdict(cfg), "progress": False, "out_dir": tmp, "name": "ft",
                                 "controls": [], "seeds": [], "int8": False, **overrides})
+        if cfg.distill:  # the pipeline sets the teacher up in its dense stage, which this script skips
+            raise SystemExit("final_finetune: distillation variants are not supported (no dense teacher here)")
         device = resolve_device(cfg.device)
         data = load_data(cfg)
         scratch = create(cfg)
