@@ -222,7 +222,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Meant for a GPU; not yet run to the end anywhere.
     "best": {**_BEST_CHANGES, "final_finetune_epochs": 18},
     # quick's recipe with a 40-epoch final fine-tune, evaluated on every test image: the full-data result on a
-    # 2-core CPU in well under an hour, from scratch or (better) from a trained --baseline (docs/RESULTS.md, "full").
+    # 2-core CPU in under half an hour from a trained --baseline (from the dense fixture: 82.94% ± 0.25 on two
+    # seeds in 24-25 min on the Intel Xeon, against the seed recipe's 81.22% in hours; docs/RESULTS.md, "full").
     "full": {**_QUICK, "final_finetune_epochs": 40, "test_subset": 0, "latency_min_seconds": 1.0},
     # The smallest run that passes through every stage: for tests and trying the CLI.
     "tiny": {
