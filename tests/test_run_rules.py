@@ -195,11 +195,6 @@ def test_run_files_get_the_usual_permissions(tiny_run):
         assert stat.S_IMODE((tiny_run / name).stat().st_mode) == 0o666 & ~umask, name
 
 
-def test_the_final_fine_tune_starts_from_the_accuracy_the_last_step_measured(tiny_run):
-    results = json.loads((tiny_run / "results.json").read_text())
-    assert results["final"]["accuracy_before_finetune"] == results["steps"][-1]["accuracy"]
-
-
 def test_no_model_state_is_evaluated_twice_on_the_same_images(tmp_path, monkeypatch):
     """Each evaluation of the test split costs as much as a training epoch of the dense model on a CPU: the
     final stage's "before" accuracy must be the last step's, not a second pass over the same weights."""

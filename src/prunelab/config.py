@@ -223,7 +223,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "best": {**_BEST_CHANGES, "final_finetune_epochs": 18},
     # quick's recipe with a 40-epoch final fine-tune, evaluated on every test image: the full-data result on a
     # 2-core CPU in under half an hour from a trained --baseline (from the dense fixture: 82.94% ± 0.25 on two
-    # seeds in 24-25 min on the Intel Xeon, against the seed recipe's 81.22% in hours; docs/RESULTS.md, "full").
+    # seeds in 23.6 and 25.2 min on the Intel Xeon; the seed recipe, 81.22%, projected at 91-103 min there; docs/RESULTS.md).
     "full": {**_QUICK, "final_finetune_epochs": 40, "test_subset": 0, "latency_min_seconds": 1.0},
     # The smallest run that passes through every stage: for tests and trying the CLI.
     "tiny": {
@@ -244,8 +244,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 def final_lr(cfg: "Config | dict") -> float:
     """The final fine-tune's learning rate: final_finetune_lr, or finetune_lr where that is 0 (also for the config
     dict of a results.json written before final_finetune_lr existed)."""
-    c = cfg if isinstance(cfg, dict) else {"final_finetune_lr": cfg.final_finetune_lr, "finetune_lr": cfg.finetune_lr}
-    return c.get("final_finetune_lr") or c.get("finetune_lr", 0.1)
+    if isinstance(cfg, dict):
+        return cfg.get("final_finetune_lr") or cfg.get("finetune_lr", 0.1)
+    return cfg.final_finetune_lr or cfg.finetune_lr
 
 
 def field_names() -> list[str]:
