@@ -58,44 +58,71 @@ def test_cli_reference_in_docs_is_generated_from_the_current_parser():
 SMALL = ["--train-subset", "128", "--test-subset", "64", "--epochs", "1", "--iterative-steps", "1",
          "--final-finetune-epochs", "0", "--latency-batch-sizes", "1", "--latency-min-seconds", "0",
          "--latency-min-reps", "2", "--no-progress"]
+MAIN_JOB = "run --preset quick --data-dir ../shared/data/cifar10-jpeg"
+TOOLS = ("eval", "bench", "export", "quantize", "control")
 
 
-@pytest.mark.slow
-def test_readme_commands_run_at_a_small_size(tmp_path, real_data):
-    """Run every prunelab command the README shows, in order, shrunk by SMALL, on the real data copy. Commands
-    that may load OpenVINO (bench, export, quantize) run in a fresh process, as everywhere in this suite; the
-    others in this one, which saves each the interpreter and import start-up (~5 s of its ~15)."""
-    from conftest import cli, run_cli
-
-    def prunelab(*args):
-        if args[0] in ("bench", "export", "quantize"):
-            r = run_cli(*args, cwd=tmp_path)
-            return r.returncode, r.stdout, r.stderr
-        return cli(*args, cwd=tmp_path)
-
+def runnable_commands() -> dict[str, list[str]]:
+    """The README's commands that a test runs, in three groups that run on different test workers (a file each):
+    "single" runs, "multi" (sweeps and runs with seeds or controls: several runs each), and "main": the main job
+    followed by everything that uses its run directory (runs/quick, its dense.safetensors) and the latency-target
+    run. Commands on the user's own files (~/data/..., their package) are examples to adapt: parsed above, not
+    run; `bench --runtimes all` too (torch.compile takes minutes here; test_export.py covers it)."""
     commands = list(dict.fromkeys(readme_commands()))
-    # commands on the user's own files (~/data/..., their package) are examples to adapt: parsed above, not run
-    runs = [c for c in commands if c.split()[0] in ("run", "sweep") and "~/" not in c]
-    main_job = "run --preset quick --data-dir ../shared/data/cifar10-jpeg"
-    assert main_job in runs
-    runs.remove(main_job)
-    for i, command in enumerate([main_job] + runs):
+    assert MAIN_JOB in commands
+    groups = {"single": [], "multi": [], "main": [MAIN_JOB]}
+    for c in commands:
+        args = c.split()
+        if c == MAIN_JOB or "~/" in c or "--runtimes all" in c or args[0] not in ("run", "sweep") + TOOLS:
+            continue
+        if args[0] in TOOLS or "dense.safetensors" in args or "--target-latency-ms" in args:
+            groups["main"].append(c)
+        elif args[0] == "sweep" or "--seeds" in args or "--controls" in args:
+            groups["multi"].append(c)
+        else:
+            groups["single"].append(c)
+    return groups
+
+
+def run_readme_commands(commands: list[str], tmp_path: Path, real_data: Path) -> None:
+    """Run README commands in order, shrunk by SMALL, on the real data copy, in `tmp_path` as the user's folder.
+    Commands that may load OpenVINO (bench, export, quantize) run in a fresh process, as everywhere in this suite;
+    the others in this one, which saves each the interpreter and import start-up (~5 s of its ~15)."""
+    from conftest import cli, run_cli
+    for i, command in enumerate(commands):
         args = shlex.split(command)
+        if args[0] in TOOLS:
+            extra = ["--min-seconds", "0", "--min-reps", "2", "--warmup", "1"] if args[0] == "bench" else []
+            if args[0] in ("bench", "export", "quantize"):
+                r = run_cli(*args, *extra, cwd=tmp_path)
+                code, out, err = r.returncode, r.stdout, r.stderr
+            else:
+                code, out, err = cli(*args, *extra, cwd=tmp_path)
+            assert code == 0, f"{command}\n{err[-2000:]}"
+            if args[0] == "eval":
+                assert "identical" in out
+            continue
         args = [str(real_data) if a in ("../shared/data/cifar10-jpeg", "data") else a for a in args]
         args = [str(tmp_path / "runs" / "quick" / "checkpoints" / "dense.safetensors") if a == "dense.safetensors"
                 else a for a in args if a != "--download"]  # offline: the local copy stands in for a download
         if "--data-dir" not in args:
             args += ["--data-dir", real_data]
-        if "--name" not in args and i > 0:
+        if "--name" not in args and command != MAIN_JOB:
             args += ["--name", f"readme{i}"]
-        code, _, err = prunelab(*args, *SMALL)
+        code, _, err = cli(*args, *SMALL, cwd=tmp_path)
         assert code == 0, f"{command}\n{err[-2000:]}"
-    assert (tmp_path / "runs" / "sweep1" / "pareto.png").is_file()
-    for command in [c for c in commands if c.split()[0] in ("eval", "bench", "export", "quantize", "control")]:
-        if "--runtimes all" in command:  # torch.compile takes minutes here; tests/test_export.py covers it
-            continue
-        extra = ["--min-seconds", "0", "--min-reps", "2", "--warmup", "1"] if command.startswith("bench") else []
-        code, out, err = prunelab(*shlex.split(command), *extra)
-        assert code == 0, f"{command}\n{err[-2000:]}"
-        if command.startswith("eval"):
-            assert "identical" in out
+
+
+def test_the_readme_command_groups_cover_every_runnable_command_once():
+    groups = runnable_commands()
+    every = [c for g in groups.values() for c in g]
+    assert len(every) == len(set(every)) and groups["main"][0] == MAIN_JOB
+    assert any(c.startswith("sweep") for c in groups["multi"]) and any(c.startswith("eval") for c in groups["main"])
+    assert "run --preset seed --baseline dense.safetensors" in groups["main"]  # needs the main job's dense checkpoint
+    assert len(groups["single"]) >= 5
+
+
+@pytest.mark.slow
+def test_readme_single_run_commands_run_at_a_small_size(tmp_path, real_data):
+    """The README's standalone runs (the other groups: tests/test_readme_multi_runs.py, test_readme_main_job.py)."""
+    run_readme_commands(runnable_commands()["single"], tmp_path, real_data)

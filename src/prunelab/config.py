@@ -93,7 +93,8 @@ class Config:
     # --- data ---
     data_format: str = _f("auto", "auto | cifar-batches | image-folder | synthetic")
     train_subset: int = _f(0, "use this many training images (0 = all), drawn at random with the seed")
-    test_subset: int = _f(0, "use this many test images (0 = all), drawn at random with the seed")
+    test_subset: int = _f(0, "use this many test images (0 = all), drawn at random once for every seed (the same "
+                                 "images for all seeds and controls)")
     early_images: int = _f(0, "training images per epoch of every stage before the final fine-tune (dense training, "
                               "sparse training, the fine-tunes between pruning steps), drawn with the seed from the "
                               "training split; the final fine-tune trains on all of it. A short dense phase, then "

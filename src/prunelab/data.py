@@ -467,8 +467,8 @@ def load_data(cfg: Config) -> Data:
         val, train = train.subset(perm[:cfg.val_size]), train.subset(perm[cfg.val_size:])
     if cfg.train_subset and cfg.train_subset < len(train):
         train = train.subset(torch.randperm(len(train), generator=g)[:cfg.train_subset])
-    if cfg.test_subset and cfg.test_subset < len(test):
-        test = test.subset(torch.randperm(len(test), generator=g)[:cfg.test_subset])
+    if cfg.test_subset and cfg.test_subset < len(test):  # not with the seed: seeds are compared on the same images
+        test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:cfg.test_subset])
     stats = channel_stats(train) if ["auto"] in (cfg.mean, cfg.std) else None
     inputs = InputSpec(train.side, tuple(resolve_normalization(cfg.mean, 0, stats)),
                        tuple(resolve_normalization(cfg.std, 1, stats)), tuple(classes))
