@@ -8,4 +8,4 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | { grep -v "^WARNING: Location" || true; }
 .venv/bin/python -m pip install -q -e ".[test,onnx]" 2>&1 | { grep -v "^WARNING: Location" || true; }
-.venv/bin/python -c "import prunelab, torch, torch_pruning; print('prunelab', prunelab.__version__, '| torch', torch.__version__, '| torch-pruning', torch_pruning.__version__)"
+.venv/bin/python -c "import prunelab, torch; from prunelab.modelfile import versions; print('prunelab', prunelab.__version__, '| torch', torch.__version__, '| torch-pruning', versions()['torch_pruning'])"

@@ -94,6 +94,15 @@ def test_every_family_loads_in_a_fresh_process_with_identical_outputs(zoo):
     assert r.returncode == 0 and "same" in r.stdout, r.stderr[-2000:]
 
 
+def test_a_saved_model_records_the_installed_torch_pruning_version(tmp_path):
+    """The provenance must name the package pip installed: torch-pruning 1.6.1's module says __version__ 1.6.0."""
+    from importlib.metadata import version
+    model = build(ModelSpec(builder="resnet18_cifar", num_classes=10))
+    save(tmp_path / "m", model, "resnet18_cifar", [])
+    recorded = json.loads((tmp_path / "m.json").read_text())["versions"]
+    assert recorded["torch_pruning"] == version("torch-pruning") and recorded["torch"] == torch.__version__
+
+
 def test_a_model_torch_pruning_cannot_prune_is_refused_by_name_before_any_work(tmp_path):
     code, _, err = cli("run", "--preset", "tiny", "--model", "shufflenet_v2_x0_5", "--out-dir", tmp_path)
     assert code == 2 and "cannot be pruned structurally" in err and "channel shuffle" in err

@@ -41,10 +41,18 @@ def _sha256(path: Path) -> str:
 
 
 def versions() -> dict:
-    import torch_pruning
+    """Versions for a model file's provenance. Torch-Pruning's from the installed package's metadata: its module
+    attribute lags (torch-pruning 1.6.1 reports __version__ 1.6.0)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import torchvision
+    try:
+        tp = version("torch-pruning")
+    except PackageNotFoundError:  # a source checkout on sys.path
+        import torch_pruning
+        tp = getattr(torch_pruning, "__version__", "unknown")
     return {"prunelab": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "torch_pruning": getattr(torch_pruning, "__version__", "unknown")}
+            "torch_pruning": tp}
 
 
 def save(stem: str | Path, model: nn.Module, spec: ModelSpec | str, pruning_history: list,
