@@ -121,6 +121,28 @@ def test_resume_accepts_runtime_settings_from_the_api_and_the_cli(tiny_run):
     assert code == 0, err
 
 
+def test_resume_refuses_data_whose_test_images_differ_from_those_the_run_was_scored_on(tmp_path):
+    """Same class folders and image count, one test image moved to another class: a resume on it would score the
+    remaining stages on other labels than the finished ones, and the table would mix the two."""
+    import shutil
+
+    from test_data import write_image_folder
+    write_image_folder(tmp_path / "a")
+    code, _, err = cli("run", *TINY, "--data-format", "image-folder", "--data-dir", tmp_path / "a",
+                       "--out-dir", tmp_path, "--name", "r")
+    assert code == 0, err
+    run = tmp_path / "r"
+    (run / "results.json").unlink()  # the run as a crash in its final fine-tune leaves it
+    (run / "checkpoints" / "final.json").unlink()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "test" / "dog" / "0000.png").rename(tmp_path / "b" / "test" / "cat" / "moved.png")
+    code, _, err = cli("run", "--resume", run, "--data-dir", tmp_path / "b", "--no-progress")
+    assert code == 2 and "was scored on other test images" in err and len(err.strip().splitlines()) == 1, err
+    assert not (run / "results.json").exists()
+    code, _, err = cli("run", "--resume", run, "--data-dir", tmp_path / "a", "--no-progress")
+    assert code == 0, err
+
+
 # ---------------------------------------------------------------- a library call leaves the process as it was
 
 def test_prunelab_run_leaves_threads_random_state_and_matplotlib_alone(tmp_path):

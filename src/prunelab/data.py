@@ -476,6 +476,13 @@ def load_data(cfg: Config) -> Data:
                 test_available=test_available, inputs=inputs)
 
 
+def fingerprint(split) -> str:
+    """Which images a split holds, as 16 hex digits: sha256 of its labels in order. Another draw of a subset, other
+    data or another order changes it; decoding (memory or stream) does not."""
+    import hashlib
+    return hashlib.sha256(split.labels.cpu().to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+
 def read_image_folders(data_dir: Path, cfg: Config):
     """train/ and test/ image folders: in memory when their decoded images fit the memory budget (or
     data_loading says memory), else as FileSplits that stream from disk. Returns train, test, classes, source."""

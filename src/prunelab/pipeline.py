@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, modelfile, report
 from .config import Config, PrunelabError, final_lr, resumed_config, to_dict
-from .data import Data, batches_per_epoch, eval_batches, load_data
+from .data import Data, batches_per_epoch, eval_batches, fingerprint, load_data
 from .files import read_jsonl, write_json
 from .measurement import file_size_bytes, latency_devices, machine, measure_model
 from .models import ModelSpec, build, channels_last_unsafe_on_cpu, num_outputs
@@ -106,6 +106,8 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
         return rd.path
     n = cfg.iterative_steps
     done = rd.last_checkpoint(n)
+    if done >= 0:
+        _check_same_test_images(rd, n, data)
     if world.main:
         rd.prepare_resume(done, n)
         if cfg.tensorboard:
@@ -154,6 +156,19 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
              rd.config, rd.metrics]
     log("\nwrote:\n" + "\n".join(f"  {f}" for f in files if f.exists()))
     return rd.path
+
+
+def _check_same_test_images(rd: RunDir, n: int, data: Data) -> None:
+    """A resume must score its remaining stages on the test images its finished ones were scored on (another
+    --data-dir, or a prunelab whose subset draw differs, would mix two test sets in one table). Runs written before
+    the fingerprint existed are not checked."""
+    desc, _ = modelfile.describe(rd.checkpoint(0, n).with_suffix(".json"))
+    recorded = (desc.get("metrics") or {}).get("test_fingerprint")
+    now = fingerprint(data.test)
+    if recorded and recorded != now:
+        raise PrunelabError(f"{rd.path} was scored on other test images (fingerprint {recorded}, "
+                            f"{desc['metrics'].get('test_images')} images; this data gives {now}, {len(data.test)}): "
+                            "resume with the data (--data-dir) and prunelab version it started with, or start a new run")
 
 
 def model_spec(cfg: Config, data_classes: int, given: torch.nn.Module | None = None) -> ModelSpec:
@@ -245,6 +260,7 @@ class _Stages:
             self.early = self.train.subset(self.early_idx.to(self.train.labels.device))
         self.data_info = {"data": data.source, "classes": data.classes, "train_images": len(data.train),
                           "val_images": len(data.val) if data.val else 0, "test_images": len(data.test),
+                          "test_fingerprint": fingerprint(data.test),
                           "train_images_available": data.train_available, "test_images_available": data.test_available}
         self.n = cfg.iterative_steps
         self.pruning_ratio = cfg.pruning_ratio  # a MACs/params target replaces it with what the dense stage finds
