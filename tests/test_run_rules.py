@@ -141,6 +141,8 @@ def test_resume_refuses_data_whose_test_images_differ_from_those_the_run_was_sco
     assert not (run / "results.json").exists()
     code, _, err = cli("run", "--resume", run, "--data-dir", tmp_path / "a", "--no-progress")
     assert code == 0, err
+    recorded = json.loads((run / "results.json").read_text())["data"]["test_fingerprint"]
+    assert len(recorded) == 16 and recorded == rows(run, "dense")[0]["test_fingerprint"]
 
 
 # ---------------------------------------------------------------- a library call leaves the process as it was

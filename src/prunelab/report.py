@@ -31,7 +31,7 @@ def build_results(run_dir: str | Path) -> dict:
     sparse = next((r for r in rows if r["event"] == "sparse"), None)
     epochs = [r for r in rows if r["event"] == "epoch"]
     data = {k: dense.get(k) for k in ("data", "train_images", "val_images", "test_images", "train_images_available",
-                                      "test_images_available")}
+                                      "test_images_available", "test_fingerprint")}
     return {
         "name": config["name"], "config": config,
         "pruning_ratio": dense.get("pruning_ratio", config["pruning_ratio"]),  # found for a target, or the config's
