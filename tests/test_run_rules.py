@@ -121,7 +121,7 @@ def test_resume_accepts_runtime_settings_from_the_api_and_the_cli(tiny_run):
     assert code == 0, err
 
 
-def test_resume_refuses_data_whose_test_images_differ_from_those_the_run_was_scored_on(tmp_path):
+def test_resume_and_controls_refuse_data_whose_test_images_differ_from_the_runs(tmp_path):
     """Same class folders and image count, one test image moved to another class: a resume on it would score the
     remaining stages on other labels than the finished ones, and the table would mix the two."""
     import shutil
@@ -143,6 +143,8 @@ def test_resume_refuses_data_whose_test_images_differ_from_those_the_run_was_sco
     assert code == 0, err
     recorded = json.loads((run / "results.json").read_text())["data"]["test_fingerprint"]
     assert len(recorded) == 16 and recorded == rows(run, "dense")[0]["test_fingerprint"]
+    code, _, err = cli("control", run, "--kind", "scratch", "--data-dir", tmp_path / "b")  # a control: the same rule
+    assert code == 2 and "was scored on other test images" in err and not (run / "controls").exists(), err
 
 
 # ---------------------------------------------------------------- a library call leaves the process as it was

@@ -61,9 +61,15 @@ def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, mode
     if runtime is not None:
         cfg = dataclasses.replace(cfg, **{k: v for k, v in runtime_settings(runtime).items()
                                           if k not in ("name", "out_dir")})
+    data = None
+    if any(not (control_dir(rd.path, k) / ("result.json" if k == "scratch" else "results.json")).is_file()
+           for k in kinds):  # once, for the unfinished controls (the random control's run loads it again itself)
+        from .pipeline import check_same_test_images
+        data = load_data(cfg)
+        check_same_test_images(rd, data)
     rows = []
     for kind in kinds:
-        rows.append(scratch(rd, cfg, budget, model) if kind == "scratch" else random_criterion(rd, cfg, model))
+        rows.append(scratch(rd, cfg, data, budget, model) if kind == "scratch" else random_criterion(rd, cfg, model))
     from .report import build_results, render
     results = build_results(rd.path)  # the summary, report and plot gain the controls' rows
     write_json(rd.results, results)
@@ -92,8 +98,9 @@ def _budget(rd: RunDir, cfg: Config, n_train: int) -> tuple[float, int]:
     return sum(r["seconds"] for r in epochs), sum(r.get("images", n_train) for r in epochs)
 
 
-def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Module | None = None) -> dict:
-    """The final architecture, re-initialised and trained from scratch; returns its result row."""
+def scratch(rd: RunDir, cfg: Config, data, budget: str = "time", given: torch.nn.Module | None = None) -> dict:
+    """The final architecture, re-initialised and trained from scratch on `data` (the run's); returns its result
+    row."""
     from .pipeline import _Stages, log
     from .rundir import create
     from .train import Trainer, resolve_device
@@ -104,7 +111,6 @@ def scratch(rd: RunDir, cfg: Config, budget: str = "time", given: torch.nn.Modul
         log(f"control scratch: {out} already finished")
         return json.loads(result_path.read_text())
     device = resolve_device(cfg.device)
-    data = load_data(cfg)
     trainer = Trainer.from_config(cfg, device, data.inputs)
     model, desc = modelfile.load(rd.checkpoint_named("final").with_suffix(".json"), model=given)
     reinitialise(model, cfg.seed + 7919)

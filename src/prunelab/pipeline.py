@@ -107,7 +107,7 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     n = cfg.iterative_steps
     done = rd.last_checkpoint(n)
     if done >= 0:
-        _check_same_test_images(rd, n, data)
+        check_same_test_images(rd, data)
     if world.main:
         rd.prepare_resume(done, n)
         if cfg.tensorboard:
@@ -158,11 +158,11 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     return rd.path
 
 
-def _check_same_test_images(rd: RunDir, n: int, data: Data) -> None:
-    """A resume must score its remaining stages on the test images its finished ones were scored on (another
-    --data-dir, or a prunelab whose subset draw differs, would mix two test sets in one table). Runs written before
-    the fingerprint existed are not checked."""
-    desc, _ = modelfile.describe(rd.checkpoint(0, n).with_suffix(".json"))
+def check_same_test_images(rd: RunDir, data: Data) -> None:
+    """Whatever adds rows to a run (a resume, a control) must score on the test images the run was scored on
+    (another --data-dir, or a prunelab whose subset draw differs, would mix two test sets in one table). Runs
+    written before the fingerprint existed are not checked."""
+    desc, _ = modelfile.describe(rd.checkpoint_named("dense").with_suffix(".json"))
     recorded = (desc.get("metrics") or {}).get("test_fingerprint")
     now = fingerprint(data.test)
     if recorded and recorded != now:
