@@ -127,6 +127,26 @@ def test_warmup_then_cosine_schedule():
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
 
 
+def test_a_schedule_started_at_step_k_runs_the_same_lrs_as_one_stepped_k_times_and_warns_nothing():
+    """A resumed stage starts its schedule where it stopped; stepping it there before any optimizer.step() made
+    torch warn ("Detected call of lr_scheduler.step() before optimizer.step()") on every resume."""
+    import warnings
+
+    def lrs(start):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            sched = cosine_schedule(opt, total_steps=10, warmup_steps=2, start=start)
+            out = []
+            for _ in range(10 - start):
+                out.append(opt.param_groups[0]["lr"])
+                opt.step()
+                sched.step()
+        return out
+    full = lrs(0)
+    assert lrs(4) == full[4:] and lrs(1) == full[1:]
+
+
 def test_run_with_a_macs_target_and_distillation_ends_at_or_below_the_target(tmp_path):
     r = run_cli("run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "t", "--distill",
                 "--target-macs", "30e6", "--no-export-onnx")

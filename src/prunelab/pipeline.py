@@ -305,12 +305,11 @@ class _Stages:
         optimizer = make_optimizer(model, cfg, lr)
         per_batch = cfg.lr_schedule_unit == "batch"
         steps_per_epoch = batches_per_epoch(len(split), cfg.batch_size) if per_batch else 1
-        scheduler = cosine_schedule(optimizer, epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch))
         done = self.rd.load_partial(model, optimizer, stage)  # every rank reads it (a shared filesystem)
         if done:
             log(f"  continuing after epoch {done} of this stage")
-        for _ in range(done * steps_per_epoch):  # the schedule continues where it stopped
-            scheduler.step()
+        scheduler = cosine_schedule(optimizer, epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch),
+                                    start=done * steps_per_epoch)  # continues where it stopped
         net = model
         if distributed.WORLD.active:  # wrapped anew for every stage: pruning changed the parameters
             from torch.nn.parallel import DistributedDataParallel
@@ -329,9 +328,8 @@ class _Stages:
             new_epochs = replan(stats["seconds"]) if replan is not None and epoch == 1 and done == 0 else epochs
             if new_epochs != epochs:  # the same cosine over the new length, fast-forwarded past epoch 1
                 epochs = new_epochs
-                scheduler = cosine_schedule(optimizer, epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch))
-                for _ in range(steps_per_epoch):
-                    scheduler.step()
+                scheduler = cosine_schedule(optimizer, epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch),
+                                            start=steps_per_epoch)
             row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, "images": len(split), **stats}
             if self.val is not None:
                 row["val_accuracy"] = self._accuracy(model, self.val)

@@ -85,16 +85,17 @@ def make_optimizer(model: nn.Module, cfg: Config, lr: float) -> torch.optim.Opti
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
-                    warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+                    warmup_steps: int = 0, start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over warmup_steps, then cosine from the base lr to 0 over the rest: step i (0-based)
     runs at base * 0.5 * (1 + cos(pi * i / total)), which is torch's CosineAnnealingLR(T_max=total). A step
-    is a batch or an epoch, as the caller steps it (Config.lr_schedule_unit)."""
+    is a batch or an epoch, as the caller steps it (Config.lr_schedule_unit). `start`: the schedule begins at
+    that step (a resumed stage), without stepping through the ones before it."""
     def factor(i: int) -> float:
         if i < warmup_steps:
             return (i + 1) / warmup_steps
         t = min(i - warmup_steps, total_steps - warmup_steps) / max(total_steps - warmup_steps, 1)
         return 0.5 * (1 + math.cos(math.pi * t))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: factor(i + start))
 
 
 class Distillation:
