@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action="store_true", default=True, help="write ONNX (the default)")
     p.add_argument("--runtime", default="onnx", choices=["onnx", "onnxruntime", "openvino"],
                    help="also write what that runtime loads fastest: onnxruntime: model.ort-optimized.onnx (for "
-                        "this machine); openvino: model.xml + model.bin (OpenVINO IR)")
+                        "this machine); openvino: model.xml + model.bin (OpenVINO IR). PyTorch eager and torch.compile "
+                        "need no export: they run the model file (prunelab.load)")
     p.add_argument("--out", metavar="FILE", help="output path (default: RUN_DIR/model.onnx or beside the model)")
     return parser
 
