@@ -55,6 +55,8 @@ def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(t
     report = (run_dir / "report.md").read_text()
     assert "## Controls" in report and "scratch control" in report and "random control" in report
     assert "lr 0.05" in report
+    s = rows["scratch"]  # the images it trained, beside the phase's count it was given
+    assert f"{s['train_images']:,} images for a budget of {s['budget_images']:,}" in report
     # run again: nothing is redone
     before = (run_dir / "controls" / "scratch" / "result.json").stat().st_mtime_ns
     code, out, _ = cli("control", run_dir, "--kind", "scratch")

@@ -99,8 +99,11 @@ def controls_markdown(results: dict) -> str:
              f"prune-and-fine-tune phase |"]
     for c in results.get("controls") or []:
         if c["control"] == "scratch":
-            how = (f"{counted(c['epochs'], 'epoch')}, {c['train_seconds']:.0f} s for a budget of {c['budget_seconds']:.0f} s"
-                   if c.get("budget") == "time" else f"{counted(c['epochs'], 'epoch')}, {c['train_images']:,} images (same images)")
+            if c.get("budget") == "time":
+                how = f"{counted(c['epochs'], 'epoch')}, {c['train_seconds']:.0f} s for a budget of {c['budget_seconds']:.0f} s"
+            else:
+                how = f"{counted(c['epochs'], 'epoch')}, {c['train_images']:,} images"
+                how += f" for a budget of {c['budget_images']:,}" if "budget_images" in c else ""
             how += f", lr {c['lr']:g}" if "lr" in c else ""
         else:
             how = f"{c['train_seconds']:.0f} s, {c['train_images']:,} images after the dense stage"
