@@ -257,7 +257,7 @@ def report_markdown(results: dict) -> str:
                   f"timing noise measured on this machine: {100 * search.get('noise', float('nan')):.1f}%)."]
     parts += ["", "## Key results", "", key_results_markdown(results), "",
               f"Latency: fp32 forward pass in eval mode, median of timed runs after warm-up, "
-              f"{m.get('torch_threads', '?')} CPU threads"
+              + (counted(m["torch_threads"], "CPU thread") if "torch_threads" in m else "? CPU threads")
               + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ".", "",
               "![results](results.png)", "", "![training curves](curves.png)", "", "![first-layer filters](filters.png)", "",
               *(["## INT8", "", int8_markdown(results), ""] if results.get("int8") else []),
