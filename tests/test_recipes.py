@@ -213,6 +213,9 @@ def test_early_images_train_the_early_stages_on_a_subset_and_the_final_fine_tune
     assert {r["images"] for r in epochs if r["stage"] == final_stage} == {256}  # tiny: 256 training images
     report = (tmp_path / "early" / "report.md").read_text()
     assert "trained for 1 epoch of 100 images" in report and "not what the architecture can reach" in report
+    # the precision it trained in (--precision resolved), beside the machine: fp32 and bf16 times differ 3-4x
+    assert "; trained in fp32." in report
+    assert json.loads((tmp_path / "early" / "results.json").read_text())["machine"]["training_precision"] == "fp32"
     # cached distillation targets cover the whole split; the early fine-tunes take the rows of their images
     code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path, "--name", "early-kd", "--early-images", 100,
                        "--distill", "--distill-cached", "--no-progress", "--precision", "fp32", "--no-export-onnx")

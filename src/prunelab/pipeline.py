@@ -268,6 +268,11 @@ class _Stages:
         self.step_accuracy = None  # test accuracy of the model as the last finished pruning step left it
         self._warned_format = False
 
+    def _machine(self) -> dict:
+        """What the numbers were measured on, and the precision the run trained in (cfg.precision resolved)."""
+        amp = self.trainer.amp_dtype
+        return {**machine(), "training_precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")}
+
     def pruner(self, model):
         return build_pruner(model, self.cfg, self.pruning_ratio, image_size=self.inputs.image_size,
                             num_classes=self.spec.num_classes)
@@ -402,7 +407,7 @@ class _Stages:
         row = {"event": "dense", "stage": 0, "ratio": 0.0, "pruning_ratio": self.pruning_ratio,
                **({"latency_search": search} if search else {}),
                "accuracy": self._accuracy(model, self.test),
-               **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": machine()}
+               **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": self._machine()}
         self._save(model, 0, [], row)
         log(f"dense: test acc {row['accuracy']:.4f}, {row['params'] / 1e6:.2f} M params, {row['macs'] / 1e6:.1f} M MACs")
         return model
@@ -488,7 +493,7 @@ class _Stages:
                   split=self.train)
         row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n),
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
-               **self._measure(model), "seconds": time.perf_counter() - start, "machine": machine()}
+               **self._measure(model), "seconds": time.perf_counter() - start, "machine": self._machine()}
         if cfg.target_latency_ms and distributed.WORLD.main:
             import tempfile
 

@@ -235,6 +235,9 @@ def steps_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+TRAINING_PRECISION_WORDS = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "fp32": "fp32"}
+
+
 def report_markdown(results: dict) -> str:
     cfg, m, w = results["config"], results.get("machine") or {}, results["wall_time_s"]
     budget = results.get("budget_vs_seed", "")
@@ -256,7 +259,7 @@ def report_markdown(results: dict) -> str:
                   f"{results.get('pruning_ratio', 0):.4f}; dense {search.get('dense_latency_ms', float('nan')):.3g} ms; "
                   f"timing noise measured on this machine: {100 * search.get('noise', float('nan')):.1f}%)."]
     parts += ["", "## Key results", "", key_results_markdown(results), "",
-              f"Latency: fp32 forward pass in eval mode, median of timed runs after warm-up, "
+              "Latency: fp32 forward pass in eval mode, median of timed runs after warm-up, "
               + (counted(m["torch_threads"], "CPU thread") if "torch_threads" in m else "? CPU threads")
               + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ".", "",
               "![results](results.png)", "", "![training curves](curves.png)", "", "![first-layer filters](filters.png)", "",
@@ -273,7 +276,9 @@ def report_markdown(results: dict) -> str:
               + ({True: " (with bf16)", False: " (no bf16)"}.get(m.get("cpu_bf16"), "")
                  if not m.get("gpu") else "")
               + f", {m.get('cpu_count', '?')} CPUs, {m.get('platform', '?')}, "
-              f"torch {m.get('torch', '?')}" + (f", {m['gpu']}" if m.get("gpu") else "") + ".", ""]
+              f"torch {m.get('torch', '?')}" + (f", {m['gpu']}" if m.get("gpu") else "")
+              + (f"; trained in {TRAINING_PRECISION_WORDS.get(m['training_precision'], m['training_precision'])}"
+                 if m.get("training_precision") else "") + ".", ""]
     return "\n".join(parts)
 
 
