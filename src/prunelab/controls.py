@@ -39,6 +39,11 @@ def control_dir(run_dir: str | Path, kind: str) -> Path:
     return Path(run_dir) / "controls" / kind
 
 
+def _finished_marker(run_dir: str | Path, kind: str) -> Path:
+    """The file whose presence means the control `kind` of a run is complete (written last)."""
+    return control_dir(run_dir, kind) / ("result.json" if kind == "scratch" else "results.json")
+
+
 def _finished(run_dir: str | Path) -> tuple[RunDir, Config]:
     rd, cfg = open_existing(run_dir)
     if not rd.results.is_file():
@@ -62,8 +67,7 @@ def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, mode
         cfg = dataclasses.replace(cfg, **{k: v for k, v in runtime_settings(runtime).items()
                                           if k not in ("name", "out_dir")})
     data = None
-    if any(not (control_dir(rd.path, k) / ("result.json" if k == "scratch" else "results.json")).is_file()
-           for k in kinds):  # once, for the unfinished controls (the random control's run loads it again itself)
+    if any(not _finished_marker(rd.path, k).is_file() for k in kinds):  # once, for the unfinished controls (the random control's run loads it again itself)
         from .pipeline import check_same_test_images
         data = load_data(cfg)
         check_same_test_images(rd, data)
@@ -106,7 +110,7 @@ def scratch(rd: RunDir, cfg: Config, data, budget: str = "time", given: torch.nn
     from .train import Trainer, resolve_device
 
     out = control_dir(rd.path, "scratch")
-    result_path = out / "result.json"
+    result_path = _finished_marker(rd.path, "scratch")
     if result_path.is_file():
         log(f"control scratch: {out} already finished")
         return json.loads(result_path.read_text())
