@@ -18,7 +18,13 @@ whose wall time you measured beside it to see how far the projection is off, e.g
 
     python benchmarks/recipe_walltime.py --preset seed --preset full --baseline
 
-Prints a table per preset and one line per preset, and writes JSON (benchmarks/results/recipe_walltime.json).
+A sweep (issue 12, part 4) is one projection per MACs target, plus the scratch control at each (as many training
+images as the prune-and-fine-tune phase: its final-epoch cost again, with the image budget):
+
+    python benchmarks/recipe_walltime.py --preset full --baseline --target-macs 278.6e6 139.3e6 55.7e6 22.3e6 5.29e6 \
+        --with-scratch-control
+
+Prints a table per preset (and target) and one line each, and writes JSON (benchmarks/results/recipe_walltime.json).
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ from prunelab.controls import _seconds_per_epoch
 from prunelab.data import Split, batches_per_epoch
 from prunelab.measurement import machine
 from prunelab.models import ModelSpec, build, channels_last_unsafe_on_cpu
-from prunelab.prune import build_pruner, count_macs_params, prune_step, step_ratio
+from prunelab.prune import build_pruner, count_macs_params, prune_step, ratio_for_target, step_ratio
 from prunelab.train import Trainer, evaluate
 
 TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR-10's splits (the presets' train_subset / test_subset apply)
@@ -58,12 +64,14 @@ def speeds(model, cfg, trainer: Trainer, train_batches: int, eval_images: int) -
     return rate, len(test) / (time.perf_counter() - start)
 
 
-def project(preset: str, baseline: bool, train_batches: int, eval_images: int) -> dict:
+def project(preset: str, baseline: bool, train_batches: int, eval_images: int, target_macs: float = 0,
+            scratch_control: bool = False) -> dict:
     cfg = make_config(preset, {"progress": False})
     trainer = Trainer.from_config(cfg, torch.device("cpu"))
     torch.manual_seed(0)
     model = build(ModelSpec(cfg.model, 10))
-    pruner = build_pruner(model, cfg)
+    ratio = ratio_for_target(model, cfg, target_macs=target_macs) if target_macs else None
+    pruner = build_pruner(model, cfg, pruning_ratio=ratio)
     train_images, test_images = cfg.train_subset or TRAIN_IMAGES, cfg.test_subset or TEST_IMAGES
     early = cfg.early_images or train_images
     rows = []
@@ -89,8 +97,11 @@ def project(preset: str, baseline: bool, train_batches: int, eval_images: int) -
     rows.append({"stage": "final", "ratio": last["ratio"], "macs": last["macs"], "params": last["params"],
                  "train_images_per_s": last["train_images_per_s"], "eval_images_per_s": last["eval_images_per_s"],
                  "train_s": final_train, "eval_s": test_images / last["eval_images_per_s"]})
+    if scratch_control:  # the phase's training images again, on the final architecture, and one evaluation
+        phase_images = sum(r["train_s"] * r["train_images_per_s"] for r in rows[1:])
+        rows.append({**rows[-1], "stage": "scratch control", "train_s": phase_images / last["train_images_per_s"]})
     total = sum(r["train_s"] + r["eval_s"] for r in rows)
-    return {"preset": preset, "baseline": baseline, "train_batches": train_batches, "eval_images": eval_images,
+    return {"preset": preset, "target_macs": target_macs, "baseline": baseline, "train_batches": train_batches, "eval_images": eval_images,
             "test_images": test_images, "stages": rows, "projected_s": total, "machine": machine()}
 
 
@@ -100,14 +111,20 @@ def main() -> None:
     p.add_argument("--baseline", action="store_true", help="the run starts from a trained --baseline (no dense epochs)")
     p.add_argument("--train-batches", type=int, default=6, help="timed training batches per architecture")
     p.add_argument("--eval-images", type=int, default=1000, help="timed evaluation images per architecture")
+    p.add_argument("--target-macs", type=float, nargs="+", default=[0.0],
+                   help="project the preset at each of these MACs targets (a sweep; 0 = the preset's ratio)")
+    p.add_argument("--with-scratch-control", action="store_true", help="add the scratch control of each run")
     p.add_argument("--json", default="benchmarks/results/recipe_walltime.json")
     args = p.parse_args()
     out = []
     for preset in args.preset:
-        print(f"{preset}:", flush=True)
-        out.append(project(preset, args.baseline, args.train_batches, args.eval_images))
+        for target in args.target_macs:
+            print(f"{preset}{f' at {target:.4g} MACs' if target else ''}:", flush=True)
+            out.append(project(preset, args.baseline, args.train_batches, args.eval_images, target,
+                               args.with_scratch_control))
     for r in out:
-        print(f"\n{r['preset']}{' from a baseline' if r['baseline'] else ''}: ({r['machine']['processor']}, "
+        at = f" at {r['target_macs']:.4g} MACs" if r["target_macs"] else ""
+        print(f"\n{r['preset']}{at}{' from a baseline' if r['baseline'] else ''}: ({r['machine']['processor']}, "
               f"{r['machine']['torch_threads']} threads)\n")
         print("| stage | ratio | MACs | train images/s | eval images/s | training (s) | evaluation (s) |")
         print("| :--- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -116,8 +133,11 @@ def main() -> None:
                   f"{s['eval_images_per_s']:.0f} | {s['train_s']:.0f} | {s['eval_s']:.0f} |")
     print()
     for r in out:
-        print(f"{r['preset']}: projected {r['projected_s'] / 60:.1f} min of training and evaluation "
+        at = f" at {r['target_macs']:.4g} MACs" if r["target_macs"] else ""
+        print(f"{r['preset']}{at}: projected {r['projected_s'] / 60:.1f} min of training and evaluation "
               f"(one timing of {r['train_batches']} batches per architecture)")
+    if len(out) > 1:
+        print(f"all together: {sum(r['projected_s'] for r in out) / 3600:.1f} h")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
