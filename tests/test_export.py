@@ -116,6 +116,25 @@ def test_bench_prints_dense_vs_pruned_with_ratios_and_writes_json(tiny_run, tmp_
     assert final["macs_ratio"] == pytest.approx(dense["macs"] / final["macs"]) and final["macs_ratio"] > 50
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_bench_times_eager_and_a_cuda_graph_replay_checked_against_eager():
+    from prunelab.measurement import bench, cuda_graph_latency_ms
+    cuda = torch.device("cuda")
+    m = build_model("resnet18_cifar").eval()
+    result = bench([("m", m, None)], [1, 4], [torch.device("cpu"), cuda], warmup=1, min_reps=3, min_seconds=0)
+    row = result["models"][0]
+    assert not row["skipped"]
+    settings = {(r["runtime"], r["device"], r["batch_size"]) for r in row["latency"]}
+    assert {("pytorch-cudagraph", "cuda", b) for b in (1, 4)} <= settings
+    assert {("pytorch", "cuda", b) for b in (1, 4)} <= settings
+
+    class Wrong(torch.nn.Module):  # different logits on every call: a replay cannot match a fresh eager call
+        def forward(self, x):
+            return torch.randn(x.shape[0], 10, device=x.device)
+    with pytest.raises(PrunelabError, match="differs from eager"):
+        cuda_graph_latency_ms(Wrong().to(cuda), 1, cuda, min_reps=1, min_seconds=0)
+
+
 def corrupt(weights):
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])

@@ -54,6 +54,46 @@ def latency_ms(model: nn.Module, batch_size: int, device: torch.device, *, warmu
     return _time_runs(run_once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
 
 
+def cuda_graph_latency_ms(model: nn.Module, batch_size: int, device: torch.device, *, warmup: int = 3,
+                          min_reps: int = 5, min_seconds: float = 1.0, input_size: int = 32) -> dict:
+    """Latency of the forward pass captured once in a CUDA graph and replayed: no per-kernel launch from Python,
+    which is what a small model at batch 1 on a GPU is bound by. The replayed logits are checked against eager
+    PyTorch's first (runtimes.ATOL/RTOL); a model that cannot be captured or that differs raises PrunelabError."""
+    from .config import PrunelabError
+    from .runtimes import ATOL, RTOL
+    model.eval()
+    static_x = torch.randn(batch_size, 3, input_size, input_size, device=device)
+    with torch.no_grad():
+        reference = model(static_x).float()
+        side = torch.cuda.Stream(device)  # warm-up on a side stream before capture, as torch.cuda.graphs asks
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                model(static_x)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                static_y = model(static_x)
+        except RuntimeError as e:
+            raise PrunelabError(f"cannot capture this model in a CUDA graph: {str(e).splitlines()[0]}") from e
+        graph.replay()
+        torch.cuda.synchronize(device)
+        err = (static_y.float() - reference).abs().max().item()
+    if err > ATOL + RTOL * reference.abs().max().item():
+        raise PrunelabError(f"CUDA graph replay differs from eager PyTorch by {err:.2e}; not timed")
+
+    def run_once() -> float:
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize(device)
+        return begin.elapsed_time(end)
+
+    return _time_runs(run_once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
+
+
 def measure_model(model: nn.Module, *, batch_sizes, devices, warmup: int, min_reps: int, min_seconds: float,
                   channels_last: bool = True, input_size: int = 32) -> dict:
     """Params, MACs and latency of `model` at each batch size on each device:
@@ -135,8 +175,8 @@ def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_rep
           min_seconds: float = 2.0, runtimes=("pytorch",), workdir: Path | None = None,
           channels_last: bool = False) -> dict:
     """Measure several models side by side in this process: params, MACs, file size, and latency in each
-    runtime (runtimes.py) on the CPU at each batch size (PyTorch eager on CUDA too, when a CUDA device is in
-    `devices`). Every runtime's outputs are checked against eager PyTorch before it is timed; a path that
+    runtime (runtimes.py) on the CPU at each batch size (on CUDA too, when a CUDA device is in `devices`: PyTorch
+    eager, and the same forward pass replayed from a CUDA graph). Every runtime's outputs are checked against eager PyTorch before it is timed; a path that
     fails is listed in "skipped" with the reason. Each record gets its speed-up over the first model in the
     same setting, and over the first model in eager PyTorch at that batch size."""
     import tempfile
@@ -159,6 +199,13 @@ def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_rep
                     r = latency_ms(model, b, device, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds,
                                    channels_last=channels_last, input_size=size)
                     row["latency"].append({"runtime": "pytorch", "device": "cuda", "batch_size": b, **r})
+                    try:  # the same forward pass replayed from a CUDA graph
+                        r = cuda_graph_latency_ms(model, b, device, warmup=warmup, min_reps=min_reps,
+                                                  min_seconds=min_seconds, input_size=size)
+                    except PrunelabError as e:
+                        row["skipped"].append({"runtime": "pytorch-cudagraph", "batch_size": b, "reason": str(e)})
+                        continue
+                    row["latency"].append({"runtime": "pytorch-cudagraph", "device": "cuda", "batch_size": b, **r})
                 model.cpu()
             work = Path(workdir or tmp) / f"model{len(rows)}"
             work.mkdir(parents=True, exist_ok=True)
@@ -206,7 +253,7 @@ def bench_table(result: dict) -> str:
     """The bench result as Markdown: one row per model and latency setting, then the fastest path for each."""
     lines = ["| model | params | MACs | file (MB) | runtime | batch | median (ms) | p90 (ms) | speed-up | vs first, eager "
              "| MACs ratio |", "| :--- | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    names = {"pytorch": "PyTorch", "pytorch-fused": "PyTorch, BN folded", "torch-compile": "torch.compile",
+    names = {"pytorch": "PyTorch", "pytorch-cudagraph": "PyTorch, CUDA graph", "pytorch-fused": "PyTorch, BN folded", "torch-compile": "torch.compile",
              "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
     def x(v):
