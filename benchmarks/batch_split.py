@@ -34,6 +34,9 @@ from prunelab.prune import build_pruner, count_macs_params
 from prunelab.runtimes import ATOL, RTOL, installed, ort_session, time_run
 
 
+ONE_CALL = ("onnxruntime one session", "openvino one request")  # each runtime's path that prunelab times
+
+
 def paths(onnx: Path, threads: int, batch: int) -> dict:
     out = {}
     if "onnxruntime" in installed():
@@ -110,7 +113,7 @@ def main() -> None:
     print("| path | dense (ms) | pruned (ms) | pruned vs dense | pruned vs the runtime's one-call path |")
     print("| :--- | ---: | ---: | ---: | ---: |")
     for path in dict.fromkeys(r["path"] for r in rows):
-        base = ms[("pruned", path.split()[0] + (" one session" if path.startswith("onnx") else " one request"))]
+        base = ms[("pruned", next(p for p in ONE_CALL if path.startswith(p.split()[0])))]
         d, p = ms[("dense", path)], ms[("pruned", path)]
         print(f"| {path} | {d:.1f} | {p:.2f} | {d / p:.1f}x | {base / p:.2f}x |")
     out = Path(args.json)

@@ -128,9 +128,12 @@ def test_on_a_gpu_bench_times_eager_and_a_cuda_graph_replay_checked_against_eage
     assert {("pytorch-cudagraph", "cuda", b) for b in (1, 4)} <= settings
     assert {("pytorch", "cuda", b) for b in (1, 4)} <= settings
 
-    class Wrong(torch.nn.Module):  # different logits on every call: a replay cannot match a fresh eager call
+    class Wrong(torch.nn.Module):  # Python state: the capture bakes in its 5th call's factor, eager's 1st was 1
+        calls = 0
+
         def forward(self, x):
-            return torch.randn(x.shape[0], 10, device=x.device)
+            self.calls += 1
+            return x.flatten(1)[:, :10] * self.calls
     with pytest.raises(PrunelabError, match="differs from eager"):
         cuda_graph_latency_ms(Wrong().to(cuda), 1, cuda, min_reps=1, min_seconds=0)
 

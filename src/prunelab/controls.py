@@ -67,7 +67,8 @@ def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, mode
         cfg = dataclasses.replace(cfg, **{k: v for k, v in runtime_settings(runtime).items()
                                           if k not in ("name", "out_dir")})
     data = None
-    if any(not _finished_marker(rd.path, k).is_file() for k in kinds):  # once, for the unfinished controls (the random control's run loads it again itself)
+    # once, for the unfinished controls (the random control's run loads it again itself)
+    if any(not _finished_marker(rd.path, k).is_file() for k in kinds):
         from .pipeline import check_same_test_images
         data = load_data(cfg)
         check_same_test_images(rd, data)

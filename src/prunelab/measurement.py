@@ -28,6 +28,17 @@ def _time_runs(run_once, *, warmup: int, min_reps: int, min_seconds: float) -> d
             "reps": len(times)}
 
 
+def _cuda_ms(fn, device: torch.device) -> float:
+    """ms of fn() on the GPU, by CUDA events after synchronising, so queued work is not missed."""
+    torch.cuda.synchronize(device)
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return begin.elapsed_time(end)
+
+
 @torch.inference_mode()
 def latency_ms(model: nn.Module, batch_size: int, device: torch.device, *, warmup: int = 3, min_reps: int = 5,
                min_seconds: float = 1.0, channels_last: bool = True, input_size: int = 32) -> dict:
@@ -40,13 +51,7 @@ def latency_ms(model: nn.Module, batch_size: int, device: torch.device, *, warmu
 
     def run_once() -> float:
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            model(x)
-            end.record()
-            torch.cuda.synchronize(device)
-            return begin.elapsed_time(end)
+            return _cuda_ms(lambda: model(x), device)
         t0 = time.perf_counter()
         model(x)
         return (time.perf_counter() - t0) * 1000
@@ -82,16 +87,8 @@ def cuda_graph_latency_ms(model: nn.Module, batch_size: int, device: torch.devic
         err = (static_y.float() - reference).abs().max().item()
     if err > ATOL + RTOL * reference.abs().max().item():
         raise PrunelabError(f"CUDA graph replay differs from eager PyTorch by {err:.2e}; not timed")
-
-    def run_once() -> float:
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize(device)
-        return begin.elapsed_time(end)
-
-    return _time_runs(run_once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
+    return _time_runs(lambda: _cuda_ms(graph.replay, device), warmup=warmup, min_reps=min_reps,
+                      min_seconds=min_seconds)
 
 
 def measure_model(model: nn.Module, *, batch_sizes, devices, warmup: int, min_reps: int, min_seconds: float,
@@ -176,8 +173,8 @@ def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_rep
           channels_last: bool = False) -> dict:
     """Measure several models side by side in this process: params, MACs, file size, and latency in each
     runtime (runtimes.py) on the CPU at each batch size (on CUDA too, when a CUDA device is in `devices`: PyTorch
-    eager, and the same forward pass replayed from a CUDA graph). Every runtime's outputs are checked against eager PyTorch before it is timed; a path that
-    fails is listed in "skipped" with the reason. Each record gets its speed-up over the first model in the
+    eager, and the same forward pass replayed from a CUDA graph). Every runtime's outputs are checked against
+    eager PyTorch before it is timed; a path that fails is listed in "skipped" with the reason. Each record gets its speed-up over the first model in the
     same setting, and over the first model in eager PyTorch at that batch size."""
     import tempfile
 
@@ -253,8 +250,8 @@ def bench_table(result: dict) -> str:
     """The bench result as Markdown: one row per model and latency setting, then the fastest path for each."""
     lines = ["| model | params | MACs | file (MB) | runtime | batch | median (ms) | p90 (ms) | speed-up | vs first, eager "
              "| MACs ratio |", "| :--- | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    names = {"pytorch": "PyTorch", "pytorch-cudagraph": "PyTorch, CUDA graph", "pytorch-fused": "PyTorch, BN folded", "torch-compile": "torch.compile",
-             "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+    names = {"pytorch": "PyTorch", "pytorch-cudagraph": "PyTorch, CUDA graph", "pytorch-fused": "PyTorch, BN folded",
+             "torch-compile": "torch.compile", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
     def x(v):
         return f"{v:.1f}x" if v else ""
