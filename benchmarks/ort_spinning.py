@@ -25,17 +25,7 @@ from prunelab.export import export_onnx
 from prunelab.measurement import machine
 from prunelab.models import build_model
 from prunelab.prune import build_pruner
-from prunelab.runtimes import prepare, time_run
-
-
-def session(path: Path, threads: int, spin: bool):
-    import onnxruntime as ort
-    o = ort.SessionOptions()
-    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
-    if not spin:
-        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+from prunelab.runtimes import ort_session, prepare, time_run
 
 
 def main() -> None:
@@ -61,7 +51,7 @@ def main() -> None:
             for i in range(args.rounds):
                 for spin in (True, False):
                     torch_ms = time_run(fused.run, x, min_seconds=1.0)["median_ms"]
-                    s = session(onnx, args.threads, spin)
+                    s = ort_session(onnx, args.threads, spinning=spin)
                     ort_ms = time_run(lambda a: s.run(None, {"images": a})[0], x, min_seconds=1.0)["median_ms"]
                     s = None  # the session and its threads go before the next round
                     rows.append({"batch_size": b, "round": i, "spinning": spin, "torch_fused_ms": torch_ms,

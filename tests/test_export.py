@@ -114,6 +114,23 @@ def test_bench_prints_dense_vs_pruned_with_ratios_and_writes_json(tiny_run, tmp_
         ref = next(d for d in dense["latency"] if (d["runtime"], d["batch_size"]) == (r["runtime"], r["batch_size"]))
         assert r["speedup"] == pytest.approx(ref["median_ms"] / r["median_ms"])
     assert final["macs_ratio"] == pytest.approx(dense["macs"] / final["macs"]) and final["macs_ratio"] > 50
+    for r in final["latency"]:  # ONNX Runtime: two fresh sessions, the faster kept; the others: one
+        t = r.get("session_medians_ms")
+        assert (len(t) == 2 and r["median_ms"] == min(t)) if r["runtime"] == "onnxruntime" else t is None
+
+
+def test_bench_table_names_a_runtime_whose_fresh_sessions_differed():
+    from prunelab.measurement import bench_table
+    rec = {"runtime": "onnxruntime", "device": "cpu", "batch_size": 1, "median_ms": 0.2, "p90_ms": 0.3,
+           "speedup_vs_first_eager": None}
+    result = {"models": [{"model": "m", "params": 1e5, "macs": 5e6, "macs_ratio": 1.0, "skipped": [],
+                          "latency": [{**rec, "session_medians_ms": [0.2, 0.61]},
+                                      {**rec, "batch_size": 8, "session_medians_ms": [2.0, 2.2]}]}],
+              "warmup": 1, "min_reps": 2, "min_seconds": 0, "machine": {"processor": "cpu", "cpu_count": 2,
+                                                                         "torch_threads": 2, "torch": "x"}}
+    table = bench_table(result)
+    assert "ONNX Runtime at batch 1 ran 0.200 and 0.610 ms in 2 fresh sessions" in table
+    assert "at batch 8 ran" not in table  # within SESSION_SPREAD: not named
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

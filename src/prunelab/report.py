@@ -366,6 +366,21 @@ def plot_curves(results: dict, path: str | Path) -> None:
     _save(fig, path)
 
 
+def _mosaic(weights, cols: int, gap: int = 1):
+    """Filters (out x 3 x k x k) as one RGB image: each scaled to [0, 1] on its own, `cols` to a row, white
+    gaps between them (one image instead of a subplot per filter: the same picture, drawn ~10x faster)."""
+    import numpy as np
+    n, _, kh, kw = weights.shape
+    rows = -(-n // cols)
+    canvas = np.ones((rows * (kh + gap) - gap, cols * (kw + gap) - gap, 3))
+    for i, w in enumerate(weights):
+        w = w.transpose(1, 2, 0)
+        r, c = divmod(i, cols)
+        canvas[r * (kh + gap):r * (kh + gap) + kh, c * (kw + gap):c * (kw + gap) + kw] = \
+            (w - w.min()) / (w.max() - w.min() + 1e-12)
+    return canvas
+
+
 def plot_filters(run_dir: Path, path: str | Path) -> None:
     """The first convolution's filters, dense and pruned (after fine-tuning), as small RGB images (up to 64)."""
     from safetensors import safe_open
@@ -385,14 +400,9 @@ def plot_filters(run_dir: Path, path: str | Path) -> None:
     subfigs = fig.subfigures(1, 2, width_ratios=[2, 1])
     for sub, weights, title in ((subfigs[0], dense, f"dense: {len(dense)} filters"),
                                 (subfigs[1], pruned, f"pruned and fine-tuned: {len(pruned)} filters")):
-        cols = 8 if len(weights) > 16 else min(len(weights), 6)
-        rows = -(-len(weights) // cols)
-        axes = sub.subplots(rows, cols, squeeze=False)
-        for i, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if i < len(weights):
-                w = weights[i].transpose(1, 2, 0)
-                ax.imshow((w - w.min()) / (w.max() - w.min() + 1e-12), interpolation="nearest")
+        ax = sub.subplots()
+        ax.axis("off")
+        ax.imshow(_mosaic(weights, cols=8 if len(weights) > 16 else min(len(weights), 6)), interpolation="nearest")
         sub.suptitle(title)
     fig.suptitle(f"First convolution ({layer}) filters, run '{Path(run_dir).name}'")
     _save(fig, path, dpi=100)

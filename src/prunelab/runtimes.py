@@ -53,14 +53,18 @@ class Prepared:
     note: str = ""
 
 
-def ort_session(path: str | Path, threads: int | None = None, save_optimized: str | Path | None = None):
-    """An ONNX Runtime CPU session with all graph optimisations (optionally saving the optimised model)."""
+def ort_session(path: str | Path, threads: int | None = None, save_optimized: str | Path | None = None,
+                spinning: bool = True):
+    """An ONNX Runtime CPU session with all graph optimisations (optionally saving the optimised model);
+    spinning False turns off the idle spinning of its intra-op threads (ORT's default is on)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if save_optimized:
         opts.optimized_model_filepath = str(save_optimized)
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads or torch.get_num_threads(), 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # the optimised file is for this machine: said in the docs, not warned each time
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
