@@ -236,12 +236,12 @@ def ratio_for_latency(model: nn.Module, cfg, image_size: int, num_classes: int |
             pruner = build_pruner(m, search_cfg, pruning_ratio=ratio, iterative_steps=1, image_size=image_size,
                                   num_classes=num_classes)
             pruner.step()
-        work.mkdir(parents=True)
+        work.mkdir(parents=True, exist_ok=True)
         return latency(m.eval(), cfg.latency_runtime, image_size, cfg.latency_batch_size, work)
 
     target = cfg.target_latency_ms
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [at(0.0, Path(tmp) / f"dense{i}") for i in range(5)]
+        runs = [at(0.0, Path(tmp) / "dense") for _ in range(5)]  # one ONNX export, five fresh sessions
         dense = sorted(runs)[2]
         noise = (max(runs) - min(runs)) / dense
         if target >= dense:
