@@ -83,7 +83,7 @@ def test_eval_in_a_fresh_process_reproduces_the_recorded_accuracy_exactly(tiny_r
 
 def test_onnx_export_passes_the_checker_and_matches_pytorch_at_any_batch(pruned_model, tmp_path):
     model, _ = pruned_model
-    info = export_onnx(model, tmp_path / "m.onnx")
+    export_onnx(model, tmp_path / "m.onnx")
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 3, 32, 32)
@@ -353,6 +353,9 @@ def test_int8_quantisation_in_openvino_and_onnx_runtime_adds_a_report_section_ev
         assert fp32["accuracy"] == pytest.approx(result["pytorch_accuracy"], abs=1 / result["test_images"])  # same model
         assert int8["file_size_bytes"] < (0.5 if runtime == "onnxruntime" else 0.9) * fp32["file_size_bytes"]
         assert result["calibration_images"] == 256
+        for r in fp32["latency"] + int8["latency"]:  # ONNX Runtime: timed in two fresh sessions, as in bench
+            t = r.get("session_medians_ms")
+            assert (len(t) == 2 and r["median_ms"] == min(t)) if runtime == "onnxruntime" else t is None
         report = (run_dir / "report.md").read_text()
         assert "## INT8" in report and f"pruned INT8 ({'OpenVINO' if runtime == 'openvino' else 'ONNX Runtime'})" in report
     assert not (run_dir / "int8" / "model-int8.xml").exists()  # the OpenVINO files went with their result
