@@ -93,6 +93,8 @@ def run_readme_commands(commands: list[str], tmp_path: Path, real_data: Path) ->
         args = shlex.split(command)
         if args[0] in TOOLS:
             extra = ["--min-seconds", "0", "--min-reps", "2", "--warmup", "1"] if args[0] == "bench" else []
+            if args[0] == "bench" and "--batch-sizes" not in args:  # batch 128 of the dense model: ~35 s here
+                extra += ["--batch-sizes", "1", "4"]
             if args[0] in ("bench", "export", "quantize"):
                 r = run_cli(*args, *extra, cwd=tmp_path)
                 code, out, err = r.returncode, r.stdout, r.stderr
