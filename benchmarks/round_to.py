@@ -6,6 +6,8 @@ The dense ResNet-18 (CIFAR stem) is pruned one-shot to the same channel ratio wi
 (latency does not depend on the weights, so random weights do), and every model is timed side by side in
 every installed runtime (eager PyTorch, batch norms folded, ONNX Runtime, OpenVINO) at batch 1 and N.
 Prints a table (MACs, latency, MACs per microsecond, speed-up against the round_to=2 model) and writes JSON.
+`--with-dense` times the dense model too (first, per runtime and batch) and adds each pruned model's speed-up
+over it in the same runtime; `--runtimes` limits the runtimes.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.9)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runtimes", nargs="+", default=None, help="default: every installed one but torch-compile")
+    ap.add_argument("--with-dense", action="store_true", help="time the dense model too; add 'vs dense'")
     ap.add_argument("--json", default="benchmarks/results/round_to.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -43,7 +47,9 @@ def main() -> None:
         cfg = dataclasses.replace(make_config("seed"), round_to=r)
         build_pruner(m, cfg, pruning_ratio=args.ratio, iterative_steps=1).step()
         models[r] = m.eval()
-    runtimes = [rt for rt in installed() if rt != "torch-compile"]
+    if args.with_dense:
+        models = {"dense": dense, **models}  # (dict order: timed first)
+    runtimes = args.runtimes or [rt for rt in installed() if rt != "torch-compile"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for b in args.batch_sizes:
@@ -54,13 +60,17 @@ def main() -> None:
                     t = time_run(p.run, x, min_seconds=2.0)
                     macs, params = count_macs_params(m, 32)
                     rows.append({"round_to": r, "runtime": rt, "batch_size": b, "macs": macs, "params": params, **t})
-    base = {(row["runtime"], row["batch_size"]): row["median_ms"] for row in rows if row["round_to"] == args.round_to[0]}
+    def ms(r, row):
+        return next(x["median_ms"] for x in rows if (x["round_to"], x["runtime"], x["batch_size"]) ==
+                    (r, row["runtime"], row["batch_size"]))
     print("| runtime | batch | round_to | params | MACs | median (ms) | MACs/us | speed vs round_to "
-          f"{args.round_to[0]} |\n| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"{args.round_to[0]} |" + (" vs dense |" if args.with_dense else "") + "\n| :--- | ---: | ---: | ---: | ---: | "
+          "---: | ---: | ---: |" + (" ---: |" if args.with_dense else ""))
     for row in rows:
         per_us = row["macs"] * row["batch_size"] / (row["median_ms"] * 1000)
         print(f"| {row['runtime']} | {row['batch_size']} | {row['round_to']} | {row['params']:,} | {row['macs'] / 1e6:.2f} M "
-              f"| {row['median_ms']:.3f} | {per_us:.0f} | {base[(row['runtime'], row['batch_size'])] / row['median_ms']:.2f}x |")
+              f"| {row['median_ms']:.3f} | {per_us:.0f} | {ms(args.round_to[0], row) / row['median_ms']:.2f}x |"
+              + (f" {ms('dense', row) / row['median_ms']:.1f}x |" if args.with_dense else ""))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"ratio": args.ratio, "rows": rows, "machine": machine()}, indent=2) + "\n")
     print(f"\nwrote {args.json}")
