@@ -170,7 +170,7 @@ def machine() -> dict:
 
 # Runtimes whose speed is a property of each session: timed in this many fresh sessions, the fastest kept (the
 # record lists every session's median). An ONNX Runtime session on 2 cores now and then runs the whole session
-# 2-2.6x slower, in a process without PyTorch too (benchmarks/ort_spinning.py, ort_process.py; docs/RESULTS.md).
+# ~2-2.6x slower, in a process without PyTorch too (benchmarks/ort_spinning.py, ort_process.py; docs/RESULTS.md).
 FRESH_SESSIONS = {"onnxruntime": 2}
 # Sessions whose medians differ by more than this are named under the bench table.
 SESSION_SPREAD = 1.5
