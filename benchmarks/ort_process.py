@@ -5,7 +5,7 @@
 benchmarks/ort_spinning.py found that a fresh ORT session (default thread spinning) now and then runs the
 seed-size pruned ResNet-18 at half speed at batch 128 on the project's 2-core machines, when it is timed right
 after eager PyTorch in the same process (as `prunelab bench` does). This script times, round after round and in a
-rotating order, a fresh ORT session (default options, as prunelab builds them) in three places:
+rotating order, a fresh ORT session (prunelab's options, without saving the optimised model) in three places:
 
     after-pytorch   this process, right after timing eager PyTorch with batch norms folded (what bench does)
     idle-pytorch    this process, after 3 s in which PyTorch ran nothing

@@ -72,7 +72,7 @@ def main() -> None:
               f"| {row['median_ms']:.3f} | {per_us:.0f} | {ms(args.round_to[0], row) / row['median_ms']:.2f}x |"
               + (f" {ms('dense', row) / row['median_ms']:.1f}x |" if args.with_dense else ""))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"ratio": args.ratio, "rows": rows, "machine": machine()}, indent=2) + "\n")
+    Path(args.json).write_text(json.dumps({"args": vars(args), "ratio": args.ratio, "rows": rows, "machine": machine()}, indent=2) + "\n")
     print(f"\nwrote {args.json}")
 
 

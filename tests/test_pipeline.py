@@ -178,3 +178,18 @@ def test_the_channels_last_hazard_is_found_in_pruned_downsamples_only():
     pruner = build_pruner(model, make_config("seed", {"iterative_steps": 1, "pruning_ratio": 0.9}))
     prune_step(pruner, model)
     assert channels_last_unsafe_on_cpu(model) == "layer2.0.downsample.0"
+
+
+def test_filter_mosaic_places_each_filter_scaled_to_0_1_in_its_cell_with_white_gaps():
+    import numpy as np
+
+    from prunelab.report import _mosaic
+    w = np.random.default_rng(0).standard_normal((7, 3, 5, 3)).astype(np.float32)  # 7 filters of 5x3, 3 to a row
+    m = _mosaic(w, cols=3)
+    assert m.shape == (3 * 6 - 1, 3 * 4 - 1, 3)  # 3 rows of 5 + gap, 3 columns of 3 + gap, no trailing gap
+    cell = m[6:11, 4:7]  # filter 4: row 1, column 1
+    f = w[4].transpose(1, 2, 0)
+    assert np.allclose(cell, (f - f.min()) / (f.max() - f.min() + 1e-12))
+    assert (m[5] == 1).all() and (m[:, 3] == 1).all()  # the gaps between rows and columns are white
+    assert (m[12:, 4:] == 1).all()  # the two empty cells of the last row too
+    assert _mosaic(w[:1], cols=1).shape == (5, 3, 3)

@@ -297,7 +297,7 @@ def bench_table(result: dict) -> str:
             if t and max(t) > SESSION_SPREAD * min(t):
                 lines.append(f"- {row['model']}: {names.get(r['runtime'], r['runtime'])} at batch {r['batch_size']} "
                              f"ran {' and '.join(f'{v:.3f}' for v in t)} ms in {len(t)} fresh sessions; the table "
-                             "has the faster (a session of this runtime sometimes runs at a fraction of its speed)")
+                             "has the fastest (a session of this runtime sometimes runs at a fraction of its speed)")
         for s in row.get("skipped", []):
             lines.append(f"- {row['model']}: {s['runtime']} at batch {s['batch_size']} skipped: {s['reason']}")
     return "\n".join(lines)

@@ -111,6 +111,7 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
         for images, labels in eval_batches(data.test, 500):
             logits = run(_normalised(images, inputs.mean, inputs.std))
             correct += int((logits.argmax(1) == labels.cpu().numpy()).sum())
+        run = None  # (the evaluation session's threads go before the timed sessions start)
         latency = []
         for b in batch_sizes:
             x = np.random.default_rng(0).standard_normal((b, 3, inputs.image_size, inputs.image_size), dtype=np.float32)
