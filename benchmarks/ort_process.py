@@ -29,11 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunelab.config import make_config
+from ort_spinning import seed_point_model  # (benchmarks/ is on the path: this is run as a script)
 from prunelab.export import export_onnx
 from prunelab.measurement import machine
-from prunelab.models import build_model
-from prunelab.prune import build_pruner
 from prunelab.runtimes import ort_session, prepare, time_run
 
 WORKER = """
@@ -66,11 +64,7 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/ort_process.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = make_config("full", {"progress": False})
-    model = build_model(cfg.model).eval()
-    build_pruner(model, cfg, pruning_ratio=0.9, iterative_steps=1).step()
-    model.eval()
+    model = seed_point_model()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx = Path(tmp) / "model.onnx"

@@ -28,6 +28,15 @@ from prunelab.prune import build_pruner
 from prunelab.runtimes import ort_session, prepare, time_run
 
 
+def seed_point_model() -> torch.nn.Module:
+    """The CIFAR ResNet-18 pruned one-shot to ratio 0.9 (105,428 params), random weights, eval mode."""
+    torch.manual_seed(0)
+    cfg = make_config("full", {"progress": False})
+    model = build_model(cfg.model).eval()
+    build_pruner(model, cfg, pruning_ratio=0.9, iterative_steps=1).step()
+    return model.eval()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -36,11 +45,7 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/ort_spinning.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = make_config("full", {"progress": False})
-    model = build_model(cfg.model).eval()
-    build_pruner(model, cfg, pruning_ratio=0.9, iterative_steps=1).step()
-    model.eval()
+    model = seed_point_model()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx = Path(tmp) / "model.onnx"

@@ -101,8 +101,9 @@ def project(preset: str, baseline: bool, train_batches: int, eval_images: int, t
         phase_images = sum(r["train_s"] * r["train_images_per_s"] for r in rows[1:])
         rows.append({**rows[-1], "stage": "scratch control", "train_s": phase_images / last["train_images_per_s"]})
     total = sum(r["train_s"] + r["eval_s"] for r in rows)
-    return {"preset": preset, "target_macs": target_macs, "baseline": baseline, "train_batches": train_batches, "eval_images": eval_images,
-            "test_images": test_images, "stages": rows, "projected_s": total, "machine": machine()}
+    return {"preset": preset, "target_macs": target_macs, "baseline": baseline, "train_batches": train_batches,
+            "eval_images": eval_images, "test_images": test_images, "stages": rows, "projected_s": total,
+            "machine": machine()}
 
 
 def main() -> None:
@@ -116,15 +117,17 @@ def main() -> None:
     p.add_argument("--with-scratch-control", action="store_true", help="add the scratch control of each run")
     p.add_argument("--json", default="benchmarks/results/recipe_walltime.json")
     args = p.parse_args()
+    def name(preset: str, target: float) -> str:
+        return f"{preset}{f' at {target:.4g} MACs' if target else ''}"
+
     out = []
     for preset in args.preset:
         for target in args.target_macs:
-            print(f"{preset}{f' at {target:.4g} MACs' if target else ''}:", flush=True)
+            print(f"{name(preset, target)}:", flush=True)
             out.append(project(preset, args.baseline, args.train_batches, args.eval_images, target,
                                args.with_scratch_control))
     for r in out:
-        at = f" at {r['target_macs']:.4g} MACs" if r["target_macs"] else ""
-        print(f"\n{r['preset']}{at}{' from a baseline' if r['baseline'] else ''}: ({r['machine']['processor']}, "
+        print(f"\n{name(r['preset'], r['target_macs'])}{' from a baseline' if r['baseline'] else ''}: ({r['machine']['processor']}, "
               f"{r['machine']['torch_threads']} threads)\n")
         print("| stage | ratio | MACs | train images/s | eval images/s | training (s) | evaluation (s) |")
         print("| :--- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -133,8 +136,7 @@ def main() -> None:
                   f"{s['eval_images_per_s']:.0f} | {s['train_s']:.0f} | {s['eval_s']:.0f} |")
     print()
     for r in out:
-        at = f" at {r['target_macs']:.4g} MACs" if r["target_macs"] else ""
-        print(f"{r['preset']}{at}: projected {r['projected_s'] / 60:.1f} min of training and evaluation "
+        print(f"{name(r['preset'], r['target_macs'])}: projected {r['projected_s'] / 60:.1f} min of training and evaluation "
               f"(one timing of {r['train_batches']} batches per architecture)")
     if len(out) > 1:
         print(f"all together: {sum(r['projected_s'] for r in out) / 3600:.1f} h")

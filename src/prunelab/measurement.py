@@ -168,11 +168,8 @@ def machine() -> dict:
     return info
 
 
-# Runtimes whose speed is a property of each session: timed in this many fresh sessions, the fastest kept (the
-# record lists every session's median). An ONNX Runtime session on 2 cores now and then runs the whole session
-# ~2-2.6x slower, in a process without PyTorch too (benchmarks/ort_spinning.py, ort_process.py; docs/RESULTS.md).
-FRESH_SESSIONS = {"onnxruntime": 2}
-# Sessions whose medians differ by more than this are named under the bench table.
+# Fresh sessions of one runtime (runtimes.FRESH_SESSIONS) whose medians differ by more than this are named under
+# the bench table.
 SESSION_SPREAD = 1.5
 
 
@@ -183,13 +180,13 @@ def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_rep
     runtime (runtimes.py) on the CPU at each batch size (on CUDA too, when a CUDA device is in `devices`: PyTorch
     eager, and the same forward pass replayed from a CUDA graph). Every runtime's outputs are checked against
     eager PyTorch before it is timed; a path that fails is listed in "skipped" with the reason. ONNX Runtime is
-    timed in FRESH_SESSIONS fresh sessions and the fastest is kept (every session's median is in the record).
+    timed in fresh sessions and the fastest is kept (runtimes.time_sessions; every median is in the record).
     Each record gets its speed-up over the first model in the same setting, and over the first model in eager
     PyTorch at that batch size."""
     import tempfile
 
     from .config import PrunelabError
-    from .runtimes import check, prepare, time_run
+    from .runtimes import check, prepare, time_sessions
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,26 +216,24 @@ def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_rep
             for runtime in runtimes:
                 for b in batch_sizes:
                     x = np.random.default_rng(0).standard_normal((b, 3, size, size), dtype=np.float32)
-                    sessions = []  # (timing, note) of each fresh session of this runtime
+                    notes = []
+
+                    def fresh():  # a new session of this runtime, checked against PyTorch first
+                        path = prepare(runtime, model, size, work, batch_size=b)
+                        check(path, model, size, b)
+                        notes.append(path.note)
+                        if runtime == "pytorch" and channels_last:
+                            cl = model.to(memory_format=torch.channels_last)
+                            xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+                            return lambda _x: cl(xt)
+                        return path.run
                     try:
-                        for _ in range(FRESH_SESSIONS.get(runtime, 1)):
-                            path = prepare(runtime, model, size, work, batch_size=b)
-                            check(path, model, size, b)
-                            if runtime == "pytorch" and channels_last:
-                                cl = model.to(memory_format=torch.channels_last)
-                                xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-                                path.run = lambda _x, cl=cl, xt=xt: cl(xt)
-                            sessions.append((time_run(path.run, x, warmup=warmup, min_reps=min_reps,
-                                                      min_seconds=min_seconds), path.note))
-                            path = None  # (an ORT session's threads go before the next session starts)
+                        r = time_sessions(runtime, fresh, x, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
                     except PrunelabError as e:
                         row["skipped"].append({"runtime": runtime, "batch_size": b, "reason": str(e)})
                         continue
-                    r, note = min(sessions, key=lambda s: s[0]["median_ms"])
                     row["latency"].append({"runtime": runtime, "device": "cpu", "batch_size": b, **r,
-                                           **({"session_medians_ms": [s[0]["median_ms"] for s in sessions]}
-                                              if len(sessions) > 1 else {}),
-                                           **({"note": note} if note else {})})
+                                           **({"note": notes[-1]} if notes[-1] else {})})
             rows.append(row)
     for row in rows:
         for r in row["latency"]:

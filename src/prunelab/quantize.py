@@ -26,9 +26,9 @@ from . import modelfile
 from .config import PrunelabError
 from .data import eval_batches, load_data
 from .files import write_json
-from .measurement import FRESH_SESSIONS, file_size_bytes, machine
+from .measurement import file_size_bytes, machine
 from .rundir import open_existing
-from .runtimes import missing, ort_session, ov_runner, time_run
+from .runtimes import missing, ort_session, ov_runner, time_sessions
 
 QUANT_RUNTIMES = ("auto", "openvino", "onnxruntime")
 
@@ -115,11 +115,8 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
         latency = []
         for b in batch_sizes:
             x = np.random.default_rng(0).standard_normal((b, 3, inputs.image_size, inputs.image_size), dtype=np.float32)
-            sessions = [time_run(_runner(runtime, files[0], threads, batch_size=b), x)  # each a fresh session,
-                        for _ in range(FRESH_SESSIONS.get(runtime, 1))]              # the fastest kept, as in bench
-            latency.append({"runtime": runtime, "device": "cpu", "batch_size": b,
-                            **min(sessions, key=lambda t: t["median_ms"]),
-                            **({"session_medians_ms": [t["median_ms"] for t in sessions]} if len(sessions) > 1 else {})})
+            r = time_sessions(runtime, lambda: _runner(runtime, files[0], threads, batch_size=b), x)  # as bench does
+            latency.append({"runtime": runtime, "device": "cpu", "batch_size": b, **r})
         result["models"][name] = {"accuracy": correct / len(data.test),
                                   "file_size_bytes": sum(file_size_bytes(f) for f in files), "latency": latency}
     result["pytorch_accuracy"] = desc["metrics"]["accuracy"]

@@ -84,6 +84,24 @@ def time_run(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, warmup: 
     return _time_runs(once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
 
 
+# Runtimes whose speed is a property of each session: timed in this many fresh sessions, the fastest kept. An ONNX
+# Runtime session on 2 cores now and then runs ~2-2.6x slower as a whole, in a process without PyTorch too
+# (benchmarks/ort_spinning.py, ort_process.py; docs/RESULTS.md).
+FRESH_SESSIONS = {"onnxruntime": 2}
+
+
+def time_sessions(runtime: str, new_run: Callable[[], Callable[[np.ndarray], np.ndarray]], x: np.ndarray,
+                  **rule) -> dict:
+    """time_run (with `rule`) of FRESH_SESSIONS[runtime] (default 1) runners, each from a fresh new_run() and
+    released before the next; the fastest's timing, plus every session's median as session_medians_ms when
+    there was more than one."""
+    timings = [time_run(new_run(), x, **rule) for _ in range(FRESH_SESSIONS.get(runtime, 1))]
+    best = dict(min(timings, key=lambda t: t["median_ms"]))
+    if len(timings) > 1:
+        best["session_medians_ms"] = [t["median_ms"] for t in timings]
+    return best
+
+
 def fold_batchnorms(model: nn.Module) -> nn.Module:
     """A copy of `model` (eval mode) with each BatchNorm2d folded into the convolution before it (torch.fx's
     fuse). Models that torch.fx cannot trace are refused with the reason."""
