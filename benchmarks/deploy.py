@@ -14,11 +14,9 @@ from pathlib import Path
 
 import torch
 
-from prunelab.cli import _bench_models
-from prunelab.measurement import bench, bench_table, fastest
-from prunelab.config import PrunelabError
+from prunelab.bench import bench, bench_runtimes, bench_table, fastest, models_to_bench
+from prunelab.errors import PrunelabError
 from prunelab.quantize import quant_runtime, quantize_run
-from prunelab.runtimes import installed
 
 
 def main() -> None:
@@ -31,8 +29,8 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/deploy.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    runtimes = [r for r in installed() if args.compile or r != "torch-compile"]
-    result = bench(_bench_models([args.run_dir], False), args.batch_sizes, [torch.device("cpu")], warmup=5,
+    runtimes = bench_runtimes(["all"] if args.compile else None)
+    result = bench(models_to_bench([args.run_dir]), args.batch_sizes, [torch.device("cpu")], warmup=5,
                    min_reps=20, min_seconds=2.0, runtimes=runtimes)
     int8 = {}
     for runtime in ("onnxruntime", "openvino"):  # the last one's files and report section stay in the run

@@ -9,8 +9,6 @@ model's architecture and speed. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -21,8 +19,9 @@ import torch
 from prunelab.config import make_config
 from prunelab.measurement import machine
 from prunelab.models import build_model
-from prunelab.prune import build_pruner, count_macs_params
-from prunelab.runtimes import latency, ratio_for_latency
+from prunelab.prune import count_macs_params, prune_once
+from prunelab.runtimes import latency
+from prunelab.targets import ratio_for_latency
 
 
 def main() -> None:
@@ -40,8 +39,7 @@ def main() -> None:
         cfg = make_config("seed", {"target_latency_ms": budget, "latency_runtime": args.runtime,
                                    "latency_batch_size": args.batch_size})
         found = ratio_for_latency(dense, cfg, 32, 10)
-        m = copy.deepcopy(dense)
-        build_pruner(m, dataclasses.replace(cfg, importance="l2"), pruning_ratio=found["ratio"], iterative_steps=1).step()
+        m = prune_once(dense, cfg, found["ratio"], image_size=32, num_classes=10)
         with tempfile.TemporaryDirectory() as tmp:
             again = [latency(m.eval(), args.runtime, 32, args.batch_size, Path(tmp) / str(i), min_seconds=1.0)
                      for i in range(5)]

@@ -5,7 +5,7 @@ A full-data `seed` run from a trained baseline is 20 pruning steps, most of them
 2-core CPU, and this project's only one (docs/RESULTS.md) was disturbed by other work. This script prunes a
 freshly initialised copy of the model with the recipe's own pruner and schedule (per-layer pruning: the widths
 depend on the ratio only, not on the weights), and at each step times a few training batches (the scratch
-control's probe, `controls._seconds_per_epoch`: prunelab's loop, bf16 where the CPU has it, channels_last where
+control's probe, `controls.seconds_per_epoch`: prunelab's loop, bf16 where the CPU has it, channels_last where
 safe, as the pipeline trains) and a few evaluation batches
 (fp32). The projection is what the recipe's stages spend on training and evaluating:
 
@@ -36,12 +36,13 @@ from pathlib import Path
 import torch
 
 from prunelab.config import make_config
-from prunelab.controls import _seconds_per_epoch
+from prunelab.controls import seconds_per_epoch
 from prunelab.data import Split, batches_per_epoch
 from prunelab.measurement import machine
 from prunelab.models import ModelSpec, build, channels_last_unsafe_on_cpu
-from prunelab.prune import build_pruner, count_macs_params, prune_step, ratio_for_target, step_ratio
-from prunelab.train import Trainer, evaluate
+from prunelab.prune import build_pruner, count_macs_params, prune_step, step_ratio
+from prunelab.targets import ratio_for_target
+from prunelab.train import Trainer, score
 
 TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR-10's splits (the presets' train_subset / test_subset apply)
 
@@ -56,11 +57,11 @@ def speeds(model, cfg, trainer: Trainer, train_batches: int, eval_images: int) -
     n = (train_batches + 1) * trainer.batch_size
     split = Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
                   torch.randint(0, 10, (n,), generator=g))
-    rate = n / _seconds_per_epoch(model, split, trainer, cfg, batches=train_batches)  # the scratch control's probe
+    rate = n / seconds_per_epoch(model, split, trainer, batches=train_batches)  # the scratch control's probe
     test = split.subset(torch.arange(min(eval_images, n)))
-    evaluate(model, test.subset(torch.arange(min(100, len(test)))), trainer.normalizer, trainer.eval_batch_size)
+    score(model, test.subset(torch.arange(min(100, len(test)))), trainer.normalizer, trainer.eval_batch_size)
     start = time.perf_counter()
-    evaluate(model, test, trainer.normalizer, trainer.eval_batch_size)
+    score(model, test, trainer.normalizer, trainer.eval_batch_size)
     return rate, len(test) / (time.perf_counter() - start)
 
 

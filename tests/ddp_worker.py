@@ -14,7 +14,7 @@ from prunelab.data import load_data
 from prunelab.modelfile import save as save_model
 from prunelab.models import build_model
 from prunelab.prune import build_pruner, history, layer_widths, prune_step
-from prunelab.train import Trainer, evaluate, make_optimizer, train_epoch
+from prunelab.train import Trainer, make_optimizer, score, train_epoch
 
 out = Path(sys.argv[1])
 importance = sys.argv[2]
@@ -35,7 +35,7 @@ for k in range(2):
     distributed.check_identical(model, f"after step {k + 1}")
 
 digest = hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for t in model.state_dict().values()))
-result = evaluate(model, data.test, trainer.normalizer, 32)
+result = score(model, data.test, trainer.normalizer, 32)
 (out / f"rank{world.rank}.json").write_text(json.dumps({
     "widths": layer_widths(model), "weights_sha256": digest.hexdigest(), "accuracy": result["accuracy"],
     "loss": result["loss"]}))

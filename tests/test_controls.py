@@ -58,14 +58,43 @@ def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(t
     s = rows["scratch"]  # the images it trained, beside the phase's count it was given
     assert f"{s['train_images']:,} images for a budget of {s['budget_images']:,}" in report
     # run again: nothing is redone
-    before = (run_dir / "controls" / "scratch" / "result.json").stat().st_mtime_ns
+    before = (run_dir / "controls" / "scratch" / "results.json").stat().st_mtime_ns
     code, out, _ = cli("control", run_dir, "--kind", "scratch")
-    assert code == 0 and (run_dir / "controls" / "scratch" / "result.json").stat().st_mtime_ns == before
+    assert code == 0 and (run_dir / "controls" / "scratch" / "results.json").stat().st_mtime_ns == before
+
+
+def test_a_scratch_control_resumed_after_a_crash_logs_each_epoch_once_and_counts_its_time_once(tmp_path):
+    """A crash after the control's last epoch row but before its result (its partial checkpoint is one epoch
+    behind the log): the resumed control re-runs that epoch and replaces its row instead of adding a second one,
+    which its train_seconds (what a time budget reads) would count twice."""
+    run_dir = prunelab.run(_cfg(tmp_path, name="r"))
+    assert cli("control", run_dir, "--kind", "scratch", "--budget", "images")[0] == 0
+    ctl = run_dir / "controls" / "scratch"
+    for name in ("results.json", "model.json", "model.safetensors"):  # the state the crash leaves
+        (ctl / name).unlink()
+    code, out, err = cli("control", run_dir, "--kind", "scratch", "--budget", "images")
+    assert code == 0, err
+    epochs = [json.loads(line) for line in (ctl / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "epoch"]
+    row = json.loads((ctl / "results.json").read_text())
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] == list(range(1, row["epochs"] + 1))
+    assert row["train_seconds"] == pytest.approx(sum(e["seconds"] for e in epochs))
+    assert row["train_images"] == sum(e["images"] for e in epochs)
+
+
+def test_the_random_control_s_row_counts_the_images_it_trained_on(tmp_path):
+    """With early_images, the fine-tunes between steps train on a subset: 2 steps x 64 images, then the final
+    fine-tune on all 256 training images. The row must say 384, not 3 epochs x 256."""
+    run_dir = prunelab.run(_cfg(tmp_path, name="r", early_images=64, controls=["random"]))
+    results = json.loads((run_dir / "results.json").read_text())
+    row = next(c for c in results["controls"] if c["control"] == "random")
+    assert row["train_images"] == 2 * 64 + 256
+    assert "384 images after the dense stage" in (run_dir / "report.md").read_text()
 
 
 def test_a_time_budget_trains_the_scratch_control_for_about_the_phase_s_training_time(tmp_path):
     run_dir = prunelab.run(_cfg(tmp_path, name="r", controls=["scratch"], control_lr=0.07))
-    row = json.loads((run_dir / "controls" / "scratch" / "result.json").read_text())
+    row = json.loads((run_dir / "controls" / "scratch" / "results.json").read_text())
     assert row["budget"] == "time" and row["epochs"] >= 1 and row["budget_seconds"] > 0
     assert row["lr"] == 0.07 and _first_epoch_lr(run_dir / "controls" / "scratch") == pytest.approx(0.07)
 
@@ -75,14 +104,14 @@ def test_a_wrong_probe_is_corrected_by_the_first_epoch_and_the_schedule_runs_ove
 
     import prunelab.controls as controls
     run_dir = prunelab.run(_cfg(tmp_path, name="r", finetune_lr=0.05))
-    monkeypatch.setattr(controls, "_seconds_per_epoch", lambda *a, **k: 1e-6)  # a probe that says: a million epochs
+    monkeypatch.setattr(controls, "seconds_per_epoch", lambda *a, **k: 1e-6)  # a probe that says: a million epochs
     code, _, err = cli("control", run_dir, "--kind", "scratch")
     assert code == 0, err
     plan = json.loads((run_dir / "controls" / "scratch" / "plan.json").read_text())
     epochs = [json.loads(line) for line in (run_dir / "controls" / "scratch" / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["event"] == "epoch"]
     assert plan["probe_epochs"] > 1000 and 1 <= plan["epochs"] < 50 and len(epochs) == plan["epochs"]
-    row = json.loads((run_dir / "controls" / "scratch" / "result.json").read_text())
+    row = json.loads((run_dir / "controls" / "scratch" / "results.json").read_text())
     assert row["epochs"] == plan["epochs"]
     n = plan["epochs"]  # tiny steps the cosine once per epoch: epoch i runs at 0.05 * (1 + cos(pi * i / n)) / 2
     assert [r["lr"] for r in epochs] == pytest.approx([0.05 * 0.5 * (1 + math.cos(math.pi * i / n)) for i in range(n)])

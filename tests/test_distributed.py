@@ -12,7 +12,7 @@ from prunelab import distributed
 from prunelab.config import make_config
 from prunelab.data import load_data
 from prunelab.modelfile import load as load_model
-from prunelab.train import Trainer, evaluate
+from prunelab.train import Trainer, score
 
 import torch
 
@@ -36,7 +36,7 @@ def test_two_ranks_end_with_identical_structure_and_weights_and_reduced_metrics_
     model, _ = load_model(tmp_path / "model.safetensors")
     cfg = make_config("tiny")
     trainer = Trainer.from_config(cfg, torch.device("cpu"))
-    single = evaluate(model, load_data(cfg).test, trainer.normalizer, 32)
+    single = score(model, load_data(cfg).test, trainer.normalizer, 32)
     assert rank0["accuracy"] == single["accuracy"]
     assert rank0["loss"] == pytest.approx(single["loss"], rel=1e-4)
 

@@ -92,9 +92,35 @@ def test_onnx_export_passes_the_checker_and_matches_pytorch_at_any_batch(pruned_
     assert abs(out - model(x).detach().numpy()).max() < 1e-4
 
 
+def test_exporting_and_benching_leave_the_caller_s_model_as_they_found_it(pruned_model, tmp_path):
+    """A bf16 model in train mode stays bf16, in train mode, with the same weights, after export_onnx and bench
+    (both measure an fp32 eval-mode copy)."""
+    import prunelab
+    from prunelab.bench import bench
+    model = pruned_model[0].to(torch.bfloat16).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prunelab.export_onnx(model, tmp_path / "m.onnx")
+    bench([("m", model, None)], [1], [torch.device("cpu")], warmup=0, min_reps=1, min_seconds=0.0,
+          runtimes=["pytorch"])
+    assert model.training and all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_every_cli_flag_can_change_something():
+    """A store_true flag whose default is already true (export's old --onnx) does nothing when given."""
+    import argparse
+
+    from prunelab.cli import build_parser
+    parsers = [build_parser()]
+    parsers += [p for a in parsers[0]._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
+    dead = [(p.prog, a.option_strings) for p in parsers for a in p._actions
+            if isinstance(a, argparse._StoreTrueAction) and a.default is True]
+    assert not dead
+
+
 def test_export_command_writes_model_onnx_into_the_run(tiny_run):
     (tiny_run / "model.onnx").unlink(missing_ok=True)
-    r = run_cli("export", tiny_run, "--onnx")
+    r = run_cli("export", tiny_run)
     assert r.returncode == 0, r.stderr
     assert (tiny_run / "model.onnx").is_file()
 
@@ -120,7 +146,7 @@ def test_bench_prints_dense_vs_pruned_with_ratios_and_writes_json(tiny_run, tmp_
 
 
 def test_bench_table_names_a_runtime_whose_fresh_sessions_differed():
-    from prunelab.measurement import bench_table
+    from prunelab.bench import bench_table
     rec = {"runtime": "onnxruntime", "device": "cpu", "batch_size": 1, "median_ms": 0.2, "p90_ms": 0.3,
            "speedup_vs_first_eager": None}
     result = {"models": [{"model": "m", "params": 1e5, "macs": 5e6, "macs_ratio": 1.0, "skipped": [],
@@ -135,7 +161,8 @@ def test_bench_table_names_a_runtime_whose_fresh_sessions_differed():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_a_gpu_bench_times_eager_and_a_cuda_graph_replay_checked_against_eager():
-    from prunelab.measurement import bench, cuda_graph_latency_ms
+    from prunelab.bench import bench
+    from prunelab.measurement import cuda_graph_latency_ms
     cuda = torch.device("cuda")
     m = build_model("resnet18_cifar").eval()
     result = bench([("m", m, None)], [1, 4], [torch.device("cpu"), cuda], warmup=1, min_reps=3, min_seconds=0)
@@ -294,7 +321,7 @@ def test_a_smaller_latency_budget_picks_a_smaller_model_and_an_unreachable_one_s
 
     from prunelab.config import PrunelabError, make_config
     from prunelab.models import build_model
-    from prunelab.runtimes import ratio_for_latency
+    from prunelab.targets import ratio_for_latency
     model = build_model("resnet18_cifar")
     dense = fastest_dense_ms(tmp_path)
     cfg = make_config("seed", {"latency_runtime": "onnxruntime"})
@@ -347,7 +374,7 @@ def test_int8_quantisation_in_openvino_and_onnx_runtime_adds_a_report_section_ev
         if runtime == "onnxruntime":
             code, out, err = cli("quantize", run_dir, "--runtime", "onnxruntime", "--batch-sizes", 1, 4)
             assert code == 0, err
-        result = json.loads((run_dir / "int8" / "result.json").read_text())
+        result = json.loads((run_dir / "int8" / "results.json").read_text())
         assert result["runtime"] == runtime
         fp32, int8 = result["models"]["fp32"], result["models"]["int8"]
         assert fp32["accuracy"] == pytest.approx(result["pytorch_accuracy"], abs=1 / result["test_images"])  # same model
@@ -367,16 +394,19 @@ def test_int8_quantisation_in_openvino_and_onnx_runtime_adds_a_report_section_ev
     assert code == 2 and "unknown INT8 runtime 'tensorrt'" in err
 
 
-def test_a_runtime_that_is_not_installed_gets_an_install_hint(monkeypatch):
+@pytest.mark.parametrize("args", [["--target-latency-ms", "1", "--latency-runtime", "openvino"],
+                                  ["--int8", "--int8-runtime", "openvino"]])
+def test_a_runtime_that_is_not_installed_gets_an_install_hint_before_anything_is_written(monkeypatch, tmp_path, args):
     import importlib.util
 
-    from prunelab.config import PrunelabError, make_config
+    from conftest import cli
     from prunelab.runtimes import missing
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
     assert missing("openvino") == "runtime 'openvino' is not installed: pip install 'prunelab[openvino]'"
-    with pytest.raises(PrunelabError, match=r"pip install 'prunelab\[openvino\]'"):
-        make_config("tiny", {"target_latency_ms": 1.0, "latency_runtime": "openvino"})
+    code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path, *args)
+    assert code == 2 and "pip install 'prunelab[openvino]'" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
 
 
 def test_int8_without_the_run_s_data_is_refused_before_anything_is_written(tmp_path):

@@ -104,6 +104,38 @@ def test_sigkill_then_resume_finishes_with_the_same_results_as_an_uninterrupted_
     assert not (cut / "checkpoints" / "partial.safetensors").exists()
 
 
+def test_sparse_training_killed_mid_stage_resumes_after_its_last_epoch_without_repeating_one(tmp_path):
+    """Sparse training runs between the dense stage (0) and step 1 but is numbered -1: its partial checkpoint and
+    its epoch rows must survive a resume that finds only the dense stage finished."""
+    args = [*TINY, "--sparse-epochs", "4", "--iterative-steps", "1", "--no-export-onnx", "--latency-batch-sizes", "1",
+            "--out-dir", str(tmp_path), "--name", "sp"]
+    proc = subprocess.Popen([sys.executable, "-m", "prunelab", "run", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    partial = tmp_path / "sp" / "checkpoints" / "partial.safetensors"
+
+    def sparse_epochs_done():
+        from safetensors import safe_open
+        try:
+            with safe_open(str(partial), "pt") as f:
+                meta = f.metadata()
+            return int(meta["epoch"]) if int(meta["stage"]) == -1 else 0
+        except Exception:
+            return 0
+    deadline = time.time() + 300
+    while sparse_epochs_done() < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sparse_epochs_done()
+    assert 2 <= done < 4
+    r = run_cli("run", "--resume", tmp_path / "sp", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert f"continuing after epoch {done} of this stage" in r.stdout + r.stderr  # not trained again
+    sparse = [e for e in results(tmp_path / "sp")["epochs"] if e["stage"] == -1]
+    assert [e["epoch"] for e in sparse] == [1, 2, 3, 4]
+
+
 def test_report_of_an_unfinished_run_says_how_to_finish_it(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
@@ -151,7 +183,8 @@ def test_tensorboard_flag_logs_the_metrics_as_scalars(tmp_path):
 def test_api_functions_are_not_shadowed_by_submodules():
     import importlib
     import prunelab
-    for module in ("config", "data", "models", "train", "prune", "measurement", "pipeline", "report", "export", "cli"):
+    for module in ("errors", "config", "data", "models", "train", "prune", "targets", "measurement", "runtimes", "bench",
+                   "modelfile", "rundir", "export", "quantize", "report", "pipeline", "controls", "sweep", "cli"):
         importlib.import_module(f"prunelab.{module}")
     for name in ("run", "load", "evaluate", "measure", "export_onnx", "make_config"):
         assert callable(getattr(prunelab, name)), name

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from conftest import cli, run_cli
 from prunelab.config import PrunelabError, make_config
 from prunelab.models import build_model
-from prunelab.prune import build_pruner, count_macs_params, geometric_scheduler, prune_step, ratio_for_target
+from prunelab.prune import build_pruner, count_macs_params, geometric_scheduler, prune_step
+from prunelab.targets import ratio_for_target
 from prunelab.data import Split, load_data
 from prunelab.train import Distillation, Trainer, cosine_schedule, distillation_loss, soft_targets, train_epoch
 

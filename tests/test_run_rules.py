@@ -225,14 +225,14 @@ def test_no_model_state_is_evaluated_twice_on_the_same_images(tmp_path, monkeypa
     """Each evaluation of the test split costs as much as a training epoch of the dense model on a CPU: the
     final stage's "before" accuracy must be the last step's, not a second pass over the same weights."""
     import prunelab.pipeline as pipeline
-    seen, real = [], pipeline.evaluate
+    seen, real = [], pipeline.score
 
     def counting(model, split, *args, **kwargs):
         weights = tuple(round(float(t.double().sum()), 6) for t in model.state_dict().values() if t.is_floating_point())
         seen.append((id(split), len(split), weights))
         return real(model, split, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "evaluate", counting)
+    monkeypatch.setattr(pipeline, "score", counting)
     cfg = make_config("tiny", {"out_dir": str(tmp_path), "name": "e", "progress": False, "export_onnx": False,
                                   "measure_latency_every_step": False})
     results = json.loads((prunelab.run(cfg) / "results.json").read_text())

@@ -12,22 +12,27 @@ Python API (the CLI calls the same functions):
 """
 __version__ = "0.1.0"
 
-from .config import PRESETS, Config, PrunelabError, make_config  # noqa: E402
+from .config import PRESETS, Config, make_config  # noqa: E402
+
+from .errors import PrunelabError
 
 __all__ = ["Config", "PRESETS", "PrunelabError", "make_config", "run", "load", "evaluate", "measure", "export_onnx"]
 
 
 def run(config: Config | None = None, resume_dir=None, model=None):
     """Run the whole pipeline, or resume the run in `resume_dir` (config None, or one whose recipe equals the
-    run's: only runtime settings may differ); returns the run directory."""
-    from .pipeline import run as _run
+    run's: only runtime settings may differ), with the config's seeds, controls and INT8; returns the run
+    directory (the seeds' group folder with seeds)."""
+    from .sweep import run as _run
     return _run(config, resume_dir, model)
 
 
 def load(path, device="cpu", trust_pickle: bool = False, model=None):
-    """Load a model saved by prunelab (run directory, .safetensors or .json): returns (model, description)."""
+    """Load a model saved by prunelab (a run directory's final model, .safetensors or .json): returns (model,
+    description)."""
     from .modelfile import load as _load
-    return _load(path, device, trust_pickle=trust_pickle, model=model)
+    from .rundir import model_file
+    return _load(model_file(path), device, trust_pickle=trust_pickle, model=model)
 
 
 def evaluate(model, config, split: str = "test") -> float:
@@ -35,7 +40,7 @@ def evaluate(model, config, split: str = "test") -> float:
     import torch
 
     from .data import Normalizer, load_data
-    from .train import evaluate as _evaluate
+    from .train import score
     cfg = config if isinstance(config, Config) else make_config("seed", {**config, "baseline": ""})
     data = load_data(cfg)
     part = {"test": data.test, "val": data.val}.get(split)
@@ -45,7 +50,7 @@ def evaluate(model, config, split: str = "test") -> float:
     if cfg.channels_last:  # evaluate exactly as the pipeline did, so recorded accuracies reproduce bit for bit
         model = model.to(memory_format=torch.channels_last)
     normalizer = Normalizer(data.inputs.mean, data.inputs.std, device, cfg.channels_last)
-    return _evaluate(model, part.to(device), normalizer, cfg.eval_batch_size)["accuracy"]
+    return score(model, part.to(device), normalizer, cfg.eval_batch_size)["accuracy"]
 
 
 def measure(model, batch_sizes=(1, 128), min_seconds: float = 1.0, image_size: int = 32) -> dict:
@@ -58,7 +63,7 @@ def measure(model, batch_sizes=(1, 128), min_seconds: float = 1.0, image_size: i
 
 
 def export_onnx(model, path, image_size: int = 32) -> dict:
-    """Write an ONNX model (dynamic batch), checked by onnx.checker and against PyTorch (1e-4 + 1e-5 x the
-    largest logit)."""
+    """Write an ONNX model (dynamic batch), checked by onnx.checker and against PyTorch (measurement.tolerance: 1e-4 +
+    1e-4 x the largest logit). The model is exported from a copy: it keeps its dtype, device and mode."""
     from .export import export_onnx as _export
     return _export(model, path, input_size=image_size)

@@ -6,7 +6,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import PRESETS, Config, PrunelabError, load_config_file, make_config, to_dict
+from .config import CONTROL_BUDGETS, CONTROLS, INT8_RUNTIMES, PRESETS, Config, load_config_file, make_config, to_dict
+from .errors import PrunelabError
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -58,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Each control is resumable: run the same command again to continue. The report, "
                                    "results.json and results.png of the run gain a row per control.")
     p.add_argument("run_dir")
-    p.add_argument("--kind", nargs="+", default=["scratch"], choices=["scratch", "random"])
-    p.add_argument("--budget", default="time", choices=["time", "images"],
+    p.add_argument("--kind", nargs="+", default=["scratch"], choices=CONTROLS)
+    p.add_argument("--budget", default="time", choices=CONTROL_BUDGETS,
                    help="the scratch control's training: the run's prune-and-fine-tune training seconds (time) or "
                         "as many training images (images)")
     p.add_argument("--lr", type=float, default=None,
@@ -72,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Calibrates on training images only, measures accuracy on the run's test images and "
                                    "latency in the runtime that quantised, and adds an INT8 section to the run's report.")
     p.add_argument("run_dir")
-    p.add_argument("--runtime", default="auto", help="auto (openvino when OpenVINO and NNCF are installed, else "
-                                                     "onnxruntime) | openvino (NNCF) | onnxruntime (quantize_static)")
+    p.add_argument("--runtime", default="auto", help=" | ".join(INT8_RUNTIMES) + ": auto takes openvino (NNCF) when "
+                   "OpenVINO and NNCF are installed, else onnxruntime (quantize_static)")
     p.add_argument("--calibration-images", type=int, default=300)
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 128])
     p.add_argument("--num-threads", type=int, default=0, help="CPU threads (0 = torch's default)")
@@ -109,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a run's final model (or a model file) to ONNX, checked against PyTorch")
     p.add_argument("model", metavar="RUN_DIR_OR_MODEL")
-    p.add_argument("--onnx", action="store_true", default=True, help="write ONNX (the default)")
     p.add_argument("--runtime", default="onnx", choices=["onnx", "onnxruntime", "openvino"],
                    help="also write what that runtime loads fastest: onnxruntime: model.ort-optimized.onnx (for "
                         "this machine); openvino: model.xml + model.bin (OpenVINO IR). PyTorch eager and torch.compile "
@@ -123,8 +123,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args) -> None:
-    from .pipeline import run
-    from .rundir import open_existing
+    from .rundir import existing_run, open_existing
+    from .sweep import run
 
     file_overrides = load_config_file(args.config) if args.config else {}
     overrides = {**file_overrides, **_overrides(args)}
@@ -133,11 +133,7 @@ def cmd_run(args) -> None:
         run(make_config("seed", {**to_dict(saved), **overrides}), args.resume)
         return
     cfg = make_config(args.preset, overrides)
-    existing = Path(cfg.out_dir) / cfg.name
-    if args.or_resume and (existing / "config.json").is_file():
-        run(cfg, existing)
-        return
-    run(cfg)
+    run(cfg, existing_run(cfg) if args.or_resume else None)
 
 
 def cmd_sweep(args) -> None:
@@ -159,25 +155,15 @@ def cmd_collect(args) -> None:
 
 
 def cmd_control(args) -> None:
-    import dataclasses
-
-    from .config import validate
     from .controls import run_controls
     from .rundir import open_existing
-    cfg = open_existing(args.run_dir)[1]
+    from .train import torch_threads
     given = {k: v for k, v in (("device", args.device), ("num_threads", args.num_threads), ("data_dir", args.data_dir),
                                ("control_lr", args.lr)) if v is not None}
-    cfg = dataclasses.replace(cfg, **given)
-    validate(cfg)
-    import torch
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    cfg = make_config("seed", {**to_dict(open_existing(args.run_dir)[1]), **given})
+    with torch_threads(cfg.num_threads):
         for row in run_controls(args.run_dir, args.kind, runtime=cfg, budget=args.budget):
             print(f"{row['control']} control: test accuracy {100 * row['accuracy']:.2f}%")
-    finally:
-        torch.set_num_threads(threads)
     print(f"wrote {args.run_dir}/controls/ and updated report.md, results.json, results.png")
 
 
@@ -200,8 +186,7 @@ def cmd_report(args) -> None:
 def cmd_eval(args) -> None:
     import json as _json
 
-    from . import evaluate
-    from .modelfile import load
+    from . import evaluate, load
 
     model, desc = load(args.model, trust_pickle=args.trust_pickle)
     if not desc.get("config"):
@@ -217,49 +202,21 @@ def cmd_eval(args) -> None:
     print(_json.dumps({"accuracy": acc, "recorded_accuracy": recorded}))
 
 
-def _bench_models(paths, trust_pickle):
-    from pathlib import Path
-
-    from .modelfile import load, resolve
-    out = []
-    for p in paths:
-        targets = [("dense", resolve(p, "dense")), ("final", resolve(p, "final"))] \
-            if Path(p).is_dir() else [(Path(p).stem, Path(p))]
-        for which, path in targets:
-            model, desc = load(path, trust_pickle=trust_pickle)
-            label = f"{Path(p).name}:{which}" if Path(p).is_dir() else which
-            weights = path.with_name(desc["weights_file"]) if desc.get("weights_file") else path
-            size = (desc.get("inputs") or {}).get("image_size", 32)
-            out.append((label, model, weights, size))
-    return out
-
-
 def cmd_bench(args) -> None:
     import torch
 
+    from .bench import bench, bench_runtimes, bench_table, models_to_bench
     from .files import write_json
-    from .measurement import bench, bench_table
+    from .measurement import latency_devices
     from .train import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.batch_sizes or min(args.batch_sizes) < 1:
         raise PrunelabError("--batch-sizes must be positive integers")
-    device = resolve_device(args.device)
-    devices = [torch.device("cpu")] + ([device] if device.type == "cuda" else [])
-    from .runtimes import installed, missing
-    if args.runtimes is None:
-        runtimes = ["pytorch", "onnxruntime"] if args.onnx else [r for r in installed() if r != "torch-compile"]
-    elif args.runtimes == ["all"]:
-        runtimes = installed()
-    else:
-        runtimes = args.runtimes
-        for r in runtimes:  # unknown or not installed: one line, before any model is loaded
-            reason = missing(r)
-            if reason:
-                raise PrunelabError(reason)
-    models = _bench_models(args.models, args.trust_pickle)
-    result = bench(models, args.batch_sizes, devices, warmup=args.warmup, min_reps=args.min_reps,
+    devices = latency_devices(resolve_device(args.device))
+    runtimes = bench_runtimes(args.runtimes, onnx_only=args.onnx)
+    result = bench(models_to_bench(args.models, args.trust_pickle), args.batch_sizes, devices, warmup=args.warmup, min_reps=args.min_reps,
                    min_seconds=args.min_seconds, runtimes=runtimes, channels_last=args.channels_last)
     print(bench_table(result))
     if args.json:
@@ -268,11 +225,10 @@ def cmd_bench(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from pathlib import Path
-
+    from . import load
     from .export import export_onnx
-    from .modelfile import load
     from .rundir import RunDir
+    from .runtimes import export_for
     model, desc = load(args.model)
     src = Path(args.model)
     out = Path(args.out) if args.out else (RunDir(src).onnx if src.is_dir() else src.with_suffix(".onnx"))
@@ -280,7 +236,6 @@ def cmd_export(args) -> None:
     info = export_onnx(model, out, input_size=size)
     print(f"wrote {out} (onnx.checker passed; onnxruntime matches PyTorch within {info['max_abs_diff']:.1e})")
     if args.runtime != "onnx":
-        from .runtimes import export_for
         for f in export_for(args.runtime, model, out, size):
             print(f"wrote {f}")
 

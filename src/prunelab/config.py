@@ -7,7 +7,9 @@ Two kinds of setting, marked in each field's metadata:
   which `--resume` may change.
 A `Config` is immutable: values derived while a run goes (the ratio found for a MACs target) are
 results of a stage, recorded in metrics.jsonl and the checkpoints, never written back into the config.
-Settings are validated here, in one place, before any long work starts.
+Values, types, ranges and combinations are validated here, in one place, before any long work starts. Whether
+a named thing exists here (a model name, an installed runtime) is checked where the choice is used, still before
+any long work (pipeline.check_available, sweep.run). This module imports nothing of prunelab but errors.
 """
 from __future__ import annotations
 
@@ -19,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 
-class PrunelabError(Exception):
-    """A problem the user can fix. The CLI prints it as one line and exits non-zero."""
-
+from .errors import PrunelabError
 
 IMPORTANCES = ("l1", "l2", "taylor", "bn_scale", "lamp", "fpgm", "random")
 NORMALIZATIONS = {  # per-channel mean and std on the 0-1 scale, by name
@@ -35,6 +35,9 @@ DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("linear", "geometric")
 AUGMENTATIONS = ("auto", "pad-crop", "resized-crop", "none")
 LR_SCHEDULE_UNITS = ("epoch", "batch")
+CONTROLS = ("scratch", "random")  # scratch: the pruned architecture from a random init; random: the random criterion
+CONTROL_BUDGETS = ("time", "images")  # what the scratch control matches: training seconds, or training images
+INT8_RUNTIMES = ("auto", "openvino", "onnxruntime")
 # Settings that older prunelab versions wrote into config.json and that are now derived: ignored on reading.
 RETIRED = ("reduced",)
 
@@ -181,21 +184,19 @@ class Config:
     export_onnx: bool = _f(True, "write model.onnx of the final model (checked against PyTorch; needs onnx + onnxruntime)")
 
 
-# Presets are plain data: overrides on top of the defaults above (which are the seed recipe).
-# What beat the seed recipe in the CPU ablation at equal wall time (docs/RESULTS.md, benchmarks/ablation.py):
-# a geometric schedule (whose saved fine-tune time goes to a longer final fine-tune, set per preset), and
-# a dense recipe with a 1-epoch warm-up, label smoothing 0.1 and Nesterov (the last two act in every fine-tune),
-# all with the cosine stepped per batch (as they were measured).
+# Presets are plain data: overrides on top of the defaults above (which are the seed recipe). Why each value is what
+# it is, with the measurements behind it, is in docs/RESULTS.md (section named beside each preset); no figure here.
+# What beat the seed recipe in the CPU ablation at equal wall time (RESULTS 2.6, benchmarks/ablation.py): a geometric
+# schedule (whose saved fine-tune time goes to a longer final fine-tune, set per preset), and a dense recipe with a
+# 1-epoch warm-up, label smoothing 0.1 and Nesterov (the last two act in every fine-tune), all with the cosine stepped
+# per batch (as they were measured).
 _BEST_CHANGES = {"schedule": "geometric", "warmup_epochs": 1, "label_smoothing": 0.1, "nesterov": True,
                  "lr_schedule_unit": "batch"}
-# From scratch in under 6 minutes on a 2-core bf16 CPU (docs/RESULTS.md, "quick"). The pruned model trains ~15x
-# faster than the dense one, so the budget goes to it: a dense phase of one epoch on 2,560 images at lr 0.02 (at
-# 0.1 it diverges in so few batches and hands the pruned model damaged weights), 3 geometric pruning steps (one
-# 2,560-image fine-tune epoch each, at lr 0.1: at 0.2 the first one diverged), then 8 epochs on all 50,000
-# training images at lr 0.2 (from one step-3 checkpoint, 7 epochs: 76.45% at lr 0.2, 75.34% at 0.1; with 7 epochs
-# the preset ran in 5 min but one seed of two fell to 74.58%; docs/RESULTS.md).
-# Evaluated on 5,000 of the 10,000 test images: the dense model's fp32 evaluation on all of them took longer
-# than its training.
+# From scratch in minutes on a 2-core bf16 CPU (RESULTS 1.1, 1.4). The pruned model trains far faster than the dense
+# one, so the budget goes to it: a short dense phase on 2,560 images at a low lr (a higher one diverges in so few
+# batches), 3 geometric pruning steps with one 2,560-image fine-tune epoch each, then 8 epochs on all training images
+# at a high lr. Evaluated on 5,000 of the 10,000 test images (a full fp32 evaluation of the dense model costs more
+# than its training here).
 _QUICK = {
     "early_images": 2560,
     "epochs": 1,
@@ -216,15 +217,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     "quick": _QUICK,
     # The budget of the ablation that beat the seed recipe (10,000 training and 2,000 test images, 5 dense epochs,
-    # 5 steps) with its changes and 9 final fine-tune epochs; meant to start from a trained --baseline.
+    # 5 steps) with its changes and 9 final fine-tune epochs; meant to start from a trained --baseline (RESULTS 2.6).
     "quick-best": {"train_subset": 10000, "test_subset": 2000, "epochs": 5, "iterative_steps": 5,
                    "latency_min_seconds": 0.5, **_BEST_CHANGES, "final_finetune_epochs": 9},
     # The seed's budget with the changes, the final fine-tune lengthened in the same proportion (18 for 10).
     # Meant for a GPU; not yet run to the end anywhere.
     "best": {**_BEST_CHANGES, "final_finetune_epochs": 18},
-    # quick's recipe with a 40-epoch final fine-tune, evaluated on every test image: the full-data result on a
-    # 2-core CPU in under half an hour from a trained --baseline (from the dense fixture: 82.94% ± 0.25 on two
-    # seeds in 23.6 and 25.2 min on the Intel Xeon; the seed recipe, 81.22%, projected at 91-103 min there; docs/RESULTS.md).
+    # quick's recipe with a 40-epoch final fine-tune, evaluated on every test image: the full-data result on a 2-core
+    # CPU in about half an hour from a trained --baseline (RESULTS 2.2; the seed recipe: 2.1, 2.3).
     "full": {**_QUICK, "final_finetune_epochs": 40, "test_subset": 0, "latency_min_seconds": 1.0},
     # The smallest run that passes through every stage: for tests and trying the CLI.
     "tiny": {
@@ -368,9 +368,6 @@ def validate(cfg: Config) -> None:
 
     need(cfg.importance in IMPORTANCES,
          f"unknown importance '{cfg.importance}'{_suggest(cfg.importance, IMPORTANCES)}; choose one of: {', '.join(IMPORTANCES)}")
-    from .models import check_name, check_prunable
-    check_name(cfg.model)
-    check_prunable(cfg.model)
     need(cfg.num_classes == 0 or cfg.num_classes >= 2, f"num_classes must be 0 (from the data) or at least 2, got "
          f"{cfg.num_classes}")
     need(cfg.image_size >= 0, f"image_size must be 0 (the data's own) or a positive number of pixels, got {cfg.image_size}")
@@ -384,15 +381,13 @@ def validate(cfg: Config) -> None:
     need(cfg.data_loading in DATA_LOADINGS, f"unknown data_loading '{cfg.data_loading}'; choose one of: "
          f"{', '.join(DATA_LOADINGS)}")
     need(cfg.memory_budget_gb >= 0, f"memory_budget_gb must be 0 (half of the RAM) or positive, got {cfg.memory_budget_gb}")
-    need(all(c in ("scratch", "random") for c in cfg.controls) and len(set(cfg.controls)) == len(cfg.controls),
-         f"controls must be scratch and/or random, each once, got {cfg.controls}")
-    from .quantize import QUANT_RUNTIMES, quant_runtime
-    need(cfg.int8_runtime in QUANT_RUNTIMES, f"unknown int8_runtime '{cfg.int8_runtime}'; choose one of: "
-         f"{', '.join(QUANT_RUNTIMES)}")
-    if cfg.int8:
-        quant_runtime(cfg.int8_runtime)  # not installed: the one-line install hint now, not after the run
+    need(all(c in CONTROLS for c in cfg.controls) and len(set(cfg.controls)) == len(cfg.controls),
+         f"controls must be {' and/or '.join(CONTROLS)}, each once, got {cfg.controls}")
+    need(cfg.int8_runtime in INT8_RUNTIMES, f"unknown int8_runtime '{cfg.int8_runtime}'; choose one of: "
+         f"{', '.join(INT8_RUNTIMES)}")
     need(cfg.control_lr >= 0, f"control_lr must be >= 0 (0 = finetune_lr), got {cfg.control_lr}")
-    need(cfg.control_budget in ("time", "images"), f"unknown control_budget '{cfg.control_budget}'; choose time or images")
+    need(cfg.control_budget in CONTROL_BUDGETS, f"unknown control_budget '{cfg.control_budget}'; choose one of: "
+         f"{', '.join(CONTROL_BUDGETS)}")
     need(len(set(cfg.seeds)) == len(cfg.seeds) and all(s >= 0 for s in cfg.seeds),
          f"seeds must be distinct non-negative integers, got {cfg.seeds}")
     need(cfg.workers >= -1, f"workers must be -1 (one per core), 0 or more, got {cfg.workers}")
@@ -407,12 +402,8 @@ def validate(cfg: Config) -> None:
     need(sum(bool(t) for t in (cfg.target_macs, cfg.target_params, cfg.target_latency_ms)) <= 1,
          "set one of target_macs, target_params and target_latency_ms, not several")
     need(cfg.latency_batch_size >= 1, f"latency_batch_size must be at least 1, got {cfg.latency_batch_size}")
-    if cfg.target_latency_ms:
-        from .runtimes import missing
-        need(cfg.latency_runtime != "torch-compile", "latency_runtime torch-compile would compile every candidate "
-             "model (minutes each); use pytorch, pytorch-fused, onnxruntime or openvino")
-        reason = missing(cfg.latency_runtime)
-        need(not reason, reason)
+    need(not (cfg.target_latency_ms and cfg.latency_runtime == "torch-compile"), "latency_runtime torch-compile "
+         "would compile every candidate model (minutes each); use pytorch, pytorch-fused, onnxruntime or openvino")
     need(cfg.distill or not cfg.distill_cached, "distill_cached only changes how distillation is done; add --distill "
          "or drop --distill-cached")
     need(cfg.distill_temperature > 0, f"distill_temperature must be positive, got {cfg.distill_temperature}")

@@ -23,8 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import Config, PrunelabError
+from .config import Config
+
+from .errors import PrunelabError
 from .distributed import shard, shard_length
+from .models import InputSpec
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -106,24 +109,6 @@ class FileSplit:
         except PrunelabError as e:  # raised in a worker, it comes back with the worker's traceback: keep our line
             lines = [ln for ln in str(e).splitlines() if ln.strip()]
             raise PrunelabError(lines[-1].split("PrunelabError: ", 1)[-1] if lines else str(e)) from None
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model's input is: square images of `image_size` px, normalised with per-channel `mean` and `std`
-    (0-1 scale), and the class names. Stored in every model file; read by measurement, export and reports."""
-    image_size: int
-    mean: tuple
-    std: tuple
-    classes: tuple
-
-    def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "classes": list(self.classes)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
-        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), tuple(d.get("classes") or ()))
 
 
 def resolve_normalization(value: list, which: int, stats: tuple | None) -> list[float]:

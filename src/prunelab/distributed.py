@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
-from .config import PrunelabError
+from .errors import PrunelabError
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,12 @@ class World:
 
 
 WORLD = World()  # replaced by init() in a torchrun process
+
+
+def log(msg: str) -> None:
+    """A line for the user, between progress bars; under torchrun only rank 0 prints."""
+    if WORLD.main:
+        tqdm.write(msg)
 
 
 def init(device_name: str) -> tuple[World, torch.device | None]:

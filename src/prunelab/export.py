@@ -2,20 +2,23 @@
 model files is modelfile.py's job."""
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from .config import PrunelabError
+from .errors import PrunelabError
 from .files import write_atomic
+from .measurement import tolerance
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_size: int = 32, opset: int = 17,
-                atol: float = 1e-4, rtol: float = 1e-5) -> dict:
+def export_onnx(model: nn.Module, path: str | Path, input_size: int = 32, opset: int = 17) -> dict:
     """Write an ONNX model with a dynamic batch dimension, check it with onnx.checker, and compare
-    onnxruntime's outputs with PyTorch's on random inputs at two batch sizes. Returns the check's numbers."""
+    onnxruntime's outputs with PyTorch's on random inputs at two batch sizes (measurement.tolerance). Exports an
+    fp32 eval-mode copy: the caller's model keeps its dtype, device, mode and memory format. Returns the check's
+    numbers."""
     try:
         import onnx
         import onnxruntime as ort
@@ -23,8 +26,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 32, opset:
         raise PrunelabError("ONNX export needs the onnx and onnxruntime packages: pip install 'prunelab[onnx]'")
     import numpy as np
 
-    model = model.float().eval().cpu().to(memory_format=torch.contiguous_format)
-    x = torch.randn(2, 3, input_size, input_size)
+    model = copy.deepcopy(model).float().eval().cpu().to(memory_format=torch.contiguous_format)
+    g = torch.Generator().manual_seed(0)  # the caller's random generator is left alone
+    x = torch.randn(2, 3, input_size, input_size, generator=g)
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
@@ -43,14 +47,14 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 32, opset:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     max_diff, scale = 0.0, 0.0
     for batch in (1, 7):
-        xb = torch.randn(batch, 3, input_size, input_size)
+        xb = torch.randn(batch, 3, input_size, input_size, generator=g)
         with torch.inference_mode():
             ref = model(xb).numpy()
         out = session.run(None, {"images": xb.numpy()})[0]
         max_diff, scale = max(max_diff, float(np.abs(out - ref).max())), max(scale, float(np.abs(ref).max()))
-    tolerance = atol + rtol * scale  # fp32 rounding grows with the logits' magnitude
-    if max_diff > tolerance:
+    allowed = tolerance(scale)
+    if max_diff > allowed:
         Path(path).unlink(missing_ok=True)
-        raise PrunelabError(f"ONNX export differs from PyTorch by {max_diff:.2e} (> {tolerance:.1e} = {atol} + "
-                            f"{rtol} x the largest logit {scale:.3g}); not written")
-    return {"onnx_path": str(path), "max_abs_diff": max_diff, "tolerance": tolerance, "opset": opset}
+        raise PrunelabError(f"ONNX export differs from PyTorch by {max_diff:.2e} (> {allowed:.1e} for the largest "
+                            f"logit {scale:.3g}); not written")
+    return {"onnx_path": str(path), "max_abs_diff": max_diff, "tolerance": allowed, "opset": opset}

@@ -1,4 +1,6 @@
-"""Measurement: params and MACs, latency (warm-up, then median and p90 of timed runs), file size."""
+"""Measurement: params and MACs, latency (warm-up, then median and p90 of timed runs), file size, the machine, and
+the one rule for how far another execution path's outputs may differ from eager PyTorch's (ATOL, RTOL).
+Comparing runtimes side by side is bench.py's job."""
 from __future__ import annotations
 
 import os
@@ -7,14 +9,24 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from .errors import PrunelabError
 from .prune import count_macs_params
 
+# fp32 logits of another path (ONNX Runtime, OpenVINO, batch norms folded, a CUDA graph) may differ from eager
+# PyTorch's by ATOL + RTOL x the largest logit: folding batch norms and other kernels reorder the sums, and the
+# rounding grows with the logits' magnitude. Every check (export, runtimes, CUDA graphs) uses this rule.
+ATOL, RTOL = 1e-4, 1e-4
 
-def _time_runs(run_once, *, warmup: int, min_reps: int, min_seconds: float) -> dict:
+
+def tolerance(largest_logit: float) -> float:
+    """How far another path's logits may be from eager PyTorch's, given the largest |logit| of the reference."""
+    return ATOL + RTOL * largest_logit
+
+
+def time_runs(run_once, *, warmup: int, min_reps: int, min_seconds: float) -> dict:
     """Call run_once() `warmup` times untimed, then until at least `min_reps` runs and `min_seconds` have
     passed (at most 1000 runs); run_once returns its own duration in ms. Median and p90 of those."""
     for _ in range(warmup):
@@ -56,16 +68,14 @@ def latency_ms(model: nn.Module, batch_size: int, device: torch.device, *, warmu
         model(x)
         return (time.perf_counter() - t0) * 1000
 
-    return _time_runs(run_once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
+    return time_runs(run_once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
 
 
 def cuda_graph_latency_ms(model: nn.Module, batch_size: int, device: torch.device, *, warmup: int = 3,
                           min_reps: int = 5, min_seconds: float = 1.0, input_size: int = 32) -> dict:
     """Latency of the forward pass captured once in a CUDA graph and replayed: no per-kernel launch from Python,
     which is what a small model at batch 1 on a GPU is bound by. The replayed logits are checked against eager
-    PyTorch's first (runtimes.ATOL/RTOL); a model that cannot be captured or that differs raises PrunelabError."""
-    from .config import PrunelabError
-    from .runtimes import ATOL, RTOL
+    PyTorch's first (tolerance()); a model that cannot be captured or that differs raises PrunelabError."""
     model.eval()
     static_x = torch.randn(batch_size, 3, input_size, input_size, device=device)
     with torch.no_grad():
@@ -85,9 +95,9 @@ def cuda_graph_latency_ms(model: nn.Module, batch_size: int, device: torch.devic
         graph.replay()
         torch.cuda.synchronize(device)
         err = (static_y.float() - reference).abs().max().item()
-    if err > ATOL + RTOL * reference.abs().max().item():
+    if err > tolerance(reference.abs().max().item()):
         raise PrunelabError(f"CUDA graph replay differs from eager PyTorch by {err:.2e}; not timed")
-    return _time_runs(lambda: _cuda_ms(graph.replay, device), warmup=warmup, min_reps=min_reps,
+    return time_runs(lambda: _cuda_ms(graph.replay, device), warmup=warmup, min_reps=min_reps,
                       min_seconds=min_seconds)
 
 
@@ -158,141 +168,19 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
-    from .train import cpu_has_bf16
     info = {"platform": platform.platform(), "processor": _cpu_name(), "cpu_bf16": cpu_has_bf16(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-# Fresh sessions of one runtime (runtimes.FRESH_SESSIONS) whose medians differ by more than this are named under
-# the bench table.
-SESSION_SPREAD = 1.5
-
-
-def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_reps: int = 10,
-          min_seconds: float = 2.0, runtimes=("pytorch",), workdir: Path | None = None,
-          channels_last: bool = False) -> dict:
-    """Measure several models side by side in this process: params, MACs, file size, and latency in each
-    runtime (runtimes.py) on the CPU at each batch size (on CUDA too, when a CUDA device is in `devices`: PyTorch
-    eager, and the same forward pass replayed from a CUDA graph). Every runtime's outputs are checked against
-    eager PyTorch before it is timed; a path that fails is listed in "skipped" with the reason. ONNX Runtime is
-    timed in fresh sessions and the fastest is kept (runtimes.time_sessions; every median is in the record).
-    Each record gets its speed-up over the first model in the same setting, and over the first model in eager
-    PyTorch at that batch size."""
-    import tempfile
-
-    from .config import PrunelabError
-    from .runtimes import check, prepare, time_sessions
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, model, weights, *rest in models:  # (label, model, weights file or None[, input size in px])
-            size = rest[0] if rest else 32
-            model = model.float().eval()
-            macs, params = count_macs_params(model, size)
-            row = {"model": label, "input_size": size, "params": params, "macs": macs, "latency": [], "skipped": []}
-            if weights is not None:
-                row["file_size_bytes"] = file_size_bytes(weights)
-            for device in [d for d in devices if d.type == "cuda"]:
-                model.to(device)
-                for b in batch_sizes:
-                    r = latency_ms(model, b, device, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds,
-                                   channels_last=channels_last, input_size=size)
-                    row["latency"].append({"runtime": "pytorch", "device": "cuda", "batch_size": b, **r})
-                    try:  # the same forward pass replayed from a CUDA graph
-                        r = cuda_graph_latency_ms(model, b, device, warmup=warmup, min_reps=min_reps,
-                                                  min_seconds=min_seconds, input_size=size)
-                    except PrunelabError as e:
-                        row["skipped"].append({"runtime": "pytorch-cudagraph", "batch_size": b, "reason": str(e)})
-                        continue
-                    row["latency"].append({"runtime": "pytorch-cudagraph", "device": "cuda", "batch_size": b, **r})
-                model.cpu()
-            work = Path(workdir or tmp) / f"model{len(rows)}"
-            work.mkdir(parents=True, exist_ok=True)
-            for runtime in runtimes:
-                for b in batch_sizes:
-                    x = np.random.default_rng(0).standard_normal((b, 3, size, size), dtype=np.float32)
-                    notes = []
-
-                    def fresh():  # a new session of this runtime, checked against PyTorch first
-                        path = prepare(runtime, model, size, work, batch_size=b)
-                        check(path, model, size, b)
-                        notes.append(path.note)
-                        if runtime == "pytorch" and channels_last:
-                            cl = model.to(memory_format=torch.channels_last)
-                            xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-                            return lambda _x: cl(xt)
-                        return path.run
-                    try:
-                        r = time_sessions(runtime, fresh, x, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
-                    except PrunelabError as e:
-                        row["skipped"].append({"runtime": runtime, "batch_size": b, "reason": str(e)})
-                        continue
-                    row["latency"].append({"runtime": runtime, "device": "cpu", "batch_size": b, **r,
-                                           **({"note": notes[-1]} if notes[-1] else {})})
-            rows.append(row)
-    for row in rows:
-        for r in row["latency"]:
-            ref = find_latency(rows[0], r["device"], r["batch_size"], r["runtime"])
-            eager = find_latency(rows[0], r["device"], r["batch_size"], "pytorch")
-            r["speedup"] = ref / r["median_ms"] if ref else None
-            r["speedup_vs_first_eager"] = eager / r["median_ms"] if eager else None
-        row["macs_ratio"] = rows[0]["macs"] / row["macs"]
-    return {"models": rows, "batch_sizes": list(batch_sizes), "runtimes": list(runtimes), "warmup": warmup,
-            "min_reps": min_reps, "min_seconds": min_seconds, "machine": machine()}
-
-
-def fastest(result: dict) -> list[dict]:
-    """Per model and (device, batch size): the runtime with the lowest median."""
-    out = []
-    for row in result["models"]:
-        for device, b in sorted({(r["device"], r["batch_size"]) for r in row["latency"]}):
-            best = min((r for r in row["latency"] if (r["device"], r["batch_size"]) == (device, b)),
-                       key=lambda r: r["median_ms"])
-            out.append({"model": row["model"], "device": device, "batch_size": b, "runtime": best["runtime"],
-                        "median_ms": best["median_ms"], "speedup_vs_first_eager": best["speedup_vs_first_eager"]})
-    return out
-
-
-def bench_table(result: dict) -> str:
-    """The bench result as Markdown: one row per model and latency setting, then the fastest path for each."""
-    lines = ["| model | params | MACs | file (MB) | runtime | batch | median (ms) | p90 (ms) | speed-up | vs first, eager "
-             "| MACs ratio |", "| :--- | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    names = {"pytorch": "PyTorch", "pytorch-cudagraph": "PyTorch, CUDA graph", "pytorch-fused": "PyTorch, BN folded",
-             "torch-compile": "torch.compile", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
-
-    def x(v):
-        return f"{v:.1f}x" if v else ""
-
-    for row in result["models"]:
-        size = f"{row['file_size_bytes'] / 1e6:.3f}" if "file_size_bytes" in row else ""
-        for r in sorted(row["latency"], key=lambda r: (r["device"], r["batch_size"], r["median_ms"])):
-            lines.append(f"| {row['model']} | {row['params'] / 1e6:.3f} M | {row['macs'] / 1e6:.1f} M | {size} | "
-                         f"{names.get(r['runtime'], r['runtime'])} {r['device'].upper()} | {r['batch_size']} | "
-                         f"{r['median_ms']:.3f} | {r['p90_ms']:.3f} | {x(r.get('speedup'))} | "
-                         f"{x(r.get('speedup_vs_first_eager'))} | {row['macs_ratio']:.1f}x |")
-    m = result["machine"]
-    lines.append(f"\n{m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}"
-                 + (f", {m['gpu']}" if m.get("gpu") else "") + f"; warm-up {result['warmup']}, at least "
-                 f"{result['min_reps']} runs and {result['min_seconds']} s per setting; every path's outputs matched "
-                 "eager PyTorch within 1e-4 + 1e-4 x the largest logit before it was timed.")
-    lines.append("")
-    for f in fastest(result):
-        lines.append(f"- fastest for {f['model']}, {f['device'].upper()} batch {f['batch_size']}: "
-                     f"{names.get(f['runtime'], f['runtime'])} {f['median_ms']:.3f} ms"
-                     + (f" ({f['speedup_vs_first_eager']:.1f}x the first model in eager PyTorch)"
-                        if f.get("speedup_vs_first_eager") else ""))
-    for row in result["models"]:
-        for r in row["latency"]:
-            t = r.get("session_medians_ms") or []
-            if t and max(t) > SESSION_SPREAD * min(t):
-                lines.append(f"- {row['model']}: {names.get(r['runtime'], r['runtime'])} at batch {r['batch_size']} "
-                             f"ran {' and '.join(f'{v:.3f}' for v in t)} ms in {len(t)} fresh sessions; the table "
-                             "has the fastest (a session of this runtime sometimes runs at a fraction of its speed)")
-        for s in row.get("skipped", []):
-            lines.append(f"- {row['model']}: {s['runtime']} at batch {s['batch_size']} skipped: {s['reason']}")
-    return "\n".join(lines)

@@ -21,10 +21,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .config import PrunelabError
+from .errors import PrunelabError
+from .config import NORMALIZATIONS
 from .files import write_atomic, write_json
-from .data import InputSpec
-from .models import ModelSpec, build, num_outputs
+from .models import InputSpec, ModelSpec, build, num_outputs
 from .prune import layer_widths, replay_structure
 
 FORMAT = "prunelab-model"
@@ -77,7 +77,6 @@ def save(stem: str | Path, model: nn.Module, spec: ModelSpec | str, pruning_hist
 
 def default_inputs(num_classes: int = 10) -> InputSpec:
     """What files written before input specs existed were: 32 px, the seed's normalisation."""
-    from .config import NORMALIZATIONS
     mean, std = NORMALIZATIONS["cifar10"]
     return InputSpec(32, tuple(mean), tuple(std), tuple(f"class{i}" for i in range(num_classes)))
 
@@ -88,18 +87,6 @@ def specs(desc: dict) -> tuple[ModelSpec, InputSpec]:
         ModelSpec(builder=desc["model"], num_classes=desc.get("num_classes") or 10)
     inputs = InputSpec.from_dict(desc["inputs"]) if "inputs" in desc else default_inputs(spec.num_classes)
     return spec, inputs
-
-
-def resolve(path: str | Path, which: str = "final") -> Path:
-    """A model file from a run directory (its `which` checkpoint) or a model file given directly."""
-    from .rundir import RunDir
-    p = Path(path)
-    if p.is_dir():
-        desc = RunDir(p).checkpoint_named(which).with_suffix(".json")
-        if not desc.is_file():
-            raise PrunelabError(f"{p} has no checkpoints/{which}.json; is it a finished prunelab run directory?")
-        return desc
-    return p
 
 
 def describe(path: str | Path) -> tuple[dict, Path]:
@@ -129,12 +116,15 @@ def load(path: str | Path, device: str | torch.device = "cpu", trust_pickle: boo
          replay: Callable[[nn.Module, list], None] | None = None, model: nn.Module | None = None
          ) -> tuple[nn.Module, dict]:
     """Rebuild a saved model in any process: returns (model in eval mode, its JSON description).
-    `path` is a run directory (its final model), a .safetensors or a .json file. `replay(model, history)`
+    `path` is a .safetensors or a .json file (rundir.model_file finds one in a run directory). `replay(model, history)`
     turns the freshly built dense model into the pruned structure (a resumed run passes one that also
     restores its pruner). `model`: the dense nn.Module to start from, needed when the file was made from a
     module handed to the API (its builder is "module"); it is copied, not changed. A whole-model pickle
     (.pt/.pth) is loaded only with trust_pickle=True, since unpickling can run arbitrary code."""
-    path = resolve(path)
+    path = Path(path)
+    if path.is_dir():
+        raise PrunelabError(f"{path} is a folder; pass a model file (.json or .safetensors), or load a run "
+                            "directory's model with prunelab.load")
     if path.suffix in PICKLE_SUFFIXES and trust_pickle and path.is_file():
         model = torch.load(path, map_location=device, weights_only=False)
         if not isinstance(model, nn.Module):
@@ -161,6 +151,17 @@ def load(path: str | Path, device: str | torch.device = "cpu", trust_pickle: boo
         replay(net, desc.get("pruning_history") or [])
     load_weights(net, weights)
     return net.to(device).eval(), desc
+
+
+def read_tensor(path: str | Path, name: str):
+    """One tensor of a model file (given its .json or .safetensors), as a numpy array, without building the model."""
+    from safetensors import safe_open
+    _, weights = describe(path)
+    try:
+        with safe_open(str(weights), "np") as f:
+            return f.get_tensor(name)
+    except (SafetensorError, OSError) as e:
+        raise PrunelabError(f"cannot read {name} from {weights} ({type(e).__name__}); the file is damaged")
 
 
 def load_weights(model: nn.Module, weights: str | Path) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 import torchvision
 
-from .config import PrunelabError
+from .errors import PrunelabError
 
 # Families Torch-Pruning cannot prune structurally (its README's list of unsupported operations), refused before
 # any training starts: name prefix -> why.
@@ -55,6 +55,25 @@ class ModelSpec:
                    small_input_stem=bool(d.get("small_input_stem", False)))
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model's input is: square images of `image_size` px, normalised with per-channel `mean` and `std`
+    (0-1 scale), and the class names. Stored in every model file; read by measurement, export and reports.
+    Lives beside ModelSpec: a model file describes both."""
+    image_size: int
+    mean: tuple
+    std: tuple
+    classes: tuple
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+                "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpec":
+        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), tuple(d.get("classes") or ()))
+
+
 def torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
@@ -77,15 +96,13 @@ def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     return small_input_stem(torchvision.models.resnet18(num_classes=num_classes))
 
 
-def check_prunable(name: str) -> None:
+def check_name(name: str) -> None:
+    """Refuse, before any data is read, a model name that names nothing (with suggestions) or a family that
+    Torch-Pruning cannot prune structurally (UNPRUNABLE)."""
     base = name.split(":", 1)[1] if name.startswith("timm:") else name
     for prefix, why in UNPRUNABLE.items():
         if base.startswith(prefix):
             raise PrunelabError(f"model '{name}' cannot be pruned structurally: {why}; choose another model")
-
-
-def check_name(name: str) -> None:
-    """Refuse a model name that names nothing, with suggestions; before any data is read."""
     if name == "resnet18_cifar" or name.startswith("timm:") or ":" in name:
         return
     names = torchvision_names()
@@ -112,10 +129,10 @@ def _user_builder(name: str):
 def build(spec: ModelSpec) -> nn.Module:
     """A freshly initialised network as `spec` describes it."""
     name, n, kwargs = spec.builder, spec.num_classes, dict(spec.kwargs)
-    check_prunable(name)
     if name == "module":
         raise PrunelabError("this model was given to prunelab as an nn.Module, so prunelab cannot build it: "
                             "pass the same dense module (prunelab.load(path, model=MyNet()))")
+    check_name(name)
     if name == "resnet18_cifar":
         model = resnet18_cifar(num_classes=n)
     elif name.startswith("timm:"):
@@ -138,7 +155,6 @@ def build(spec: ModelSpec) -> nn.Module:
         if not isinstance(model, nn.Module):
             raise PrunelabError(f"{name} returned a {type(model).__name__}, not a torch.nn.Module")
     else:
-        check_name(name)
         model = torchvision.models.get_model(name, weights=None, num_classes=n, **{**_NO_AUX.get(name, {}), **kwargs})
     if spec.small_input_stem:
         model = small_input_stem(model)

@@ -1,7 +1,8 @@
-"""The order of stages, and what each stage does. Nothing else knows the order.
+"""ONE run: the order of its stages, and what each stage does. Nothing else knows the order; repeats of a run
+(seeds, controls) and INT8 are gathered by sweep.py and controls.py.
 
-    dense (train or load) -> prune step 1..n (each: prune, measure, fine-tune, measure) -> final fine-tune
-    -> model.onnx, results.json, report.md, plots
+    dense (train or load) -> [sparse training] -> prune step 1..n (each: prune, measure, fine-tune, measure)
+    -> final fine-tune -> model.onnx, results.json, report.md, plots
 
 Every finished stage leaves a checkpoint and a summary line in metrics.jsonl (rundir.py has the layout).
 `run(cfg, resume_dir)` restarts after the last checkpoint: the stage in flight runs again from its last
@@ -11,77 +12,66 @@ resumed run makes the same decisions.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib
 import itertools
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from . import distributed, modelfile, report
-from .config import Config, PrunelabError, final_lr, resumed_config, to_dict
-from .data import Data, batches_per_epoch, eval_batches, fingerprint, load_data
-from .files import read_jsonl, write_json
+from .config import Config, final_lr, resumed_config, to_dict
+from .data import Data, eval_batches, fingerprint, load_data
+from .distributed import log
+from .errors import PrunelabError
+from .export import export_onnx
 from .measurement import file_size_bytes, latency_devices, machine, measure_model
-from .models import ModelSpec, build, channels_last_unsafe_on_cpu, num_outputs
-from .prune import build_pruner, build_sparsifier, count_macs_params, history, prune_step, ratio_for_target, restore, step_ratio
-from .rundir import RunDir, TensorBoardLog, create, open_existing
-from .train import (Distillation, Trainer, autocast_dtype, cosine_schedule, evaluate, make_optimizer, resolve_device, soft_targets,
-                    train_epoch)
-
-
-def log(msg: str) -> None:
-    if distributed.WORLD.main:  # under torchrun only rank 0 prints
-        tqdm.write(msg)
+from .models import ModelSpec, build, check_name, num_outputs
+from .prune import build_pruner, build_sparsifier, check_prunable, history, prune_step, restore, step_ratio
+from .rundir import SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
+from .runtimes import latency, missing
+from .targets import check_targets, ratio_for_latency, ratio_for_target
+from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, resolve_device, score, soft_targets,
+                    torch_threads)
 
 
 def run(cfg: Config | None = None, resume_dir: str | Path | None = None, model: torch.nn.Module | None = None) -> Path:
-    """Run the whole pipeline for `cfg`, or resume the run in `resume_dir` (with `cfg` None, or a config whose
-    recipe equals the run's: only runtime settings such as device and threads may differ). `model`: an
+    """One run of `cfg` into <out_dir>/<name>, or the resumed run in `resume_dir` (with `cfg` None, or a config
+    whose recipe equals the run's: only runtime settings such as device and threads may differ). `model`: an
     nn.Module to prune instead of building cfg.model; it is the trained dense baseline, used as given (not
-    trained; copied, not changed), and a resume needs it again. Returns the run directory. Leaves the
-    caller's thread count and random generators as they were."""
+    trained; copied, not changed), and a resume needs it again. Seeds, controls and INT8 in `cfg` are not this
+    function's (sweep.run sequences them). Returns the run directory. Leaves the caller's thread count and random
+    generators as they were."""
     if cfg is None and resume_dir is None:
         raise PrunelabError("run() needs a config, or a run directory to resume")
     if resume_dir is not None:
         cfg = resumed_config(open_existing(resume_dir)[1], cfg)
-    if (cfg.seeds or cfg.controls) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise PrunelabError("--seeds and --controls run in one process: run them without torchrun (`prunelab control "
-                            "RUN` adds controls to a finished run)")
-    if cfg.seeds and resume_dir is None:
-        from .controls import run_seeds
-        return run_seeds(cfg, model)
-    threads = torch.get_num_threads()
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    try:
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        with torch.random.fork_rng(devices=cuda):
-            path = _run(cfg, resume_dir, model)
-            if cfg.controls:
-                from .controls import run_controls
-                run_controls(path, cfg.controls, runtime=cfg, model=model, budget=cfg.control_budget)
-            if cfg.int8 and distributed.WORLD.main:
-                from .quantize import quantize_run
-                quantize_run(path, data_dir=cfg.data_dir, runtime=cfg.int8_runtime)
-            return path
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(cfg.num_threads), torch.random.fork_rng(devices=cuda):
+        return _run(cfg, resume_dir, model)
 
 
-def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
-    world, rank_device = distributed.init(cfg.device)  # a no-op unless started by torchrun
-    device = rank_device or resolve_device(cfg.device)
-    autocast_dtype(cfg.precision, device)  # validates precision for the device
+def check_available(cfg: Config) -> None:
+    """What config.validate cannot know, checked before any long work: the model name names a prunable model, and
+    the packages that the settings use are installed."""
+    check_name(cfg.model)
+    if cfg.target_latency_ms:
+        reason = missing(cfg.latency_runtime)
+        if reason:
+            raise PrunelabError(f"config: {reason}")
     if cfg.tensorboard:
         try:
             importlib.import_module("torch.utils.tensorboard")
         except ImportError:
             raise PrunelabError("--tensorboard needs the tensorboard package: pip install tensorboard")
+
+
+def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
+    check_available(cfg)
+    world, rank_device = distributed.init(cfg.device)  # a no-op unless started by torchrun
+    device = rank_device or resolve_device(cfg.device)
+    autocast_dtype(cfg.precision, device)  # validates precision for the device
     data = load_data(cfg)  # data, model, target and baseline errors surface before anything is written
     trainer = Trainer.from_config(cfg, device, data.inputs)
     trainer.progress = trainer.progress and world.main
@@ -92,17 +82,16 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     elif cfg.baseline and not resume_dir:
         baseline = modelfile.load_dense_baseline(cfg.baseline, spec)
     if not resume_dir:
-        check_prunable(baseline if baseline is not None else build(spec), cfg, data.inputs.image_size, spec)
-        _check_targets(cfg, spec, data.inputs.image_size, baseline)
+        check_prunable(baseline if baseline is not None else build(spec), cfg, data.inputs.image_size,
+                       spec.num_classes, spec.builder)
+        check_targets(cfg, spec, data.inputs.image_size, baseline)
     if resume_dir:
         rd = RunDir(resume_dir)
     else:  # rank 0 creates the run directory; the others wait for it
         rd = create(cfg) if world.main else RunDir(Path(cfg.out_dir) / cfg.name)
     distributed.barrier()
     if rd.results.is_file():
-        log(f"{rd.path} is already finished; redrawing its report")
-        if world.main:
-            report.render(rd.path)
+        log(f"{rd.path} is already finished")
         return rd.path
     n = cfg.iterative_steps
     done = rd.last_checkpoint(n)
@@ -147,9 +136,7 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
         return rd.path
     if cfg.export_onnx:
         _export_onnx(rd, n, given)
-    results = report.build_results(rd.path)
-    report.render(rd.path, results)
-    write_json(rd.results, results)  # last: its presence means the run is complete
+    results = report.refresh(rd.path)  # results.json last: its presence means the run is complete
     log("\n" + report.key_results_markdown(results))
     files = [rd.results, rd.report, rd.results_plot, rd.curves_plot, rd.filters_plot, rd.onnx,
              rd.checkpoint(n + 1, n).with_suffix(".safetensors"), rd.checkpoint(n + 1, n).with_suffix(".json"),
@@ -187,51 +174,8 @@ def model_spec(cfg: Config, data_classes: int, given: torch.nn.Module | None = N
     return spec
 
 
-def check_prunable(model: torch.nn.Module, cfg: Config, image_size: int, spec: ModelSpec) -> None:
-    """Before any training: Torch-Pruning can trace this model and prune a share of its channels (on a copy)."""
-    probe = copy.deepcopy(model).cpu().float()
-    try:
-        # L2 importance: the probe checks structure only (Taylor would need gradients, random a generator draw)
-        pruner = build_pruner(probe, dataclasses.replace(cfg, importance="l2"), pruning_ratio=0.25, iterative_steps=1,
-                              image_size=image_size, num_classes=spec.num_classes)
-        pruner.step()
-        with torch.no_grad():
-            out = probe.eval()(torch.zeros(1, 3, image_size, image_size))
-    except PrunelabError:
-        raise
-    except Exception as e:  # anything Torch-Pruning or the model raises here means: not prunable as it is
-        raise PrunelabError(f"Torch-Pruning cannot prune model '{spec.builder}' ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:150] if str(e) else ''}); choose another model") from e
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, spec.num_classes):
-        raise PrunelabError(f"model '{spec.builder}' returns {type(out).__name__} "
-                            f"{tuple(out.shape) if isinstance(out, torch.Tensor) else ''} for one image, not "
-                            f"(1, {spec.num_classes}) logits; prunelab needs a classifier that returns a tensor")
-
-
-def _check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: torch.nn.Module | None = None) -> None:
-    """A MACs or parameter target must lie below the dense model's; a latency target within reach (timed)."""
-    if cfg.target_latency_ms:
-        from .runtimes import ratio_for_latency
-        ratio_for_latency(dense if dense is not None else build(spec), cfg, image_size, spec.num_classes,
-                          iterations=0)  # times the dense model and the 95% one: an unreachable target fails here
-        return
-    if not (cfg.target_macs or cfg.target_params):
-        return
-    macs, params = count_macs_params(dense if dense is not None else build(spec), image_size)
-    if cfg.target_macs >= macs:
-        raise PrunelabError(f"config: target_macs {cfg.target_macs:.4g} is not below the dense model's {macs:.4g} MACs; "
-                            "lower it or drop it")
-    if cfg.target_params >= params:
-        raise PrunelabError(f"config: target_params {cfg.target_params:.4g} is not below the dense model's {params:,} "
-                            "parameters; lower it or drop it")
-
-
 def _export_onnx(rd: RunDir, n: int, given: torch.nn.Module | None) -> None:
-    from .export import export_onnx
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    if missing("onnxruntime"):
         log("ONNX export skipped: install onnx and onnxruntime (pip install 'prunelab[onnx]'), then `prunelab export`")
         return
     model, desc = modelfile.load(rd.checkpoint(n + 1, n).with_suffix(".json"), model=given)
@@ -239,9 +183,6 @@ def _export_onnx(rd: RunDir, n: int, given: torch.nn.Module | None) -> None:
         export_onnx(model, rd.onnx, input_size=modelfile.specs(desc)[1].image_size)
     except PrunelabError as e:  # the run's results stand without it; say why it is missing
         log(f"ONNX export skipped: {e}")
-
-
-SPARSE_STAGE = -1  # the stage number of sparse training (between dense, 0, and the first pruning step, 1)
 
 
 class _Stages:
@@ -266,7 +207,6 @@ class _Stages:
         self.pruning_ratio = cfg.pruning_ratio  # a MACs/params target replaces it with what the dense stage finds
         self.distill = None  # a Distillation for the fine-tunes (the dense model is the teacher)
         self.step_accuracy = None  # test accuracy of the model as the last finished pruning step left it
-        self._warned_format = False
 
     def _machine(self) -> dict:
         """What the numbers were measured on, and the precision the run trained in (cfg.precision resolved)."""
@@ -278,73 +218,18 @@ class _Stages:
                             num_classes=self.spec.num_classes)
 
     def _prepare_model(self, model):
-        """On the device, in channels_last when asked, except on the CPU for a model with a convolution that
-        oneDNN's channels_last backward pass corrupts memory on (models.channels_last_unsafe_on_cpu): then in
-        NCHW, its inputs too."""
-        model.to(self.device)
-        unsafe = self.device.type == "cpu" and channels_last_unsafe_on_cpu(model)
-        if unsafe and self.cfg.channels_last and not self._warned_format:
-            log(f"  training in NCHW from here: channels_last would corrupt memory in the CPU backward pass of "
-                f"{unsafe} (1x1, stride 2, under 16 input channels; oneDNN issue #6035)")
-            self._warned_format = True
-        channels_last = self.cfg.channels_last and not unsafe
-        self.trainer.normalizer.channels_last = channels_last
-        return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return prepare_model(model, self.trainer)
 
     def _fit(self, model, stage: int, phase: str, epochs: int, lr: float, warmup_epochs: float = 0.0,
-             sparsifier=None, split=None, replan=None) -> None:
-        """`epochs` epochs of SGD over `split` (default: the early stages' images, self.early) with a fresh
-        optimiser and a cosine schedule over them, stepped per epoch or per batch (cfg.lr_schedule_unit). After
-        every epoch but the last, weights and momentum go to the partial checkpoint, so a crash costs at most one
-        epoch. `sparsifier` (a GroupNormPruner): its regulariser acts on every batch. `replan(seconds)`, if given,
-        is asked after the first epoch of a fresh stage how many epochs the stage should have, given that epoch's
-        seconds (the scratch control's time budget); the schedule then runs over the new count."""
-        if epochs == 0:
-            return
-        cfg = self.cfg
+             sparsifier=None, split=None) -> None:
+        """train.fit over `split` (default: the early stages' images, self.early), into this run's directory."""
         split = self.early if split is None else split
         distill = self._distillation() if stage > 0 else None
         if distill is not None and distill.targets is not None and split is self.early and self.early_idx is not None:
             distill = Distillation(distill.temperature, distill.weight,  # cached rows of the early images
                                    targets=distill.targets[self.early_idx.to(distill.targets.device)])
-        optimizer = make_optimizer(model, cfg, lr)
-        per_batch = cfg.lr_schedule_unit == "batch"
-        steps_per_epoch = batches_per_epoch(len(split), cfg.batch_size) if per_batch else 1
-        done = self.rd.load_partial(model, optimizer, stage)  # every rank reads it (a shared filesystem)
-        if done:
-            log(f"  continuing after epoch {done} of this stage")
-        scheduler = cosine_schedule(optimizer, epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch),
-                                    start=done * steps_per_epoch)  # continues where it stopped
-        net = model
-        if distributed.WORLD.active:  # wrapped anew for every stage: pruning changed the parameters
-            from torch.nn.parallel import DistributedDataParallel
-            net = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
-        epoch = done
-        while epoch < epochs:
-            epoch += 1
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + stage * 1000 + epoch)
-            if sparsifier is not None:
-                sparsifier.update_regularizer()
-            stats = train_epoch(net, split, optimizer, scheduler if per_batch else None, self.trainer, gen,
-                                desc=f"{phase} {epoch}/{epochs}", distill=distill,
-                                regularize=(lambda: sparsifier.regularize(model)) if sparsifier is not None else None)
-            if not per_batch:
-                scheduler.step()
-            new_epochs = replan(stats["seconds"]) if replan is not None and epoch == 1 and done == 0 else epochs
-            if new_epochs != epochs:  # the same cosine over the new length, fast-forwarded past epoch 1
-                epochs = new_epochs
-                scheduler = cosine_schedule(optimizer, epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch),
-                                            start=steps_per_epoch)
-            row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, "images": len(split), **stats}
-            if self.val is not None:
-                row["val_accuracy"] = self._accuracy(model, self.val)
-            if distributed.WORLD.main:
-                self.rd.append_metrics(row)
-                if epoch < epochs:  # after the metrics line: a crash in between re-runs (and re-logs) this epoch
-                    self.rd.save_partial(model, optimizer, stage, epoch)
-            log(f"  {phase} epoch {epoch}/{epochs}: loss {stats['loss']:.3f} train acc {stats['train_accuracy']:.3f}"
-                + (f" val acc {row['val_accuracy']:.3f}" if "val_accuracy" in row else "")
-                + f"  lr {stats['lr']:.4g}  ({stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f} s)")
+        fit(model, split, epochs, lr, trainer=self.trainer, stage=stage, phase=phase, warmup_epochs=warmup_epochs,
+            val=self.val, distill=distill, sparsifier=sparsifier, run_dir=self.rd)
 
     def _distillation(self) -> Distillation | None:
         """The fine-tunes' distillation; with cached targets, they are computed once, inside the first
@@ -358,7 +243,7 @@ class _Stages:
         return self.distill
 
     def _accuracy(self, model, split) -> float:
-        return evaluate(model, split, self.trainer.normalizer, self.cfg.eval_batch_size)["accuracy"]
+        return score(model, split, self.trainer.normalizer, self.cfg.eval_batch_size)["accuracy"]
 
     def _measure(self, model, latency: bool = True) -> dict:
         cfg = self.cfg
@@ -398,7 +283,6 @@ class _Stages:
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} reaches the target of "
                 f"{cfg.target_macs or cfg.target_params:.4g} {'MACs' if cfg.target_macs else 'parameters'}")
         elif cfg.target_latency_ms:
-            from .runtimes import ratio_for_latency
             search = ratio_for_latency(model, cfg, self.inputs.image_size, self.spec.num_classes)
             self.pruning_ratio = search["ratio"]
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} runs in {search['latency_ms']:.3g} ms for a target of "
@@ -417,11 +301,8 @@ class _Stages:
         checkpoints/sparse, and summary line ("event": "sparse"). Loaded from there on resume."""
         cfg = self.cfg
         stem = self.rd.checkpoint_named("sparse")
-        if stem.with_suffix(".json").is_file():
-            loaded, desc = modelfile.load(stem.with_suffix(".json"), model=self.given)
-            if distributed.WORLD.main and not any(r["event"] == "sparse" for r in read_jsonl(self.rd.metrics)):
-                self.rd.append_metrics(desc["metrics"])  # a crash came between the checkpoint and its line
-            return self._prepare_model(loaded)
+        if stem.with_suffix(".json").is_file():  # (its summary line, if a crash lost it: RunDir.prepare_resume)
+            return self._prepare_model(modelfile.load(stem.with_suffix(".json"), model=self.given)[0])
         start = time.perf_counter()
         log(f"sparse training: {report.counted(cfg.sparse_epochs, 'epoch')}, group-norm regularisation {cfg.sparse_reg:g}")
         sparsifier = build_sparsifier(model, cfg, self.inputs.image_size, self.spec.num_classes)
@@ -496,8 +377,6 @@ class _Stages:
                **self._measure(model), "seconds": time.perf_counter() - start, "machine": self._machine()}
         if cfg.target_latency_ms and distributed.WORLD.main:
             import tempfile
-
-            from .runtimes import latency
             with tempfile.TemporaryDirectory() as tmp:
                 row["target_latency"] = {"runtime": cfg.latency_runtime, "batch_size": cfg.latency_batch_size,
                                          "target_ms": cfg.target_latency_ms, "achieved_ms": latency(

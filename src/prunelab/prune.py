@@ -11,8 +11,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
+import copy
+import dataclasses
+
 from . import distributed
-from .config import Config, PrunelabError
+from .config import IMPORTANCES, Config
+from .errors import PrunelabError
 from .models import classifier
 
 
@@ -27,7 +31,7 @@ def make_importance(name: str) -> tp.importance.Importance:
         "random": lambda: tp.importance.RandomImportance(),
     }
     if name not in builders:
-        raise PrunelabError(f"unknown importance '{name}'; choose one of: {', '.join(builders)}")
+        raise PrunelabError(f"unknown importance '{name}'; choose one of: {', '.join(IMPORTANCES)}")
     return builders[name]()
 
 
@@ -117,36 +121,40 @@ def _unwrapped(model: nn.Module) -> list:
     return out
 
 
-def ratio_for_target(model: nn.Module, cfg: Config, target_macs: float = 0, target_params: float = 0,
-                     iterations: int = 14, image_size: int = 32, num_classes: int | None = None) -> float:
-    """The smallest channel ratio whose one-shot pruning of (a copy of) `model` gives at most the target MACs
-    or parameters, by bisection. With per-layer pruning the widths depend on the ratio only; with global
-    pruning also on the weights, so pass the trained dense model."""
-    import copy
-    import dataclasses
-
-    # Taylor needs gradients to rank channels; the widths a ratio gives do not, so search with L2.
-    search_cfg = dataclasses.replace(cfg, importance="l2") if cfg.importance == "taylor" else cfg
-
-    def cost(ratio: float) -> float:
-        m = copy.deepcopy(model).cpu()
-        pruner = build_pruner(m, search_cfg, pruning_ratio=ratio, iterative_steps=1, image_size=image_size,
-                              num_classes=num_classes)
-        with torch.random.fork_rng(devices=[]):  # random importance: the same draw for every ratio, and the
-            torch.manual_seed(0)                  # caller's generator left as it was
+def prune_once(model: nn.Module, cfg: Config, ratio: float, *, image_size: int = 32, num_classes: int | None = None,
+               importance: str | None = None) -> nn.Module:
+    """A one-shot pruned fp32 copy of `model` on the CPU: `ratio` of the channels removed in one step, allocated as
+    cfg says (per layer, or globally). `importance` defaults to cfg.importance, except taylor, which would need
+    gradients: the widths come out the same with L2 under per-layer pruning. Random draws come from a generator
+    seeded 0 (the same copy every time); the caller's generators are left as they were. What the target searches
+    (targets.py) and the prunability probe cut their candidates with."""
+    chosen = importance or ("l2" if cfg.importance == "taylor" else cfg.importance)
+    pruned = copy.deepcopy(model).float().cpu()
+    if ratio > 0:
+        pruner = build_pruner(pruned, dataclasses.replace(cfg, importance=chosen), pruning_ratio=ratio,
+                              iterative_steps=1, image_size=image_size, num_classes=num_classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
             pruner.step()
-        macs, params = count_macs_params(m, image_size)
-        return macs if target_macs else params
+    return pruned
 
-    target = target_macs or target_params
-    lo, hi = 0.0, 0.95  # beyond this, layers would lose every channel and Torch-Pruning skips them
-    if cost(hi) > target:
-        raise PrunelabError(f"the target of {target:.4g} {'MACs' if target_macs else 'parameters'} is below what "
-                            f"pruning {hi:.1%} of the channels reaches; raise the target")
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if cost(mid) <= target else (mid, hi)
-    return hi
+
+def check_prunable(model: nn.Module, cfg: Config, image_size: int, num_classes: int, name: str) -> None:
+    """Before any training: Torch-Pruning can trace `model` (named `name` in errors) and prune a quarter of its
+    channels (on a copy), and the pruned copy still returns (1, num_classes) logits for one image."""
+    try:
+        probe = prune_once(model, cfg, 0.25, image_size=image_size, num_classes=num_classes, importance="l2")
+        with torch.no_grad():
+            out = probe.eval()(torch.zeros(1, 3, image_size, image_size))
+    except PrunelabError:
+        raise
+    except Exception as e:  # anything Torch-Pruning or the model raises here means: not prunable as it is
+        raise PrunelabError(f"Torch-Pruning cannot prune model '{name}' ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:150] if str(e) else ''}); choose another model") from e
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        raise PrunelabError(f"model '{name}' returns {type(out).__name__} "
+                            f"{tuple(out.shape) if isinstance(out, torch.Tensor) else ''} for one image, not "
+                            f"(1, {num_classes}) logits; prunelab needs a classifier that returns a tensor")
 
 
 def step_ratio(pruner: tp.pruner.BasePruner, step: int) -> float:

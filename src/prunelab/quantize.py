@@ -6,7 +6,7 @@
                   MinMax calibration; <run>/int8/model-int8.onnx
 
     <run>/int8/model-fp32.onnx   the final model, exported (and, for ONNX Runtime, pre-processed)
-    <run>/int8/result.json       accuracy, file size and latency of FP32 and INT8, both in the chosen runtime
+    <run>/int8/results.json      accuracy, file size and latency of FP32 and INT8, both in the chosen runtime
 
 `auto` picks OpenVINO when it and NNCF are installed (it measured faster at INT8 here: docs/RESULTS.md,
 benchmarks/deploy.py), else ONNX Runtime.
@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import modelfile
-from .config import PrunelabError
-from .data import eval_batches, load_data
+from . import modelfile, report
+from .config import INT8_RUNTIMES
+from .data import Normalizer, eval_batches, load_data
+from .errors import PrunelabError
+from .export import export_onnx
 from .files import write_json
 from .measurement import file_size_bytes, machine
 from .rundir import open_existing
 from .runtimes import missing, ort_session, ov_runner, time_sessions
-
-QUANT_RUNTIMES = ("auto", "openvino", "onnxruntime")
 
 
 def _nncf_missing() -> str:
@@ -44,8 +44,8 @@ def _nncf_missing() -> str:
 def quant_runtime(name: str) -> str:
     """The runtime that `name` (auto | openvino | onnxruntime) quantises with; a one-line error if it is not
     installed or unknown."""
-    if name not in QUANT_RUNTIMES:
-        raise PrunelabError(f"unknown INT8 runtime '{name}'; choose one of: {', '.join(QUANT_RUNTIMES)}")
+    if name not in INT8_RUNTIMES:
+        raise PrunelabError(f"unknown INT8 runtime '{name}'; choose one of: {', '.join(INT8_RUNTIMES)}")
     if name == "auto":
         name = "openvino" if not _nncf_missing() else "onnxruntime"
     reason = _nncf_missing() if name == "openvino" else missing("onnxruntime")
@@ -54,16 +54,10 @@ def quant_runtime(name: str) -> str:
     return name
 
 
-def _normalised(images: torch.Tensor, mean, std) -> np.ndarray:
-    m = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1) * 255
-    s = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1) * 255
-    return ((images.cpu().numpy().astype(np.float32) - m) / s).astype(np.float32)
-
-
 def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes=(1, 128), threads: int = 0,
                  data_dir: str | None = None, runtime: str = "auto") -> dict:
-    """Quantise a finished run's final model to INT8 (see the module doc); returns the result written to
-    <run>/int8/result.json. Raises PrunelabError before any work if the run is unfinished, its data is gone or
+    """Quantise a finished run's final model to INT8 (see the module doc), and refresh the run's report; returns the
+    result written to <run>/int8/results.json. Raises PrunelabError before any work if the run is unfinished, its data is gone or
     the runtime is not installed."""
     runtime = quant_runtime(runtime)
     rd, cfg = open_existing(run_dir)
@@ -78,13 +72,13 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
     data = load_data(cfg)  # missing data: a one-line error here, before anything is written
     if len(data.train) == 0:
         raise PrunelabError("no training images to calibrate INT8 on; point --data-dir at the run's data")
-    model, desc = modelfile.load(rd.checkpoint_named("final").with_suffix(".json"))
+    model, desc = modelfile.load(rd.model_file("final"))
     inputs = data.inputs
-    out = rd.path / "int8"
+    normalise = Normalizer(inputs.mean, inputs.std, "cpu", channels_last=False)
+    out = rd.int8_dir
     out.mkdir(exist_ok=True)
-    for old in [*out.glob("model-int8*"), out / "result.json"]:  # an earlier result must not outlive a failure
-        old.unlink(missing_ok=True)
-    from .export import export_onnx
+    for old in [*out.glob("model-int8*"), out / "result.json", out / "results.json"]:  # an earlier result must
+        old.unlink(missing_ok=True)                                                     # not outlive a failure
     fp32 = out / "model-fp32.onnx"
     tmp = out / "model-raw.onnx"
     export_onnx(model, tmp, input_size=inputs.image_size)
@@ -97,7 +91,7 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
 
     n = min(calibration_images, len(data.train))
     idx = torch.linspace(0, len(data.train) - 1, n).round().long()
-    calibration = [_normalised(images, inputs.mean, inputs.std) for images, _ in eval_batches(data.train.subset(idx), 32)]
+    calibration = [normalise(images.cpu()).numpy() for images, _ in eval_batches(data.train.subset(idx), 32)]
     start = time.perf_counter()
     quantize = _quantize_openvino if runtime == "openvino" else _quantize_onnxruntime
     int8_files = quantize(fp32, out, calibration)
@@ -109,7 +103,7 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
         run = _runner(runtime, files[0], threads)
         correct = 0
         for images, labels in eval_batches(data.test, 500):
-            logits = run(_normalised(images, inputs.mean, inputs.std))
+            logits = run(normalise(images.cpu()).numpy())
             correct += int((logits.argmax(1) == labels.cpu().numpy()).sum())
         run = None  # (the evaluation session's threads go before the timed sessions start)
         latency = []
@@ -120,11 +114,8 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
         result["models"][name] = {"accuracy": correct / len(data.test),
                                   "file_size_bytes": sum(file_size_bytes(f) for f in files), "latency": latency}
     result["pytorch_accuracy"] = desc["metrics"]["accuracy"]
-    write_json(out / "result.json", result)
-    from .report import build_results, render
-    results = build_results(rd.path)  # the report gains the INT8 rows
-    write_json(rd.results, results)
-    render(rd.path, results)
+    write_json(rd.int8_results, result)
+    report.refresh(rd.path)  # the report gains the INT8 rows
     return result
 
 

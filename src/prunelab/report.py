@@ -1,4 +1,5 @@
-"""Tables and plots from the files of a run directory. Reads files only; never re-runs anything.
+"""Tables and plots from the files of a run directory. Reads files only; never re-runs anything. Also the summaries
+of what sweep.py and controls.py gather: a control's row, a group of seeds (mean ± std), a sweep's Pareto table.
 
 Figures are drawn on matplotlib.figure.Figure objects directly (no pyplot, no backend switch), so calling
 prunelab from a notebook or another program leaves its matplotlib state alone.
@@ -6,13 +7,16 @@ prunelab from a notebook or another program leaves its matplotlib state alone.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .config import Config, PrunelabError, final_lr, to_dict
-from .files import read_jsonl, write_atomic, write_text
+from . import modelfile
+from .config import CONTROLS, Config, final_lr, to_dict
+from .errors import PrunelabError
+from .files import read_jsonl, write_atomic, write_json, write_text
 from .measurement import find_latency, latency_label, latency_records
 from .rundir import RunDir
 
@@ -44,12 +48,21 @@ def build_results(run_dir: str | Path) -> dict:
                         "pruning_steps": sum(s["seconds"] for s in steps), "final_finetune": final["seconds"],
                         "total": dense["seconds"] + (sparse["seconds"] if sparse else 0) + sum(s["seconds"] for s in steps)
                         + final["seconds"]},
-        "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "loss", "train_accuracy", "val_accuracy", "lr",
+        "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "images", "loss", "train_accuracy", "val_accuracy", "lr",
                                       "images_per_s", "seconds") if k in e} for e in epochs],
-        "controls": _controls(rd.path),
-        **({"int8": json.loads((rd.path / "int8" / "result.json").read_text())}
-           if (rd.path / "int8" / "result.json").is_file() else {}),
+        "controls": control_rows(rd.path),
+        **({"int8": json.loads(rd.int8_results.read_text())} if rd.int8_results.is_file() else {}),
     }
+
+
+def refresh(run_dir: str | Path) -> dict:
+    """Rebuild a finished run's summary from its files and redraw its report (after a control or INT8 adds rows,
+    and at the end of the run): report.md and plots first, results.json last (its presence means complete)."""
+    rd = RunDir(run_dir)
+    results = build_results(rd.path)
+    render(rd.path, results)
+    write_json(rd.results, results)
+    return results
 
 
 def int8_markdown(results: dict) -> str:
@@ -78,11 +91,6 @@ def int8_markdown(results: dict) -> str:
               f"{q['test_images']} test images in {label}. INT8 vs FP32: "
               f"{100 * (i8['accuracy'] - f32['accuracy']):+.2f} pts, speed {', '.join(speed)}."]
     return "\n".join(lines)
-
-
-def _controls(run_dir: Path) -> list[dict]:
-    from .controls import control_rows
-    return control_rows(run_dir)
 
 
 CONTROL_WORDS = {
@@ -383,13 +391,10 @@ def _mosaic(weights, cols: int, gap: int = 1):
 
 def plot_filters(run_dir: Path, path: str | Path) -> None:
     """The first convolution's filters, dense and pruned (after fine-tuning), as small RGB images (up to 64)."""
-    from safetensors import safe_open
-
     def first_conv(name: str):
-        stem = RunDir(run_dir).checkpoint_named(name)
-        layer = next(iter(json.loads(stem.with_suffix(".json").read_text())["layer_widths"]))  # in module order
-        with safe_open(str(stem.with_suffix(".safetensors")), "np") as f:
-            return layer, f.get_tensor(f"{layer}.weight")  # out x in x k x k
+        path = RunDir(run_dir).model_file(name)
+        layer = next(iter(modelfile.describe(path)[0]["layer_widths"]))  # in module order
+        return layer, modelfile.read_tensor(path, f"{layer}.weight")  # out x in x k x k
 
     layer, dense = first_conv("dense")
     _, pruned = first_conv("final")
@@ -422,7 +427,7 @@ def render(run_dir: str | Path, results: dict | None = None) -> None:
             row = results[part] if isinstance(part, str) else results["steps"][part]
             row["latency"] = latency_records(row)
         results.setdefault("budget_vs_seed", budget_differences(results["config"], results["data"]))
-        results["controls"] = _controls(rd.path)  # controls added after the run finished
+        results["controls"] = control_rows(rd.path)  # controls added after the run finished
     plot(results, rd.results_plot)
     plot_curves(results, rd.curves_plot)
     plot_filters(rd.path, rd.filters_plot)
@@ -444,7 +449,6 @@ def sweep_rows(sweep_dir: str | Path) -> list[dict]:
     without its -s<seed> suffix) and its controls' accuracies."""
     import re
 
-    from .controls import control_rows
     rows = []
     for results_path in sorted(Path(sweep_dir).glob("*/results.json")):
         r = json.loads(results_path.read_text())
@@ -462,7 +466,6 @@ def sweep_rows(sweep_dir: str | Path) -> list[dict]:
 def sweep_groups(rows: list[dict]) -> list[dict]:
     """Rows of the same recipe and target over seeds, as one point: mean and std of the accuracy (and of each
     control's), sorted by MACs."""
-    from .controls import mean_std
     groups = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
@@ -492,7 +495,6 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 def render_sweep(sweep_dir: str | Path) -> list[dict]:
     """pareto.png (accuracy vs MACs, log axis; error bars over seeds; controls as their own series) and pareto.md
     for the finished runs of a sweep. Returns the per-run rows."""
-    from .controls import compare
     sweep_dir = Path(sweep_dir)
     rows = sweep_rows(sweep_dir)
     if not rows:
@@ -551,3 +553,77 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
               + ".", "", "![pareto](pareto.png)", ""]
     write_text(sweep_dir / "pareto.md", "\n".join(lines))
     return rows
+
+
+# ----------------------------------------------------------------------------- controls and seeds
+
+def control_row(rd: RunDir) -> dict:
+    """The result row of a finished control's run directory: the scratch control's results.json is its row; the
+    random control's is a run's summary, whose epochs after the dense stage are its training (each epoch row
+    counts the images it trained on; results of older versions, without them, count whole training splits)."""
+    results = json.loads(rd.results.read_text()) if rd.results.is_file() else \
+        json.loads((rd.path / "result.json").read_text())  # the scratch control of an older version
+    if "control" in results:
+        return results
+    f = results["final"]
+    after_dense = [e for e in results["epochs"] if e["stage"] != 0]
+    return {"control": rd.path.name, "accuracy": f["accuracy"], "params": f["params"], "macs": f["macs"],
+            "train_seconds": sum(e["seconds"] for e in after_dense),
+            "train_images": sum(e.get("images", results["data"]["train_images"]) for e in after_dense)}
+
+
+def control_rows(run_dir: str | Path) -> list[dict]:
+    """Finished controls of a run, for its report."""
+    return [control_row(rd.control(k)) for k in CONTROLS if (rd := RunDir(run_dir)).control(k).finished]
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
+
+
+def seeds_summary(group: str | Path) -> dict:
+    """Mean and standard deviation over the finished seed runs s*/ of a group (accuracy of dense, pruned and
+    each control), written to seeds.json and seeds.md."""
+    group = Path(group)
+    runs = sorted((p for p in group.glob("s*/results.json") if p.parent.name[1:].isdigit()), key=lambda p: int(p.parent.name[1:]))
+    if not runs:
+        raise PrunelabError(f"{group} holds no finished seed runs (s<seed>/results.json)")
+    columns: dict[str, list[float]] = {}
+    seeds = []
+    for p in runs:
+        r = json.loads(p.read_text())
+        seeds.append(r["config"]["seed"])
+        columns.setdefault("dense", []).append(r["dense"]["accuracy"])
+        columns.setdefault("pruned", []).append(r["final"]["accuracy"])
+        for c in control_rows(p.parent):
+            columns.setdefault(f"{c['control']} control", []).append(c["accuracy"])
+    summary = {"group": group.name, "seeds": seeds, "accuracy": {k: mean_std(v) for k, v in columns.items()},
+               "macs": json.loads(runs[0].read_text())["final"]["macs"]}
+    write_json(group / "seeds.json", summary)
+    write_text(group / "seeds.md", seeds_markdown(summary))
+    return summary
+
+
+def compare(a: dict, b: dict) -> str:
+    """'+1.20 pts, larger than the spread' or '... a tie': a difference of means against the larger std."""
+    diff = 100 * (a["mean"] - b["mean"])
+    spread = 100 * max(a["std"], b["std"])
+    if min(a["n"], b["n"]) < 2:
+        return f"{diff:+.2f} pts (one seed: no spread to compare with)"
+    return f"{diff:+.2f} pts, " + ("a tie: within the spread between seeds" if abs(diff) <= spread
+                                   else "larger than the spread between seeds") + f" ({spread:.2f} pts)"
+
+
+def seeds_markdown(summary: dict) -> str:
+    acc = summary["accuracy"]
+    lines = [f"# `{summary['group']}` over seeds {', '.join(map(str, summary['seeds']))}", "",
+             "| model | test accuracy, mean ± std | per seed |", "| :--- | ---: | :--- |"]
+    for name, s in acc.items():
+        lines.append(f"| {name} | {100 * s['mean']:.2f}% ± {100 * s['std']:.2f} | "
+                     + ", ".join(f"{100 * v:.2f}%" for v in s["values"]) + " |")
+    lines.append("")
+    for name in acc:
+        if name.endswith("control") and len(acc[name]["values"]) == len(acc["pruned"]["values"]):
+            lines.append(f"- pruned vs {name}: {compare(acc['pruned'], acc[name])}.")
+    return "\n".join(lines) + "\n"

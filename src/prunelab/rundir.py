@@ -2,10 +2,19 @@
 module that knows where a run's files lie.
 
     config.json        the resolved config (written once, when the run starts)
-    metrics.jsonl      one line per epoch ("event": "epoch") and per finished stage ("dense", "step", "final")
-    checkpoints/       dense, step_XX, final: model files (see modelfile.py); partial.safetensors mid-stage
+    metrics.jsonl      one line per epoch ("event": "epoch") and per finished stage ("dense", "sparse", "step",
+                       "final")
+    checkpoints/       dense, sparse, step_XX, final: model files (see modelfile.py); partial.safetensors mid-stage
     results.json       the summary (written last: its presence means the run is complete)
     report.md, results.png, curves.png, filters.png, model.onnx, tensorboard/
+    controls/scratch/  the scratch control: a run directory with plan.json, model.* and results.json
+    controls/random/   the random-criterion control: a whole run directory
+    int8/              model-fp32.onnx, model-int8.*, results.json (quantize.py)
+
+A group of seeds is a folder of run directories s<seed>/ beside seeds.json and seeds.md (`seed_run`).
+
+Stages run in the order dense (0), sparse training (SPARSE_STAGE, -1), steps 1..n, final (n+1): `stage_order`
+puts -1 between 0 and 1 wherever stages are compared.
 
 A stage is finished when its checkpoint JSON exists; its summary line in metrics.jsonl follows. A crash
 between the two is repaired on resume from the checkpoint's own copy of the line (`restore_summaries`).
@@ -19,10 +28,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import modelfile
-from .config import Config, PrunelabError, config_from_dict, to_dict
+from .config import Config, config_from_dict, resumed_config, to_dict
+from .errors import PrunelabError
 from .files import read_jsonl, write_atomic, write_json, write_text
 
-SUMMARY_EVENTS = ("dense", "step", "final")
+SUMMARY_EVENTS = ("dense", "sparse", "step", "final")
+SPARSE_STAGE = -1  # the stage number of sparse training (between dense, 0, and the first pruning step, 1)
+
+
+def stage_order(stage: int) -> float:
+    """Where a stage number falls in the order the stages run: sparse training (-1) after dense (0), before step 1."""
+    return 0.5 if stage == SPARSE_STAGE else stage
 
 
 class RunDir:
@@ -40,6 +56,26 @@ class RunDir:
         self.onnx = self.path / "model.onnx"
         self.tensorboard_dir = self.path / "tensorboard"
         self.tensorboard = None  # a TensorBoardLog when --tensorboard is on
+        self.int8_dir = self.path / "int8"
+        self.plan = self.path / "plan.json"  # the scratch control's epoch plan
+        self.model = self.path / "model"  # stem of the scratch control's model file
+
+    def control(self, kind: str) -> "RunDir":
+        """The run directory of this run's control `kind` (scratch, random)."""
+        return RunDir(self.path / "controls" / kind)
+
+    def seed_run(self, seed: int) -> "RunDir":
+        """The run directory of one seed in a group of seeds (this directory is the group)."""
+        return RunDir(self.path / f"s{seed}")
+
+    @property
+    def int8_results(self) -> Path:
+        return _current_or_legacy(self.int8_dir / "results.json", self.int8_dir / "result.json")
+
+    @property
+    def finished(self) -> bool:
+        """A run's results.json, written last, exists (for the scratch control: its own results.json)."""
+        return _current_or_legacy(self.results, self.path / "result.json").is_file()
 
     # ------------------------------------------------------------------ checkpoints of finished stages
     def checkpoint(self, stage: int, n_steps: int) -> Path:
@@ -48,6 +84,10 @@ class RunDir:
 
     def checkpoint_named(self, which: str) -> Path:
         return self.checkpoints / which
+
+    def model_file(self, which: str = "final") -> Path:
+        """The description (.json) of the model file of a finished stage: dense, sparse, step_XX or final."""
+        return self.checkpoint_named(which).with_suffix(".json")
 
     def last_checkpoint(self, n_steps: int) -> int:
         """The highest stage whose checkpoint is complete (its JSON written last), or -1."""
@@ -104,27 +144,41 @@ class RunDir:
         if self.tensorboard is not None:
             self.tensorboard.log(row)
 
+    def drop_epochs_after(self, stage: int, epochs_done: int) -> None:
+        """Drop the epoch rows of `stage` past `epochs_done` from metrics.jsonl: that stage goes on from there, and
+        rows a crash left after its last partial checkpoint would count an epoch twice."""
+        rows = read_jsonl(self.metrics)
+        kept = [r for r in rows if not (r["event"] == "epoch" and r["stage"] == stage and r["epoch"] > epochs_done)]
+        if len(kept) != len(rows):
+            write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
     def prepare_resume(self, done: int, n_steps: int) -> None:
-        """Make the log agree with the checkpoints before a resume: drop lines of stages after `done` (they run
-        again, except epochs kept by a mid-stage checkpoint), and put back any summary line of a finished stage
-        that a crash kept from being written (it is stored in the stage's checkpoint too)."""
+        """Make the log agree with the checkpoints before a resume: drop lines of stages after the last finished one
+        (`done`, or sparse training when its checkpoint exists and `done` is the dense stage): they run again,
+        except epochs kept by a mid-stage checkpoint. Put back any summary line of a finished stage that a crash
+        kept from being written (it is stored in the stage's checkpoint too)."""
+        finished = [s for s in range(done + 1)]
+        if done == 0 and self.model_file("sparse").is_file():
+            finished.append(SPARSE_STAGE)
+        last = max(stage_order(s) for s in finished) if finished else -1
         partial = self.partial_progress()
-        if partial and partial[0] <= done:  # left by a stage that has since finished
+        if partial and stage_order(partial[0]) <= last:  # left by a stage that has since finished
             self.partial.unlink()
             partial = None
-        rows = [r for r in read_jsonl(self.metrics) if r.get("stage", 0) <= done
-                or (partial and r["event"] == "epoch" and (r["stage"], r["epoch"]) <= partial)]
+        rows = [r for r in read_jsonl(self.metrics) if stage_order(r.get("stage", 0)) <= last
+                or (partial and r["event"] == "epoch" and r["stage"] == partial[0] and r["epoch"] <= partial[1])]
         have = {r["stage"] for r in rows if r["event"] in SUMMARY_EVENTS}
-        for stage in range(done + 1):
+        for stage in finished:
             if stage not in have:
                 rows.append(self._summary_from_checkpoint(stage, n_steps))
         write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
 
     def _summary_from_checkpoint(self, stage: int, n_steps: int) -> dict:
-        desc, weights = modelfile.describe(self.checkpoint(stage, n_steps).with_suffix(".json"))
+        path = self.model_file("sparse") if stage == SPARSE_STAGE else self.checkpoint(stage, n_steps).with_suffix(".json")
+        desc, weights = modelfile.describe(path)
         row = dict(desc.get("metrics") or {})
         if row.get("stage") != stage or row.get("event") not in SUMMARY_EVENTS:
-            raise PrunelabError(f"{self.checkpoint(stage, n_steps)}.json holds no summary of stage {stage}; the "
+            raise PrunelabError(f"{path} holds no summary of stage {stage}; the "
                                 "run directory is damaged: start a new run")
         row["file_size_bytes"] = weights.stat().st_size
         return row
@@ -145,6 +199,33 @@ def create(cfg: Config) -> RunDir:
         raise PrunelabError(f"cannot write to {rd.path} ({e.strerror}); choose a writable --out-dir")
     write_json(rd.config, to_dict(cfg))
     return rd
+
+
+def _current_or_legacy(current: Path, legacy: Path) -> Path:
+    """`current`, unless only `legacy` (the name an older prunelab wrote) exists."""
+    return legacy if legacy.is_file() and not current.is_file() else current
+
+
+def model_file(path: str | Path, which: str = "final") -> Path:
+    """A model file from a run directory (its `which` checkpoint) or a model file given directly."""
+    p = Path(path)
+    if p.is_dir():
+        desc = RunDir(p).model_file(which)
+        if not desc.is_file():
+            raise PrunelabError(f"{p} has no checkpoints/{which}.json; is it a finished prunelab run directory?")
+        return desc
+    return p
+
+
+def existing_run(cfg: Config) -> Path | None:
+    """The run directory of cfg (<out_dir>/<name>) when it exists already, to be resumed (its recipe must equal
+    cfg's: otherwise a one-line error naming the first difference), or None when there is none: open-or-resume
+    for every caller that may start the same run again (`--or-resume`, sweeps, seeds, controls)."""
+    rd = RunDir(Path(cfg.out_dir) / cfg.name)
+    if not rd.config.is_file():
+        return None
+    resumed_config(open_existing(rd.path)[1], cfg)  # refuses a changed recipe
+    return rd.path
 
 
 def open_existing(path: str | Path) -> tuple[RunDir, Config]:

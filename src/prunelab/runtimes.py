@@ -24,11 +24,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import PrunelabError
+from .errors import PrunelabError
+from .export import export_onnx
+from .files import write_atomic
+from .measurement import time_runs, tolerance
 
 RUNTIMES = ("pytorch", "pytorch-fused", "torch-compile", "onnxruntime", "openvino")
 INSTALL = {"onnxruntime": "pip install 'prunelab[onnx]'", "openvino": "pip install 'prunelab[openvino]'"}
-ATOL, RTOL = 1e-4, 1e-4  # fp32; folding batch norms and other kernels reorder the sums
 
 
 def missing(name: str) -> str:
@@ -71,22 +73,20 @@ def ort_session(path: str | Path, threads: int | None = None, save_optimized: st
 
 def time_run(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, warmup: int = 3, min_reps: int = 10,
              min_seconds: float = 1.0) -> dict:
-    """Median and p90 ms of run(x) (measurement._time_runs' warm-up and repetition rule)."""
+    """Median and p90 ms of run(x) (measurement.time_runs' warm-up and repetition rule)."""
     import time
-
-    from .measurement import _time_runs
 
     def once() -> float:
         t0 = time.perf_counter()
         with torch.inference_mode():
             run(x)
         return (time.perf_counter() - t0) * 1000
-    return _time_runs(once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
+    return time_runs(once, warmup=warmup, min_reps=min_reps, min_seconds=min_seconds)
 
 
 # Runtimes whose speed is a property of each session: timed in this many fresh sessions, the fastest kept. An ONNX
 # Runtime session on 2 cores now and then runs ~2-2.6x slower as a whole, in a process without PyTorch too
-# (benchmarks/ort_spinning.py, ort_process.py; docs/RESULTS.md).
+# (benchmarks/archive/ort_spinning.py, ort_process.py; docs/RESULTS.md).
 FRESH_SESSIONS = {"onnxruntime": 2}
 
 
@@ -137,7 +137,6 @@ def prepare(name: str, model: nn.Module, input_size: int, workdir: str | Path, b
         return _compiled(fold_batchnorms(model), input_size, batch_size)
     onnx_path = workdir / "model.onnx"
     if not onnx_path.is_file():
-        from .export import export_onnx
         export_onnx(model, onnx_path, input_size=input_size)
     if name == "onnxruntime":
         session = ort_session(onnx_path, threads, save_optimized=workdir / "model.ort-optimized.onnx")
@@ -188,15 +187,15 @@ def _compiled(model: nn.Module, input_size: int, batch_size: int) -> Prepared:
 
 def check(prepared: Prepared, reference: nn.Module, input_size: int, batch_size: int) -> float:
     """Max |difference| of the path's logits from eager PyTorch's on a random batch; raises PrunelabError
-    beyond ATOL + RTOL x the largest logit."""
+    beyond measurement.tolerance (ATOL + RTOL x the largest logit). The reference model is not changed."""
     x = np.random.default_rng(0).standard_normal((batch_size, 3, input_size, input_size), dtype=np.float32)
     with torch.inference_mode():
-        ref = reference.float().eval().cpu()(torch.from_numpy(x)).float().numpy()
+        ref = copy.deepcopy(reference).float().eval().cpu()(torch.from_numpy(x)).float().numpy()
     out = np.asarray(prepared.run(x))
     diff = float(np.abs(out - ref).max())
-    tolerance = ATOL + RTOL * float(np.abs(ref).max())
-    if out.shape != ref.shape or diff > tolerance:
-        raise PrunelabError(f"runtime {prepared.runtime} differs from PyTorch by {diff:.2e} (> {tolerance:.1e}); "
+    allowed = tolerance(float(np.abs(ref).max()))
+    if out.shape != ref.shape or diff > allowed:
+        raise PrunelabError(f"runtime {prepared.runtime} differs from PyTorch by {diff:.2e} (> {allowed:.1e}); "
                             "not timed")
     return diff
 
@@ -209,7 +208,6 @@ def export_for(runtime: str, model: nn.Module, onnx_path: str | Path, input_size
     if reason:
         raise PrunelabError(reason)
     onnx_path = Path(onnx_path)
-    from .files import write_atomic
     if runtime == "onnxruntime":
         target = onnx_path.with_name(onnx_path.stem + ".ort-optimized.onnx")
         write_atomic(target, lambda tmp: ort_session(onnx_path, save_optimized=tmp))
@@ -232,51 +230,3 @@ def latency(model: nn.Module, runtime: str, input_size: int, batch_size: int, wo
     check(path, model, input_size, batch_size)
     x = np.random.default_rng(0).standard_normal((batch_size, 3, input_size, input_size), dtype=np.float32)
     return time_run(path.run, x, min_seconds=min_seconds)["median_ms"]
-
-
-def ratio_for_latency(model: nn.Module, cfg, image_size: int, num_classes: int | None = None,
-                      iterations: int = 8) -> dict:
-    """The smallest channel ratio whose one-shot pruning of (a copy of) `model` runs one batch of
-    cfg.latency_batch_size in at most cfg.target_latency_ms in cfg.latency_runtime on this machine, by
-    bisection on timed copies. The noise is measured first: the dense model timed 5 times, (max - min) /
-    median of those medians. Returns ratio, the latency measured at it, the dense latency and the noise.
-    Raises PrunelabError when even pruning 95% of the channels is too slow (saying how fast that is)."""
-    import dataclasses
-    import tempfile
-
-    from .prune import build_pruner
-
-    search_cfg = dataclasses.replace(cfg, importance="l2")  # widths depend on the ratio, not the criterion
-
-    def at(ratio: float, work: Path) -> float:
-        m = copy.deepcopy(model).float().eval().cpu()
-        if ratio > 0:
-            pruner = build_pruner(m, search_cfg, pruning_ratio=ratio, iterative_steps=1, image_size=image_size,
-                                  num_classes=num_classes)
-            pruner.step()
-        work.mkdir(parents=True, exist_ok=True)
-        return latency(m.eval(), cfg.latency_runtime, image_size, cfg.latency_batch_size, work)
-
-    target = cfg.target_latency_ms
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = [at(0.0, Path(tmp) / "dense") for _ in range(5)]  # one ONNX export, five fresh sessions
-        dense = sorted(runs)[2]
-        noise = (max(runs) - min(runs)) / dense
-        if target >= dense:
-            raise PrunelabError(f"target_latency_ms {target:g} is not below the dense model's {dense:.3g} ms "
-                                f"({cfg.latency_runtime}, batch {cfg.latency_batch_size}); lower it or drop it")
-        hi, lo = 0.95, 0.0
-        fastest = at(hi, Path(tmp) / "max")
-        if fastest > target * (1 + noise):
-            raise PrunelabError(f"target_latency_ms {target:g} is out of reach: pruning 95% of the channels runs in "
-                                f"{fastest:.3g} ms ({cfg.latency_runtime}, batch {cfg.latency_batch_size}, this "
-                                f"machine); raise the target to at least that")
-        achieved = fastest
-        for i in range(iterations):
-            mid = (lo + hi) / 2
-            ms = at(mid, Path(tmp) / f"r{i}")
-            if ms <= target:
-                hi, achieved = mid, ms
-            else:
-                lo = mid
-    return {"ratio": hi, "latency_ms": achieved, "dense_latency_ms": dense, "noise": noise}

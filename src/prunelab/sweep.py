@@ -1,4 +1,5 @@
-"""Many runs of the same flow: one per (importance, target, seed), sharing the dense model, then a Pareto table.
+"""MANY runs of the same flow, gathered: a run with its seeds, controls and INT8 (`run`, what `prunelab run` and
+prunelab.run do), and sweeps: one run per (importance, target, seed), sharing the dense model, then a Pareto table.
 
 Two ways to execute a sweep:
 - `sweep(base, ...)`: every run here, one after another (resumable: finished runs are skipped);
@@ -9,13 +10,64 @@ Two ways to execute a sweep:
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
-from . import report
-from .config import Config, PrunelabError, runtime_settings, to_dict, validate
+import torch
+
+from . import distributed, pipeline, report
+from .config import Config, resumed_config, to_dict, validate
+from .controls import run_controls
+from .distributed import log
+from .errors import PrunelabError
 from .files import write_json, write_text
-from .pipeline import _check_targets, log, model_spec, run
-from .rundir import RunDir, open_existing
+from .pipeline import model_spec
+from .quantize import quant_runtime, quantize_run
+from .rundir import RunDir, existing_run, open_existing
+from .targets import check_targets
+from .train import torch_threads
+
+
+def run(cfg: Config | None = None, resume_dir: str | Path | None = None, model: torch.nn.Module | None = None) -> Path:
+    """The run of `cfg` (pipeline.run; or the resumed run in `resume_dir`), once per seed in cfg.seeds, each followed
+    by its controls (cfg.controls) and INT8 (cfg.int8). Returns the run directory, or the seeds' group folder.
+    `model`: the dense nn.Module to prune instead of building cfg.model (pipeline.run). Leaves the caller's thread
+    count as it was."""
+    if cfg is None and resume_dir is None:
+        raise PrunelabError("run() needs a config, or a run directory to resume")
+    if resume_dir is not None:
+        cfg = resumed_config(open_existing(resume_dir)[1], cfg)
+    if (cfg.seeds or cfg.controls) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise PrunelabError("--seeds and --controls run in one process: run them without torchrun (`prunelab control "
+                            "RUN` adds controls to a finished run)")
+    if cfg.int8:
+        quant_runtime(cfg.int8_runtime)  # not installed: the one-line install hint now, not after the run
+    with torch_threads(cfg.num_threads):
+        if cfg.seeds and resume_dir is None:
+            return run_seeds(cfg, model)
+        return _run_one(cfg, resume_dir, model)
+
+
+def _run_one(cfg: Config, resume_dir, model) -> Path:
+    path = pipeline.run(cfg, resume_dir, model)
+    if cfg.controls:
+        run_controls(path, cfg.controls, runtime=cfg, model=model, budget=cfg.control_budget)
+    if cfg.int8 and distributed.WORLD.main:
+        quantize_run(path, data_dir=cfg.data_dir, runtime=cfg.int8_runtime)
+    return path
+
+
+def run_seeds(cfg: Config, model: torch.nn.Module | None = None) -> Path:
+    """cfg once per seed in cfg.seeds, as <out_dir>/<name>/s<seed>/ (with cfg.controls and INT8 each), then
+    seeds.md and seeds.json there. The dense baseline is shared when cfg.baseline gives one; otherwise each seed
+    trains its own. Finished seeds are skipped, unfinished ones resumed."""
+    group = RunDir(Path(cfg.out_dir) / cfg.name)
+    for seed in cfg.seeds:
+        one = dataclasses.replace(cfg, seed=seed, seeds=[], name=group.seed_run(seed).path.name, out_dir=str(group.path))
+        _run_one(one, existing_run(one), model)
+    summary = report.seeds_summary(group.path)
+    log(f"seeds: wrote {group.path}/seeds.md and seeds.json\n\n" + report.seeds_markdown(summary))
+    return group.path
 
 
 def configs(base: Config, targets_macs=(), targets_params=(), importances=()) -> list[Config]:
@@ -37,7 +89,7 @@ def configs(base: Config, targets_macs=(), targets_params=(), importances=()) ->
                                           target_params=value if kind == "params" else 0.0,
                                           pruning_ratio=value if kind == "ratio" else base.pruning_ratio)
                 validate(cfg)
-                _check_targets(cfg, model_spec(cfg, cfg.num_classes or 10), cfg.image_size or 32)  # the class count
+                check_targets(cfg, model_spec(cfg, cfg.num_classes or 10), cfg.image_size or 32)  # the class count
                 # moves dense MACs by a few thousand at most; the image size is checked again by each run
                 out.append(cfg)
     return out
@@ -53,10 +105,11 @@ def sweep(base: Config, targets_macs=(), targets_params=(), importances=()) -> P
     baseline = base.baseline
     for cfg in runs:
         rd = RunDir(sweep_dir / cfg.name)
-        if rd.config.is_file():  # resumed with its own recipe and this command's runtime settings (controls too);
-            run(dataclasses.replace(open_existing(rd.path)[1], **runtime_settings(cfg)), rd.path)  # finished: skipped
+        if rd.config.is_file():  # the first run's recipe trained its dense model; the others name it
+            cfg = dataclasses.replace(cfg, baseline=open_existing(rd.path)[1].baseline)
         else:
-            run(dataclasses.replace(cfg, baseline=baseline))
+            cfg = dataclasses.replace(cfg, baseline=baseline)
+        run(cfg, existing_run(cfg))  # finished: skipped; unfinished: resumed (controls too)
         if not baseline:
             baseline = str(rd.checkpoint(0, cfg.iterative_steps).with_suffix(".safetensors"))
     return collect(sweep_dir)

@@ -1,6 +1,9 @@
-"""One loop for training and fine-tuning, and evaluate(). Plain functions with explicit arguments."""
+"""One loop for every training and fine-tuning stage and every control, `fit(...)`, and `score()`. Plain functions
+with explicit arguments: the model, the images, the epochs and learning rate, and a Trainer (what every epoch
+needs besides them)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -10,11 +13,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import Config, PrunelabError
+from .config import Config
+
+from .errors import PrunelabError
 from .data import (InputSpec, Normalizer, Split, augmentation_for, batches_per_epoch, eval_batches,
                    resolve_normalization, train_batches)
 from . import distributed
-from .distributed import sum_all
+from .distributed import log, sum_all
+from .measurement import cpu_has_bf16
+from .models import channels_last_unsafe_on_cpu
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,15 +48,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.backends.mkldnn.is_available() and cpu_has_bf16() else None
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
-
-
 @dataclass
 class Trainer:
     """What every training or fine-tuning epoch needs besides the model and the optimiser."""
@@ -63,6 +61,12 @@ class Trainer:
     augmentation: str  # pad-crop | resized-crop | none
     label_smoothing: float
     progress: bool
+    channels_last: bool = True  # train in channels_last where the model allows it (prepare_model)
+    momentum: float = 0.9  # SGD
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    lr_per_batch: bool = False  # the cosine schedule steps per batch (else per epoch)
+    seed: int = 0  # with the stage and epoch, seeds each epoch's data order and augmentation
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device, inputs: InputSpec | None = None) -> "Trainer":
@@ -74,11 +78,39 @@ class Trainer:
                    amp_dtype=autocast_dtype(cfg.precision, device), batch_size=cfg.batch_size,
                    eval_batch_size=cfg.eval_batch_size, crop_padding_px=cfg.crop_padding_px, flip=cfg.flip,
                    augmentation=augmentation_for(cfg.augmentation, inputs.image_size if inputs else 32),
-                   label_smoothing=cfg.label_smoothing, progress=cfg.progress)
+                   label_smoothing=cfg.label_smoothing, progress=cfg.progress, channels_last=cfg.channels_last,
+                   momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+                   lr_per_batch=cfg.lr_schedule_unit == "batch", seed=cfg.seed)
 
 
-def make_optimizer(model: nn.Module, cfg: Config, lr: float) -> torch.optim.Optimizer:
-    """SGD over the model's live parameters. Rebuild it after every pruning step: Torch-Pruning
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to `n` (0: left as it is) inside the block, and restored after it."""
+    before = torch.get_num_threads()
+    try:
+        if n:
+            torch.set_num_threads(n)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def prepare_model(model: nn.Module, trainer: Trainer) -> nn.Module:
+    """The model on the trainer's device, in channels_last when the trainer asks for it, except on the CPU for a
+    model with a convolution that oneDNN's channels_last backward pass corrupts memory on
+    (models.channels_last_unsafe_on_cpu): then in NCHW, its inputs too (the trainer's normalizer follows)."""
+    model.to(trainer.device)
+    unsafe = trainer.device.type == "cpu" and channels_last_unsafe_on_cpu(model)
+    if unsafe and trainer.channels_last and trainer.normalizer.channels_last:
+        log(f"  training in NCHW from here: channels_last would corrupt memory in the CPU backward pass of "
+            f"{unsafe} (1x1, stride 2, under 16 input channels; oneDNN issue #6035)")
+    channels_last = trainer.channels_last and not unsafe
+    trainer.normalizer.channels_last = channels_last
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def make_optimizer(model: nn.Module, cfg: "Config | Trainer", lr: float) -> torch.optim.Optimizer:
+    """SGD over the model's live parameters (momentum, weight decay, Nesterov from a Config or a Trainer). Rebuild it after every pruning step: Torch-Pruning
     replaces the parameter objects, so an old optimiser would update tensors the model no longer has."""
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
@@ -203,8 +235,8 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, normalizer: Normalizer, batch_size: int = 500,
-             amp_dtype: torch.dtype | None = None) -> dict:
+def score(model: nn.Module, split: Split, normalizer: Normalizer, batch_size: int = 500,
+          amp_dtype: torch.dtype | None = None) -> dict:
     """Top-1 accuracy and mean loss over `split` (fp32 unless amp_dtype is given). Leaves the model in eval mode."""
     model.eval()
     device = normalizer.mean.device
@@ -221,3 +253,61 @@ def evaluate(model: nn.Module, split: Split, normalizer: Normalizer, batch_size:
         totals[2] += len(labels)
     loss_sum, correct, n = sum_all(totals).tolist()
     return {"accuracy": correct / n, "loss": loss_sum / n}
+
+
+def fit(model: nn.Module, split: Split, epochs: int, lr: float, *, trainer: Trainer, stage: int, phase: str,
+        warmup_epochs: float = 0.0, val: Split | None = None, distill: Distillation | None = None,
+        sparsifier=None, run_dir=None, replan=None) -> None:
+    """`epochs` epochs of SGD over `split` (on trainer.device) with a fresh optimiser and a cosine schedule over them
+    (after `warmup_epochs` of linear warm-up), stepped per epoch or per batch (trainer.lr_per_batch). Each epoch's
+    data order and augmentation come from a generator seeded by (trainer.seed, stage, epoch), so a resumed stage
+    makes the same draws.
+    - `run_dir` (a rundir.RunDir, or None for no files): each epoch's row goes to its metrics.jsonl, and after
+      every epoch but the last the weights and momentum go to its partial checkpoint, so a crash costs at most
+      one epoch; a stage that finds its partial checkpoint continues after it, and epoch rows of this stage past
+      it (a crash between a row and its checkpoint) are dropped first.
+    - `val`: its accuracy is recorded after every epoch. `distill`: the loss is distillation's.
+    - `sparsifier` (a GroupNormPruner): its regulariser acts on every batch.
+    - `replan(seconds)`: asked after the first epoch of a fresh stage how many epochs the stage should have,
+      given that epoch's seconds (the scratch control's time budget); the schedule then runs over the new count."""
+    if epochs == 0:
+        return
+    optimizer = make_optimizer(model, trainer, lr)
+    steps_per_epoch = batches_per_epoch(len(split), trainer.batch_size) if trainer.lr_per_batch else 1
+    done = run_dir.load_partial(model, optimizer, stage) if run_dir is not None else 0  # every rank reads it
+    if run_dir is not None and distributed.WORLD.main:
+        run_dir.drop_epochs_after(stage, done)
+    if done:
+        log(f"  continuing after epoch {done} of this stage")
+    scheduler = cosine_schedule(optimizer, epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch),
+                                start=done * steps_per_epoch)  # continues where it stopped
+    net = model
+    if distributed.WORLD.active:  # wrapped anew for every stage: pruning changed the parameters
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[trainer.device] if trainer.device.type == "cuda" else None)
+    epoch = done
+    while epoch < epochs:
+        epoch += 1
+        gen = torch.Generator().manual_seed(trainer.seed * 1_000_003 + stage * 1000 + epoch)
+        if sparsifier is not None:
+            sparsifier.update_regularizer()
+        stats = train_epoch(net, split, optimizer, scheduler if trainer.lr_per_batch else None, trainer, gen,
+                            desc=f"{phase} {epoch}/{epochs}", distill=distill,
+                            regularize=(lambda: sparsifier.regularize(model)) if sparsifier is not None else None)
+        if not trainer.lr_per_batch:
+            scheduler.step()
+        new_epochs = replan(stats["seconds"]) if replan is not None and epoch == 1 and done == 0 else epochs
+        if new_epochs != epochs:  # the same cosine over the new length, fast-forwarded past epoch 1
+            epochs = new_epochs
+            scheduler = cosine_schedule(optimizer, epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch),
+                                        start=steps_per_epoch)
+        row = {"event": "epoch", "stage": stage, "phase": phase, "epoch": epoch, "images": len(split), **stats}
+        if val is not None:
+            row["val_accuracy"] = score(model, val, trainer.normalizer, trainer.eval_batch_size)["accuracy"]
+        if run_dir is not None and distributed.WORLD.main:
+            run_dir.append_metrics(row)
+            if epoch < epochs:  # after the metrics line: a crash in between re-runs (and re-logs) this epoch
+                run_dir.save_partial(model, optimizer, stage, epoch)
+        log(f"  {phase} epoch {epoch}/{epochs}: loss {stats['loss']:.3f} train acc {stats['train_accuracy']:.3f}"
+            + (f" val acc {row['val_accuracy']:.3f}" if "val_accuracy" in row else "")
+            + f"  lr {stats['lr']:.4g}  ({stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f} s)")

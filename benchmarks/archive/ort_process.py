@@ -1,8 +1,8 @@
 """Is ONNX Runtime's occasional half-speed session at batch 128 caused by PyTorch running in the same process?
 
-    python benchmarks/ort_process.py --threads 2 --rounds 8 --batch-sizes 128 1
+    python benchmarks/archive/ort_process.py --threads 2 --rounds 8 --batch-sizes 128 1
 
-benchmarks/ort_spinning.py found that a fresh ORT session (default thread spinning) now and then runs the
+benchmarks/archive/ort_spinning.py found that a fresh ORT session (default thread spinning) now and then runs the
 seed-size pruned ResNet-18 at half speed at batch 128 on the project's 2-core machines, when it is timed right
 after eager PyTorch in the same process (as `prunelab bench` does). This script times, round after round and in a
 rotating order, a fresh ORT session (prunelab's options, without saving the optimised model) in three places:

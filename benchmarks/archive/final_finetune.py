@@ -2,11 +2,11 @@
 
 In `quick` the final fine-tune is most of the wall time, so its recipe decides both the time and the result.
 Each variant starts from the same checkpoint (the run's `checkpoints/step_NN`, the last step) and is trained by
-the pipeline's own final-stage code (`_Stages._fit`: same batches for the same seed, same optimiser and
-schedule) with the run's config plus the variant's overrides, then evaluated on the run's test images. One variant at a
+prunelab's one training loop as the final stage trains (`train.fit` at stage n+1 on all training images: same batches
+for the same seed, same optimiser and schedule) with the run's config plus the variant's overrides, then evaluated on the run's test images. One variant at a
 time, in a fresh process each (never beside anything else: on 2 cores they slow each other).
 
-    python benchmarks/final_finetune.py /work/runs/quick-base \
+    python benchmarks/archive/final_finetune.py /work/runs/quick-base \
         --variant lr0.1-e7 '{"final_finetune_epochs": 7}' --variant lr0.2-e7 '{"final_finetune_epochs": 7, "final_finetune_lr": 0.2}'
 
 Prints a table and appends each result to the JSON file (so an interrupted list keeps what finished).
@@ -21,8 +21,8 @@ from pathlib import Path
 
 
 def one(run_dir: str, overrides: dict) -> dict:
-    """One variant: the pipeline's own final stage (`_Stages._fit`, as `prunelab control` trains its scratch
-    control), in a throw-away run directory, from the run's last step checkpoint."""
+    """One variant: the final stage's training (`train.fit`, as the pipeline and the scratch control train), in a
+    throw-away run directory, from the run's last step checkpoint."""
     import dataclasses
     import tempfile
 
@@ -31,9 +31,8 @@ def one(run_dir: str, overrides: dict) -> dict:
     from prunelab.data import load_data
     from prunelab.files import read_jsonl
     from prunelab.measurement import machine
-    from prunelab.pipeline import _Stages
     from prunelab.rundir import create, open_existing
-    from prunelab.train import Trainer, resolve_device
+    from prunelab.train import Trainer, fit, prepare_model, resolve_device, score
 
     rd, cfg = open_existing(run_dir)
     n = cfg.iterative_steps
@@ -42,16 +41,14 @@ def one(run_dir: str, overrides: dict) -> dict:
                                 "controls": [], "seeds": [], "int8": False, **overrides})
         if cfg.distill:  # the pipeline sets the teacher up in its dense stage, which this script skips
             raise SystemExit("final_finetune: distillation variants are not supported (no dense teacher here)")
-        device = resolve_device(cfg.device)
         data = load_data(cfg)
+        trainer = Trainer.from_config(cfg, resolve_device(cfg.device), data.inputs)
         scratch = create(cfg)
-        model, desc = modelfile.load(rd.checkpoint(n, n).with_suffix(".json"))
-        stages = _Stages(cfg, scratch, Trainer.from_config(cfg, device, data.inputs), device, data,
-                         modelfile.specs(desc)[0], None)
-        model = stages._prepare_model(model)
-        stages._fit(model, n + 1, "final fine-tune", cfg.final_finetune_epochs, final_lr(cfg), split=stages.train)
+        model = prepare_model(modelfile.load(rd.checkpoint(n, n).with_suffix(".json"))[0], trainer)
+        fit(model, data.train.to(trainer.device), cfg.final_finetune_epochs, final_lr(cfg), trainer=trainer,
+            stage=n + 1, phase="final fine-tune", run_dir=scratch)
         epochs = [r for r in read_jsonl(scratch.metrics) if r["event"] == "epoch"]
-        accuracy = stages._accuracy(model, stages.test)
+        accuracy = score(model, data.test.to(trainer.device), trainer.normalizer, cfg.eval_batch_size)["accuracy"]
     return {"run": str(run_dir), "overrides": overrides, "epochs": cfg.final_finetune_epochs, "lr": final_lr(cfg),
             "batch_size": cfg.batch_size, "train_seconds": sum(r["seconds"] for r in epochs),
             "images_per_s": [r["images_per_s"] for r in epochs], "test_images": len(data.test), "accuracy": accuracy,

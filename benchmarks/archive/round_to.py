@@ -1,6 +1,6 @@
 """Does rounding channel counts to a multiple of 8 or 16 make the pruned model faster per MAC?
 
-    python benchmarks/round_to.py --round-to 2 8 16 --ratio 0.9 --threads 2
+    python benchmarks/archive/round_to.py --round-to 2 8 16 --ratio 0.9 --threads 2
 
 The dense ResNet-18 (CIFAR stem) is pruned one-shot to the same channel ratio with each `--round-to`
 (latency does not depend on the weights, so random weights do), and every model is timed side by side in
@@ -12,7 +12,6 @@ over it in the same runtime; `--runtimes` limits the runtimes.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import tempfile
@@ -24,7 +23,7 @@ import torch
 from prunelab.config import make_config
 from prunelab.measurement import machine
 from prunelab.models import build_model
-from prunelab.prune import build_pruner, count_macs_params
+from prunelab.prune import count_macs_params, prune_once
 from prunelab.runtimes import installed, prepare, time_run
 
 
@@ -43,10 +42,8 @@ def main() -> None:
     dense = build_model("resnet18_cifar").eval()
     models = {}
     for r in args.round_to:
-        m = copy.deepcopy(dense)
         cfg = dataclasses.replace(make_config("seed"), round_to=r)
-        build_pruner(m, cfg, pruning_ratio=args.ratio, iterative_steps=1).step()
-        models[r] = m.eval()
+        models[r] = prune_once(dense, cfg, args.ratio).eval()
     if args.with_dense:
         models = {"dense": dense, **models}  # (dict order: timed first)
     runtimes = args.runtimes or [rt for rt in installed() if rt != "torch-compile"]

@@ -5,7 +5,7 @@ preset's wall time. The variants run in this process on the same synthetic 32-px
 several rounds (this machine's speed drifts for minutes at a time: compare ratios within a round), and the
 table gives the median images/s of each and its ratio to prunelab's current path.
 
-    python benchmarks/small_net_throughput.py --rounds 3 --batches 40
+    python benchmarks/archive/small_net_throughput.py --rounds 3 --batches 40
 
 Variants: precision (bf16 autocast / fp32), memory format (NCHW, which prunelab uses for this model on the
 CPU, or channels_last with the unsafe strided 1x1 convolutions rewritten; see models.py), batch size, and
@@ -26,16 +26,14 @@ from prunelab.config import make_config
 from prunelab.data import Split
 from prunelab.measurement import machine
 from prunelab.models import build_model
-from prunelab.prune import build_pruner, count_macs_params
+from prunelab.prune import count_macs_params, prune_once
 from prunelab.train import Trainer, make_optimizer, train_epoch
 
 
 def seed_size_model() -> torch.nn.Module:
     """ResNet-18 (CIFAR stem) pruned in one shot to the seed's ratio 0.9 at round_to 2: 105,428 params."""
     torch.manual_seed(0)
-    model = build_model("resnet18_cifar")
-    build_pruner(model, make_config("seed"), 0.9, iterative_steps=1).step()
-    return model
+    return prune_once(build_model("resnet18_cifar"), make_config("seed"), 0.9)
 
 
 def unit_stride_1x1(model: torch.nn.Module) -> torch.nn.Module:

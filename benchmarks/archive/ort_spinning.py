@@ -1,6 +1,6 @@
 """Does an ONNX Runtime session sometimes run at half speed after PyTorch has run, and is thread spinning why?
 
-    python benchmarks/ort_spinning.py --threads 2 --rounds 6 --batch-sizes 1 128
+    python benchmarks/archive/ort_spinning.py --threads 2 --rounds 6 --batch-sizes 1 128
 
 On the project's 2-core machines the seed-size pruned ResNet-18 ran 42-46 ms at batch 128 in some ONNX Runtime
 sessions and 20-22 ms in most (docs/RESULTS.md, round_to). This script repeats, per round and batch size: time the
@@ -24,7 +24,7 @@ from prunelab.config import make_config
 from prunelab.export import export_onnx
 from prunelab.measurement import machine
 from prunelab.models import build_model
-from prunelab.prune import build_pruner
+from prunelab.prune import prune_once
 from prunelab.runtimes import ort_session, prepare, time_run
 
 
@@ -32,9 +32,7 @@ def seed_point_model() -> torch.nn.Module:
     """The CIFAR ResNet-18 pruned one-shot to ratio 0.9 (105,428 params), random weights, eval mode."""
     torch.manual_seed(0)
     cfg = make_config("full", {"progress": False})
-    model = build_model(cfg.model).eval()
-    build_pruner(model, cfg, pruning_ratio=0.9, iterative_steps=1).step()
-    return model.eval()
+    return prune_once(build_model(cfg.model), cfg, 0.9).eval()
 
 
 def main() -> None:

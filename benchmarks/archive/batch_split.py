@@ -1,6 +1,6 @@
 """Does splitting a batch across the cores (one single-threaded stream per core) beat one multi-threaded call?
 
-    python benchmarks/batch_split.py --threads 2 --batch-size 128 --ratio 0.9
+    python benchmarks/archive/batch_split.py --threads 2 --batch-size 128 --ratio 0.9
 
 The pruned model's batch-128 speed-up over the dense one stays near 47x in every runtime (docs/RESULTS.md,
 deployment): its 6-52-channel convolutions keep the cores less busy than the dense model's. This script times,
@@ -17,7 +17,6 @@ Every path's logits are checked against eager PyTorch first. Prints a table and 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +29,9 @@ from prunelab.config import make_config
 from prunelab.export import export_onnx
 from prunelab.measurement import machine
 from prunelab.models import build_model
-from prunelab.prune import build_pruner, count_macs_params
-from prunelab.runtimes import ATOL, RTOL, installed, ort_session, time_run
+from prunelab.prune import count_macs_params, prune_once
+from prunelab.measurement import tolerance
+from prunelab.runtimes import installed, ort_session, time_run
 
 
 ONE_CALL = ("onnxruntime one session", "openvino one request")  # each runtime's path that prunelab times
@@ -88,9 +88,7 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = make_config("full", {"progress": False})
     dense = build_model(cfg.model).eval()
-    pruned = copy.deepcopy(dense)
-    build_pruner(pruned, cfg, pruning_ratio=args.ratio, iterative_steps=1).step()
-    pruned.eval()
+    pruned = prune_once(dense, cfg, args.ratio).eval()
     x = np.random.default_rng(0).standard_normal((args.batch_size, 3, 32, 32)).astype(np.float32)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,7 +100,7 @@ def main() -> None:
             macs, params = count_macs_params(model)
             for path, run in paths(onnx, args.threads, args.batch_size).items():
                 err = float(np.abs(run(x) - ref).max())
-                if err > ATOL + RTOL * float(np.abs(ref).max()):
+                if err > tolerance(float(np.abs(ref).max())):
                     raise SystemExit(f"{name} {path}: logits differ from eager PyTorch by {err:.2e}")
                 t = time_run(run, x, warmup=3, min_reps=10 if name == "dense" else 30, min_seconds=2.0)
                 rows.append({"model": name, "params": params, "macs": macs, "path": path, "max_abs_error": err, **t})

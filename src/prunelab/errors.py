@@ -1,0 +1,5 @@
+"""The floor every module may import: the one exception type for problems a user can fix. Imports nothing of prunelab."""
+
+
+class PrunelabError(Exception):
+    """A problem the user can fix. The CLI prints it as one line and exits non-zero."""
