@@ -35,6 +35,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("linear", "geometric")
 AUGMENTATIONS = ("auto", "pad-crop", "resized-crop", "none")
 LR_SCHEDULE_UNITS = ("epoch", "batch")
+ALLOCATIONS = ("uniform", "global", "search")
 CONTROLS = ("scratch", "random")  # scratch: the pruned architecture from a random init; random: the random criterion
 CONTROL_BUDGETS = ("time", "images")  # what the scratch control matches: training seconds, or training images
 INT8_RUNTIMES = ("auto", "openvino", "onnxruntime")
@@ -154,7 +155,15 @@ class Config:
                                        "copies, timed; 0 = off)")
     latency_runtime: str = _f("pytorch", "runtime of target_latency_ms: pytorch | pytorch-fused | onnxruntime | openvino")
     latency_batch_size: int = _f(1, "batch size of target_latency_ms")
-    global_pruning: bool = _f(False, "rank channels across layers instead of within each layer")
+    allocation: str = _f("uniform", "how the channels to remove are spread over the layers: uniform (every group loses the "
+                                    "same share) | global (channels ranked across layers by the importance) | search "
+                                    "(each group's width searched for the target: candidates ranked on the validation "
+                                    "split by one-shot pruning + fresh batch-norm statistics; needs a target and "
+                                    "--val-size)")
+    search_budget: int = _f(16, "with allocation search: width candidates scored (the first is uniform allocation)")
+    search_images: int = _f(1024, "with allocation search: training images that re-estimate each candidate's batch-norm "
+                                  "statistics; the candidate is then scored on the validation split")
+    global_pruning: bool = _f(False, "rank channels across layers instead of within each layer (= --allocation global)")
     max_pruning_ratio: float = _f(1.0, "with global pruning: no layer loses more than this share of its channels")
     round_to: int = _f(2, "keep channel counts a multiple of this (0 = no rounding)")
     taylor_batches: int = _f(4, "batches of training data whose gradients feed the taylor importance")
@@ -162,6 +171,10 @@ class Config:
                                "Torch-Pruning's group-norm regularisation (GroupNormPruner) pushes the weights of "
                                "unimportant channel groups towards zero, so pruning removes less (0 = off)")
     sparse_reg: float = _f(5e-4, "strength of the sparse training's group-norm regularisation (Torch-Pruning's reg)")
+    bn_reestimate_images: int = _f(0, "after every pruning step, re-estimate the batch-norm statistics from this many "
+                                      "training images (forward passes, no gradient) before measuring and fine-tuning; "
+                                      "the report gives the accuracy with stale and with fresh statistics (0 = off, the "
+                                      "seed recipe)")
     finetune_epochs_per_step: int = _f(1, "fine-tune epochs after each pruning step (0 = none)")
     final_finetune_epochs: int = _f(10, "fine-tune epochs after the last step (cosine over them)")
     final_finetune_lr: float = _f(0.0, "SGD learning rate of the final fine-tune (0 = finetune_lr); the short fine-tunes "
@@ -170,6 +183,10 @@ class Config:
     distill_cached: bool = _f(False, "with distill: compute the dense model's outputs once per training image (mean over "
                                      "the image and its mirror) instead of on every augmented batch; far cheaper, "
                                      "but the soft targets ignore the random crop")
+    teacher: str = _f("", "with distill: the model to distil from instead of the run's dense model: a prunelab model file "
+                          "(.json or .safetensors, any architecture, pruned or not) or a safetensors state dict of "
+                          "--teacher-model; evaluated once at the start (its accuracy in the report)")
+    teacher_model: str = _f("", "builder of a --teacher given as a plain state dict (default: --model), e.g. resnet50")
     distill_temperature: float = _f(4.0, "distillation softmax temperature")
     distill_weight: float = _f(0.5, "share of the soft-target (KL) term in the fine-tune loss, in [0, 1]")
 
@@ -406,6 +423,11 @@ def validate(cfg: Config) -> None:
          "would compile every candidate model (minutes each); use pytorch, pytorch-fused, onnxruntime or openvino")
     need(cfg.distill or not cfg.distill_cached, "distill_cached only changes how distillation is done; add --distill "
          "or drop --distill-cached")
+    need(cfg.distill or not cfg.teacher, "--teacher names the model to distil from; add --distill (or drop --teacher)")
+    need(cfg.teacher or not cfg.teacher_model, "--teacher-model says how to build a --teacher state dict; add --teacher")
+    if cfg.teacher:
+        need(Path(cfg.teacher).is_file(), f"teacher file not found: {cfg.teacher}; pass a prunelab model file or a "
+             ".safetensors state dict")
     need(cfg.distill_temperature > 0, f"distill_temperature must be positive, got {cfg.distill_temperature}")
     need(0.0 <= cfg.distill_weight <= 1.0, f"distill_weight must be in [0, 1], got {cfg.distill_weight}")
     need(cfg.warmup_epochs >= 0, f"warmup_epochs must be 0 or more, got {cfg.warmup_epochs}")
@@ -424,6 +446,17 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     need(cfg.sparse_epochs >= 0, f"sparse_epochs must be 0 (off) or more, got {cfg.sparse_epochs}")
     need(cfg.sparse_reg >= 0, f"sparse_reg must be 0 or more, got {cfg.sparse_reg}; e.g. 5e-4")
+    need(cfg.allocation in ALLOCATIONS, f"unknown allocation '{cfg.allocation}'{_suggest(cfg.allocation, ALLOCATIONS)}; "
+         f"choose one of: {', '.join(ALLOCATIONS)}")
+    if cfg.allocation == "search":
+        need(bool(cfg.target_macs or cfg.target_params or cfg.target_latency_ms), "allocation search looks for the "
+             "widths that meet a budget: add --target-macs, --target-params or --target-latency-ms")
+        need(not cfg.global_pruning, "allocation search chooses each group's width itself; drop --global-pruning")
+        need(cfg.val_size > 0, "allocation search ranks width candidates on a validation split carved from the "
+             "training images, never the test set: add --val-size N (e.g. 2000)")
+    need(cfg.search_budget >= 1, f"search_budget must be at least 1 candidate, got {cfg.search_budget}")
+    need(cfg.search_images >= 1, f"search_images must be at least 1, got {cfg.search_images}")
+    need(cfg.bn_reestimate_images >= 0, f"bn_reestimate_images must be 0 (off) or more, got {cfg.bn_reestimate_images}")
     need(cfg.round_to >= 0, f"round_to must be 0 or more, got {cfg.round_to}")
     need(cfg.taylor_batches >= 1, f"taylor_batches must be at least 1, got {cfg.taylor_batches}")
     need(cfg.train_subset >= 0 and cfg.test_subset >= 0 and cfg.val_size >= 0,

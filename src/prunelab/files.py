@@ -53,6 +53,13 @@ def write_json(path: str | Path, data) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """One JSON line appended (and flushed) to a log; a reader skips a last line a crash cut short."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():

@@ -188,6 +188,23 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
     model.load_state_dict(state)
 
 
+def load_any(path: str | Path, builder: str, num_classes: int) -> tuple[nn.Module, InputSpec | None]:
+    """A model to run (a teacher): a prunelab model file (any architecture, pruned or not; its input spec too), or a
+    plain safetensors state dict of `builder` with `num_classes` outputs (no input spec: None)."""
+    p = Path(path)
+    if p.suffix in PICKLE_SUFFIXES:
+        raise PrunelabError(f"{p} looks like a pickle, which can run code when loaded; pass a .safetensors file or a "
+                            "prunelab model file")
+    if p.suffix == ".json" or p.with_suffix(".json").is_file():
+        net, desc = load(p)
+        return net, specs(desc)[1]
+    if p.suffix != ".safetensors":
+        raise PrunelabError(f"{p} is neither a prunelab model file (.json) nor a .safetensors state dict")
+    net = build(ModelSpec(builder=builder, num_classes=num_classes))
+    load_weights(net, p)
+    return net.eval(), None
+
+
 def load_dense_baseline(path: str | Path, spec: ModelSpec | str, num_classes: int = 10,
                         model: nn.Module | None = None) -> nn.Module:
     """A dense model from a prunelab model file or a plain safetensors state dict (such as torchvision's or timm's

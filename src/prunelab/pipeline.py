@@ -23,6 +23,7 @@ import torch
 from . import distributed, modelfile, report
 from .config import Config, final_lr, resumed_config, to_dict
 from .data import Data, eval_batches, fingerprint, load_data
+from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
 from .errors import PrunelabError
 from .export import export_onnx
@@ -31,9 +32,9 @@ from .models import ModelSpec, build, check_name, num_outputs
 from .prune import build_pruner, build_sparsifier, check_prunable, history, prune_step, restore, step_ratio
 from .rundir import SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
 from .runtimes import latency, missing
-from .targets import check_targets, ratio_for_latency, ratio_for_target
-from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, resolve_device, score, soft_targets,
-                    torch_threads)
+from .targets import check_targets, ratio_for_latency, ratio_for_target, search_widths
+from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, reestimate_batchnorm, resolve_device,
+                    score, soft_targets, torch_threads)
 
 
 def run(cfg: Config | None = None, resume_dir: str | Path | None = None, model: torch.nn.Module | None = None) -> Path:
@@ -81,6 +82,7 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
         baseline = copy.deepcopy(given)
     elif cfg.baseline and not resume_dir:
         baseline = modelfile.load_dense_baseline(cfg.baseline, spec)
+    teacher = load_teacher(cfg, data) if cfg.teacher else None
     if not resume_dir:
         check_prunable(baseline if baseline is not None else build(spec), cfg, data.inputs.image_size,
                        spec.num_classes, spec.builder)
@@ -116,9 +118,11 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     stages = _Stages(cfg, rd, trainer, device, data, spec, given)
 
     # Stage 0: the dense model, trained, loaded from --baseline, or from its checkpoint.
-    dense = stages.load_dense() if done >= 0 else stages.dense(baseline)
+    dense = stages.load_dense() if done >= 0 else stages.dense(baseline, teacher)
+    if cfg.allocation == "search":  # the widths each group keeps, for the target: searched once, then read back
+        stages.search_widths(dense)
     if cfg.distill:
-        stages.set_teacher(dense)
+        stages.set_teacher(teacher if teacher is not None else dense)
     if done >= 1:  # rebuild the pruned model and the pruner's progress from the last checkpoint
         model, pruner = stages.resume_pruned(min(done, n))
     else:  # optional sparse training first (trains the dense model in place; the teacher is a copy)
@@ -156,6 +160,23 @@ def check_same_test_images(rd: RunDir, data: Data) -> None:
         raise PrunelabError(f"{rd.path} was scored on other test images (fingerprint {recorded}, "
                             f"{desc['metrics'].get('test_images')} images; this data gives {now}, {len(data.test)}): "
                             "resume with the data (--data-dir) and prunelab version it started with, or start a new run")
+
+
+def load_teacher(cfg: Config, data: Data) -> torch.nn.Module:
+    """The --teacher model, checked against the data (classes, image size, normalisation) before any training."""
+    teacher, inputs = modelfile.load_any(cfg.teacher, cfg.teacher_model or cfg.model, len(data.classes))
+    n = num_outputs(teacher)
+    if n != len(data.classes):
+        raise PrunelabError(f"teacher {cfg.teacher} has {n} classes but the data has {len(data.classes)}; distil from "
+                            "a model trained on these classes")
+    if inputs is not None and (inputs.image_size != data.inputs.image_size or
+                               any(abs(a - b) > 1e-6 for a, b in zip((*inputs.mean, *inputs.std),
+                                                                      (*data.inputs.mean, *data.inputs.std)))):
+        raise PrunelabError(f"teacher {cfg.teacher} expects {inputs.image_size} px images normalised with mean "
+                            f"{list(inputs.mean)} and std {list(inputs.std)}, the run feeds {data.inputs.image_size} px "
+                            f"with {list(data.inputs.mean)} and {list(data.inputs.std)}; set --image-size/--mean/--std "
+                            "to the teacher's")
+    return teacher
 
 
 def model_spec(cfg: Config, data_classes: int, given: torch.nn.Module | None = None) -> ModelSpec:
@@ -205,6 +226,7 @@ class _Stages:
                           "train_images_available": data.train_available, "test_images_available": data.test_available}
         self.n = cfg.iterative_steps
         self.pruning_ratio = cfg.pruning_ratio  # a MACs/params target replaces it with what the dense stage finds
+        self.group_ratios = None  # each group's final ratio, from the width search (allocation search)
         self.distill = None  # a Distillation for the fine-tunes (the dense model is the teacher)
         self.step_accuracy = None  # test accuracy of the model as the last finished pruning step left it
 
@@ -215,7 +237,46 @@ class _Stages:
 
     def pruner(self, model):
         return build_pruner(model, self.cfg, self.pruning_ratio, image_size=self.inputs.image_size,
-                            num_classes=self.spec.num_classes)
+                            num_classes=self.spec.num_classes, group_ratios=self.group_ratios)
+
+    def search_widths(self, dense) -> None:
+        """allocation search: the width candidates scored one by one (search.jsonl, so a killed search goes on
+        where it stopped), the best's group ratios kept (search.json). The proxy re-estimates a candidate's
+        batch-norm statistics on training images and scores it on the validation split, never the test set."""
+        cfg, rd = self.cfg, self.rd
+        if rd.search.is_file():
+            result = json.loads(rd.search.read_text())
+        else:
+            done = read_jsonl(rd.search_log)  # (rewritten without a line a crash may have cut short)
+            if distributed.WORLD.main and rd.search_log.is_file():
+                write_text(rd.search_log, "".join(json.dumps(r) + "\n" for r in done))
+            log(f"width search: {report.counted(cfg.search_budget, 'candidate')} for the target"
+                + (f", {len(done)} already scored" if done else ""))
+
+            def proxy(pruned) -> float:  # in NCHW: a ranking, and no pruned width meets oneDNN's channels_last bug
+                channels_last, self.trainer.normalizer.channels_last = self.trainer.normalizer.channels_last, False
+                try:
+                    pruned.to(self.device)
+                    reestimate_batchnorm(pruned, self.train, self.trainer, cfg.search_images, seed=cfg.seed)
+                    return self._accuracy(pruned, self.val)
+                finally:
+                    self.trainer.normalizer.channels_last = channels_last
+
+            def record(row: dict) -> None:
+                if distributed.WORLD.main:
+                    append_jsonl(rd.search_log, row)
+                log(f"  candidate {row['index']}: " + (f"val acc {row['proxy_accuracy']:.4f} at {row['macs'] / 1e6:.2f} M "
+                    f"MACs, {row['params']:,} params" if row["feasible"] else "cannot reach the target")
+                    + f" ({row['seconds']:.0f} s)")
+
+            result = search_widths(dense, cfg, image_size=self.inputs.image_size, num_classes=self.spec.num_classes,
+                                   proxy=proxy, done=done, record=record)
+            if distributed.WORLD.main:
+                write_json(rd.search, result)
+            distributed.barrier()
+            log(f"width search: candidate {result['index']} (val acc {result['proxy_accuracy']:.4f}; uniform "
+                f"{result['candidates'][0].get('proxy_accuracy', float('nan')):.4f}) in {result['seconds']:.0f} s")
+        self.group_ratios, self.pruning_ratio = result["group_ratios"], result["u"]
 
     def _prepare_model(self, model):
         return prepare_model(model, self.trainer)
@@ -265,7 +326,7 @@ class _Stages:
         self.rd.append_metrics({**row, "file_size_bytes": file_size_bytes(weights)})
         self.rd.partial.unlink(missing_ok=True)
 
-    def dense(self, baseline=None):
+    def dense(self, baseline=None, teacher=None):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         start = time.perf_counter()
@@ -277,7 +338,9 @@ class _Stages:
             model = self._prepare_model(build(self.spec))
             self._fit(model, 0, "dense", cfg.epochs, cfg.lr, cfg.warmup_epochs)
         search = {}
-        if cfg.target_macs or cfg.target_params:
+        if cfg.allocation == "search":
+            pass  # the width search, after this stage, chooses every group's ratio
+        elif cfg.target_macs or cfg.target_params:
             self.pruning_ratio = ratio_for_target(model, cfg, cfg.target_macs, cfg.target_params,
                                                   image_size=self.inputs.image_size, num_classes=self.spec.num_classes)
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} reaches the target of "
@@ -288,8 +351,13 @@ class _Stages:
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} runs in {search['latency_ms']:.3g} ms for a target of "
                 f"{cfg.target_latency_ms:g} ms ({cfg.latency_runtime}, batch {cfg.latency_batch_size}; dense "
                 f"{search['dense_latency_ms']:.3g} ms, timing noise {100 * search['noise']:.1f}%)")
+        taught = {}
+        if teacher is not None:  # evaluated once, here: its accuracy goes into the report
+            taught["teacher"] = {"file": cfg.teacher, "accuracy": self._accuracy(
+                prepare_model(copy.deepcopy(teacher), self.trainer), self.test)}
+            self._prepare_model(model)  # (the normalizer follows the model trained here)
         row = {"event": "dense", "stage": 0, "ratio": 0.0, "pruning_ratio": self.pruning_ratio,
-               **({"latency_search": search} if search else {}),
+               **({"latency_search": search} if search else {}), **taught,
                "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": self._machine()}
         self._save(model, 0, [], row)
@@ -325,9 +393,12 @@ class _Stages:
         self.pruning_ratio = desc["metrics"]["pruning_ratio"]
         return self._prepare_model(model)
 
-    def set_teacher(self, dense_model) -> None:
-        """A frozen copy of the dense model to distil from during every fine-tune."""
-        teacher = copy.deepcopy(dense_model).eval()
+    def set_teacher(self, model) -> None:
+        """A frozen copy of `model` (the dense model, or --teacher) to distil from during every fine-tune, on the
+        training device in the run's memory format."""
+        teacher = copy.deepcopy(model).to(self.device).eval()
+        teacher = teacher.to(memory_format=torch.channels_last if self.trainer.normalizer.channels_last
+                             else torch.contiguous_format)
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.distill = Distillation(self.cfg.distill_temperature, self.cfg.distill_weight, teacher=teacher)
@@ -354,13 +425,20 @@ class _Stages:
         prune_step(pruner, model, self._gradient_batches() if cfg.importance == "taylor" else None)
         self._prepare_model(model)
         before = self._accuracy(model, self.test)
+        fresh = {}
+        if cfg.bn_reestimate_images:  # from the training images of this stage, never the test set
+            reestimate_batchnorm(model, self.early, self.trainer, cfg.bn_reestimate_images, seed=cfg.seed * 7919 + k)
+            fresh = {"accuracy_stale_bn": before}
+            before = fresh["accuracy_before_finetune"] = self._accuracy(model, self.test)
         self._fit(model, k, f"step {k}/{self.n} fine-tune", cfg.finetune_epochs_per_step, cfg.finetune_lr)
-        row = {"event": "step", "stage": k, "step": k, "ratio": step_ratio(pruner, k),
+        row = {"event": "step", "stage": k, "step": k, "ratio": step_ratio(pruner, k), **fresh,
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
                **self._measure(model, latency=cfg.measure_latency_every_step), "seconds": time.perf_counter() - start}
         self._save(model, k, history(pruner), row)
         self.step_accuracy = row["accuracy"]
-        log(f"step {k}/{self.n}: ratio {row['ratio']:.3f}  acc {before:.4f} -> {row['accuracy']:.4f}  "
+        log(f"step {k}/{self.n}: ratio {row['ratio']:.3f}  acc "
+            + (f"{fresh['accuracy_stale_bn']:.4f} (stale batch norms) " if fresh else "")
+            + f"{before:.4f} -> {row['accuracy']:.4f}  "
             f"{row['params'] / 1e6:.3f} M params  {row['macs'] / 1e6:.1f} M MACs  ({row['seconds']:.0f} s)")
 
     def final(self, model, pruner) -> None:

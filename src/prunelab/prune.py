@@ -53,7 +53,8 @@ class _MetaPruner(tp.pruner.MetaPruner):
     round_to, but never to zero. Torch-Pruning 1.6.1 rounds 6 kept channels to 0 with round_to=8; its dependency
     graph then refuses to empty the layer, so the layer keeps *all* its channels (ResNet-18 at ratio 0.9 ended
     with 158 M MACs at round_to=8 and 291 M at 16, against 5.3 M at 2). Layers narrower than round_to are left
-    as they are."""
+    as they are. build_pruner passes round_to 1 for "no rounding", so that a small layer cut by a large ratio (3
+    channels at 95%) keeps one channel instead of all of them."""
 
     def _round_to(self, n_pruned, current_channels, round_to):
         keep = current_channels - n_pruned
@@ -63,10 +64,12 @@ class _MetaPruner(tp.pruner.MetaPruner):
 
 def build_pruner(model: nn.Module, cfg: Config, pruning_ratio: float | None = None,
                  iterative_steps: int | None = None, image_size: int = 32,
-                 num_classes: int | None = None) -> tp.pruner.BasePruner:
+                 num_classes: int | None = None, group_ratios: dict | None = None) -> tp.pruner.BasePruner:
     """A pruner that reaches `pruning_ratio` (default cfg.pruning_ratio; a run with a MACs or params target
     passes the ratio its dense stage found) in cfg.iterative_steps steps on cfg.schedule; the classifier is
-    never pruned (found by models.classifier). Torch-Pruning traces the model in eval mode at `image_size` and
+    never pruned (found by models.classifier). `group_ratios` ({root layer name: ratio}, from group_roots and a
+    width search) gives each prunable group its own final ratio instead; each group's steps follow the schedule.
+    Allocation "global" (or the older global_pruning) ranks channels across layers. Torch-Pruning traces the model in eval mode at `image_size` and
     leaves it there: callers put it back in train mode. Depthwise and grouped convolutions, squeeze-excite
     blocks and parameters outside standard layers (ConvNeXt's layer scale) are handled by Torch-Pruning's
     dependency graph; the test matrix in tests/test_models.py checks the families."""
@@ -77,12 +80,46 @@ def build_pruner(model: nn.Module, cfg: Config, pruning_ratio: float | None = No
         pruning_ratio=cfg.pruning_ratio if pruning_ratio is None else pruning_ratio,
         iterative_steps=iterative_steps or cfg.iterative_steps,
         iterative_pruning_ratio_scheduler=SCHEDULERS[cfg.schedule],
-        global_pruning=cfg.global_pruning,
+        global_pruning=is_global(cfg),
         max_pruning_ratio=cfg.max_pruning_ratio,
         ignored_layers=[classifier(model, num_classes)],
         unwrapped_parameters=_unwrapped(model),
-        round_to=cfg.round_to or None,
+        round_to=cfg.round_to or 1,
+        pruning_ratio_dict=_by_module(model, group_ratios),
     )
+
+
+def is_global(cfg: Config) -> bool:
+    return cfg.global_pruning or cfg.allocation == "global"
+
+
+def _by_module(model: nn.Module, group_ratios: dict | None) -> dict | None:
+    if not group_ratios:
+        return None
+    modules = dict(model.named_modules())
+    missing = [name for name in group_ratios if name not in modules]
+    if missing:
+        raise PrunelabError(f"the searched widths name layers this model lacks ({missing[0]}); they belong to another "
+                            "architecture")
+    return {modules[name]: float(ratio) for name, ratio in group_ratios.items()}
+
+
+def group_roots(model: nn.Module, cfg: Config, image_size: int = 32, num_classes: int | None = None) -> dict[str, int]:
+    """The prunable channel groups of `model` as Torch-Pruning couples them (a residual stream and every layer
+    that must keep its width is one group): {name of the group's root layer: its channels}, in graph order.
+    A width search gives each of these its own ratio (build_pruner's group_ratios)."""
+    probe = copy.deepcopy(model).float().cpu()
+    pruner = build_pruner(probe, dataclasses.replace(cfg, importance="l2", allocation="uniform",
+                                                     global_pruning=False),
+                          pruning_ratio=0.5, iterative_steps=1, image_size=image_size, num_classes=num_classes)
+    names = {m: n for n, m in probe.named_modules()}
+    roots = {}
+    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types):
+        module = group[0].dep.target.module
+        if module in names:
+            roots[names[module]] = int(pruner.DG.get_out_channels(module))
+    return roots
 
 
 def build_sparsifier(model: nn.Module, cfg: Config, image_size: int = 32,
@@ -96,7 +133,7 @@ def build_sparsifier(model: nn.Module, cfg: Config, image_size: int = 32,
         example_inputs=example_input(model, image_size),
         importance=tp.importance.MagnitudeImportance(p=2),
         reg=cfg.sparse_reg,
-        global_pruning=cfg.global_pruning,
+        global_pruning=is_global(cfg),
         pruning_ratio=cfg.pruning_ratio,
         ignored_layers=[classifier(model, num_classes)],
         unwrapped_parameters=_unwrapped(model),
@@ -122,17 +159,18 @@ def _unwrapped(model: nn.Module) -> list:
 
 
 def prune_once(model: nn.Module, cfg: Config, ratio: float, *, image_size: int = 32, num_classes: int | None = None,
-               importance: str | None = None) -> nn.Module:
+               importance: str | None = None, group_ratios: dict | None = None) -> nn.Module:
     """A one-shot pruned fp32 copy of `model` on the CPU: `ratio` of the channels removed in one step, allocated as
-    cfg says (per layer, or globally). `importance` defaults to cfg.importance, except taylor, which would need
+    cfg says (per layer, or globally), or each group's ratio of `group_ratios`. `importance` defaults to cfg.importance, except taylor, which would need
     gradients: the widths come out the same with L2 under per-layer pruning. Random draws come from a generator
     seeded 0 (the same copy every time); the caller's generators are left as they were. What the target searches
     (targets.py) and the prunability probe cut their candidates with."""
     chosen = importance or ("l2" if cfg.importance == "taylor" else cfg.importance)
     pruned = copy.deepcopy(model).float().cpu()
-    if ratio > 0:
+    if ratio > 0 or group_ratios:
         pruner = build_pruner(pruned, dataclasses.replace(cfg, importance=chosen), pruning_ratio=ratio,
-                              iterative_steps=1, image_size=image_size, num_classes=num_classes)
+                              iterative_steps=1, image_size=image_size, num_classes=num_classes,
+                              group_ratios=group_ratios)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             pruner.step()

@@ -34,6 +34,7 @@ def build_results(run_dir: str | Path) -> dict:
     steps = sorted((r for r in rows if r["event"] == "step"), key=lambda r: r["step"])
     sparse = next((r for r in rows if r["event"] == "sparse"), None)
     epochs = [r for r in rows if r["event"] == "epoch"]
+    search = json.loads(rd.search.read_text()) if rd.search.is_file() else None
     data = {k: dense.get(k) for k in ("data", "train_images", "val_images", "test_images", "train_images_available",
                                       "test_images_available", "test_fingerprint")}
     return {
@@ -44,10 +45,12 @@ def build_results(run_dir: str | Path) -> dict:
         "machine": final.get("machine", dense.get("machine")),
         "dense": _strip(dense), "steps": [_strip(s) for s in steps], "final": _strip(final),
         **({"sparse": _strip(sparse)} if sparse else {}),
-        "wall_time_s": {"dense": dense["seconds"], **({"sparse_training": sparse["seconds"]} if sparse else {}),
+        "wall_time_s": {"dense": dense["seconds"], **({"width_search": search["seconds"]} if search else {}),
+                        **({"sparse_training": sparse["seconds"]} if sparse else {}),
                         "pruning_steps": sum(s["seconds"] for s in steps), "final_finetune": final["seconds"],
-                        "total": dense["seconds"] + (sparse["seconds"] if sparse else 0) + sum(s["seconds"] for s in steps)
-                        + final["seconds"]},
+                        "total": dense["seconds"] + (search["seconds"] if search else 0)
+                        + (sparse["seconds"] if sparse else 0) + sum(s["seconds"] for s in steps) + final["seconds"]},
+        **({"search": _search_summary(rd, search, final)} if search else {}),
         "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "images", "loss", "train_accuracy", "val_accuracy", "lr",
                                       "images_per_s", "seconds") if k in e} for e in epochs],
         "controls": control_rows(rd.path),
@@ -63,6 +66,40 @@ def refresh(run_dir: str | Path) -> dict:
     render(rd.path, results)
     write_json(rd.results, results)
     return results
+
+
+def _search_summary(rd: RunDir, search: dict, final: dict) -> dict:
+    """The width search as the report shows it: uniform allocation (candidate 0) against the chosen candidate, and
+    the widths of every layer in the dense, uniform, searched (one-shot) and final models."""
+    uniform = search["candidates"][0]
+    keys = ("index", "proxy_accuracy", "macs", "params", "widths")
+    return {"chosen": {k: search.get(k) for k in keys}, "uniform": {k: uniform.get(k) for k in keys},
+            "candidates": len(search["candidates"]), "feasible": sum(c["feasible"] for c in search["candidates"]),
+            "seconds": search["seconds"],
+            "dense_widths": modelfile.describe(rd.model_file("dense"))[0]["layer_widths"],
+            "final_widths": modelfile.describe(rd.model_file("final"))[0]["layer_widths"]}
+
+
+def search_markdown(results: dict) -> str:
+    """The searched widths beside uniform allocation's, layer by layer."""
+    s = results["search"]
+    u, c = s["uniform"], s["chosen"]
+
+    def acc(row):
+        return f"{100 * row['proxy_accuracy']:.2f}%" if row.get("proxy_accuracy") is not None else "(cannot reach)"
+    lines = [f"{s['candidates']} candidates scored ({s['feasible']} could meet the target) in {s['seconds']:.0f} s; "
+             f"proxy: one-shot pruning of the dense model, batch-norm statistics re-estimated on training images, "
+             f"accuracy on the validation split. Chosen: candidate {c['index']}"
+             + (" (uniform allocation)" if c["index"] == 0 else "") + ".", "",
+             "| | proxy accuracy (val) | MACs | params |", "| :--- | ---: | ---: | ---: |",
+             f"| uniform allocation | {acc(u)} | {_fmt_count(u['macs']) if u.get('macs') else ''} | "
+             f"{_fmt_count(u['params']) if u.get('params') else ''} |",
+             f"| searched (candidate {c['index']}) | {acc(c)} | {_fmt_count(c['macs'])} | {_fmt_count(c['params'])} |",
+             "", "| layer | dense | uniform | searched | final model |", "| :--- | ---: | ---: | ---: | ---: |"]
+    for name, width in s["dense_widths"].items():
+        lines.append(f"| {name} | {width} | {(u.get('widths') or {}).get(name, '')} | {c['widths'].get(name, '')} | "
+                     f"{s['final_widths'].get(name, '')} |")
+    return "\n".join(lines)
 
 
 def int8_markdown(results: dict) -> str:
@@ -186,11 +223,16 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
     early = f" on {c['early_images']:,} images" if c.get("early_images") else ""
     dense = (f"baseline {c['baseline']}" if c.get("baseline")
              else f"{counted(c['epochs'], 'dense epoch')}{early} (lr {c['lr']})")
-    return (f"{c['model']}, {dense}; {c['importance']} importance, {'global' if c['global_pruning'] else 'per-layer'}, "
+    allocation = ("global" if c["global_pruning"] or c.get("allocation") == "global" else
+                  f"widths searched ({c['search_budget']} candidates)" if c.get("allocation") == "search" else "per-layer")
+    return (f"{c['model']}, {dense}; {c['importance']} importance, {allocation}, "
             f"{goal} in {counted(c['iterative_steps'], c.get('schedule', 'linear') + ' step')}; "
-            f"{counted(c['finetune_epochs_per_step'], 'fine-tune epoch')} per step{early} (lr {c.get('finetune_lr', 0.1)}), "
+            + (f"batch-norm statistics re-estimated on {c['bn_reestimate_images']:,} images after each step; "
+               if c.get("bn_reestimate_images") else "")
+            + f"{counted(c['finetune_epochs_per_step'], 'fine-tune epoch')} per step{early} (lr {c.get('finetune_lr', 0.1)}), "
             f"{counted(c['final_finetune_epochs'], 'final epoch')} (lr {final_lr(c)}); batch {c['batch_size']}, {per_unit}"
-            + (f"; distillation T={c['distill_temperature']} w={c['distill_weight']}" if c.get("distill") else ""))
+            + (f"; distillation T={c['distill_temperature']} w={c['distill_weight']}" if c.get("distill") else "")
+            + (f" from teacher {c['teacher']}" if c.get("teacher") else ""))
 
 
 def _fmt_count(n: float, unit: str = "") -> str:
@@ -227,7 +269,9 @@ def key_results_markdown(results: dict) -> str:
 def steps_markdown(results: dict) -> str:
     rows = [results["dense"], *([results["sparse"]] if results.get("sparse") else []), *results["steps"], results["final"]]
     settings = _lat_settings(results["final"])
-    head = ["Stage", "Channel ratio", "Acc. before FT", "Acc. after FT", "Params", "MACs",
+    stale = any("accuracy_stale_bn" in r for r in rows)  # batch-norm statistics re-estimated after each cut
+    head = ["Stage", "Channel ratio", *(["Acc. after cut (stale BN)"] if stale else []),
+            "Acc. before FT" + (" (fresh BN)" if stale else ""), "Acc. after FT", "Params", "MACs",
             *[latency_label({"runtime": rt, "device": dv, "batch_size": b}) + " (ms)" for rt, dv, b in settings],
             "Wall time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
@@ -236,7 +280,8 @@ def steps_markdown(results: dict) -> str:
                  "final" if "step" not in r else f"step {r['step']}")
         before = f"{100 * r['accuracy_before_finetune']:.2f}%" if "accuracy_before_finetune" in r else ""
         lats = [find_latency(r, dv, b, rt) for rt, dv, b in settings]
-        lines.append("| " + " | ".join([stage, f"{r['ratio']:.3f}", before, f"{100 * r['accuracy']:.2f}%",
+        cut = [f"{100 * r['accuracy_stale_bn']:.2f}%" if "accuracy_stale_bn" in r else ""] if stale else []
+        lines.append("| " + " | ".join([stage, f"{r['ratio']:.3f}", *cut, before, f"{100 * r['accuracy']:.2f}%",
                                         _fmt_count(r["params"]), _fmt_count(r["macs"]),
                                         *[f"{v:.2f}" if v is not None else "" for v in lats],
                                         f"{r['seconds']:.0f}"]) + " |")
@@ -259,6 +304,10 @@ def report_markdown(results: dict) -> str:
     if budget:
         parts += ["", f"**Budget against the seed recipe:** {budget}."]
     parts += ["", dense_budget_sentence(results)]
+    teacher = results["dense"].get("teacher")
+    if teacher:
+        parts += ["", f"**Teacher:** the fine-tunes distil from {teacher['file']}, {100 * teacher['accuracy']:.2f}% on "
+                  f"these test images (the dense model: {100 * results['dense']['accuracy']:.2f}%)."]
     t = results["final"].get("target_latency")
     if t:
         search = results["dense"].get("latency_search") or {}
@@ -271,12 +320,14 @@ def report_markdown(results: dict) -> str:
               + (counted(m["torch_threads"], "CPU thread") if "torch_threads" in m else "? CPU threads")
               + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ".", "",
               "![results](results.png)", "", "![training curves](curves.png)", "", "![first-layer filters](filters.png)", "",
+              *(["## Width search", "", search_markdown(results), ""] if results.get("search") else []),
               *(["## INT8", "", int8_markdown(results), ""] if results.get("int8") else []),
               *(["## Controls", "", controls_markdown(results), "",
                  "One seed each: whether a difference exceeds the spread between seeds needs `--seeds` "
                  "(seeds.md).", ""] if results.get("controls") else []),
               "## Every stage", "", steps_markdown(results), "",
               f"Wall time: dense {w['dense']:.0f} s, "
+              + (f"width search {w['width_search']:.0f} s, " if "width_search" in w else "")
               + (f"sparse training {w['sparse_training']:.0f} s, " if "sparse_training" in w else "")
               + f"pruning steps {w['pruning_steps']:.0f} s, "
               f"final fine-tune {w['final_finetune']:.0f} s, total {w['total']:.0f} s.", "",
@@ -303,6 +354,9 @@ def plot(results: dict, path: str | Path) -> None:
     grid = fig.add_gridspec(2, 12)
     ax_acc, ax_size, ax_lat = (fig.add_subplot(grid[0, i * 4:(i + 1) * 4]) for i in range(3))
 
+    if any("accuracy_stale_bn" in s for s in steps):
+        ax_acc.plot([s["ratio"] for s in steps], [100 * s.get("accuracy_stale_bn", float("nan")) for s in steps], "x:",
+                    color="tab:orange", label="after pruning, stale batch-norm statistics")
     ax_acc.plot([s["ratio"] for s in steps], [100 * s["accuracy_before_finetune"] for s in steps], "o--",
                 color="tab:red", label="after pruning, before fine-tune")
     ax_acc.plot(ratios, [100 * d["accuracy"]] + [100 * s["accuracy"] for s in steps], "o-", color="tab:blue",

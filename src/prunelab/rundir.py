@@ -7,6 +7,7 @@ module that knows where a run's files lie.
     checkpoints/       dense, sparse, step_XX, final: model files (see modelfile.py); partial.safetensors mid-stage
     results.json       the summary (written last: its presence means the run is complete)
     report.md, results.png, curves.png, filters.png, model.onnx, tensorboard/
+    search.jsonl, search.json   the width search (allocation search): one line per candidate, then the result
     controls/scratch/  the scratch control: a run directory with plan.json, model.* and results.json
     controls/random/   the random-criterion control: a whole run directory
     int8/              model-fp32.onnx, model-int8.*, results.json (quantize.py)
@@ -30,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from . import modelfile
 from .config import Config, config_from_dict, resumed_config, to_dict
 from .errors import PrunelabError
-from .files import read_jsonl, write_atomic, write_json, write_text
+from .files import append_jsonl, read_jsonl, write_atomic, write_json, write_text
 
 SUMMARY_EVENTS = ("dense", "sparse", "step", "final")
 SPARSE_STAGE = -1  # the stage number of sparse training (between dense, 0, and the first pruning step, 1)
@@ -56,6 +57,8 @@ class RunDir:
         self.onnx = self.path / "model.onnx"
         self.tensorboard_dir = self.path / "tensorboard"
         self.tensorboard = None  # a TensorBoardLog when --tensorboard is on
+        self.search = self.path / "search.json"  # the width search's result (written last: the search is done)
+        self.search_log = self.path / "search.jsonl"  # one line per scored width candidate (a resume goes on)
         self.int8_dir = self.path / "int8"
         self.plan = self.path / "plan.json"  # the scratch control's epoch plan
         self.model = self.path / "model"  # stem of the scratch control's model file
@@ -138,9 +141,7 @@ class RunDir:
 
     # ------------------------------------------------------------------ metrics.jsonl
     def append_metrics(self, row: dict) -> None:
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+        append_jsonl(self.metrics, row)
         if self.tensorboard is not None:
             self.tensorboard.log(row)
 

@@ -1,5 +1,6 @@
 """What a budget means: the channel ratio whose one-shot pruning meets a MACs, parameter or latency target, found by
-one bisection (`bisect_ratio`) over candidates cut by one one-shot prune (`prune.prune_once`).
+one bisection (`bisect_ratio`) over candidates cut by one one-shot prune (`prune.prune_once`); and the width search
+(`search_widths`), which allocates the budget across the prunable groups and uses the same bisection per candidate.
 
     MACs / params   counted by Torch-Pruning on the pruned copy (exact; 14 halvings of [0, MAX_RATIO])
     latency         one batch timed in the chosen runtime on this machine (8 halvings; the noise of five dense
@@ -11,15 +12,17 @@ searches take the trained dense model.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from .config import Config
 from .errors import PrunelabError
 from .models import ModelSpec, build
-from .prune import count_macs_params, prune_once
+from .prune import count_macs_params, group_roots, layer_widths, prune_once
 from .runtimes import latency
 
 # Beyond this share of channels, layers would lose every channel and Torch-Pruning skips them: no search goes further.
@@ -46,9 +49,11 @@ def ratio_for_target(model: nn.Module, cfg: Config, target_macs: float = 0, targ
                                                     num_classes=num_classes), image_size)
         return macs if target_macs else params
 
-    if cost(MAX_RATIO) > target:
+    smallest = cost(MAX_RATIO)
+    if smallest > target:
         raise PrunelabError(f"the target of {target:.4g} {'MACs' if target_macs else 'parameters'} is below what "
-                            f"pruning {MAX_RATIO:.1%} of the channels reaches; raise the target")
+                            f"pruning {MAX_RATIO:.0%} of the channels reaches ({smallest:.4g}); raise the target to at "
+                            "least that")
     return bisect_ratio(lambda ratio: cost(ratio) <= target, iterations)
 
 
@@ -106,3 +111,86 @@ def check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: nn.
     if cfg.target_params >= params:
         raise PrunelabError(f"config: target_params {cfg.target_params:.4g} is not below the dense model's {params:,} "
                             "parameters; lower it or drop it")
+    # the smallest model any allocation reaches: every group cut by MAX_RATIO
+    smallest = count_macs_params(prune_once(model, cfg, MAX_RATIO, image_size=image_size, num_classes=spec.num_classes),
+                                 image_size)[0 if cfg.target_macs else 1]
+    if smallest > _target(cfg):
+        raise PrunelabError(f"config: the target of {_target(cfg):.4g} {'MACs' if cfg.target_macs else 'parameters'} is "
+                            f"below what pruning {MAX_RATIO:.0%} of every group's channels reaches ({smallest:.4g}); "
+                            "raise the target to at least that")
+
+
+# ----------------------------------------------------------------------------- width search
+
+def candidate_ratios(roots: dict[str, int], multipliers: dict[str, float], u: float) -> dict[str, float]:
+    """Each group's ratio for a candidate: with u the ratio a group of multiplier 1 gets, a group of multiplier m
+    keeps (1 - u) ** m of its channels (m > 1: cut harder, m < 1: spared), at most MAX_RATIO cut. Multipliers of 1
+    everywhere are uniform allocation at ratio u."""
+    return {name: min(MAX_RATIO, 1 - (1 - u) ** multipliers[name]) for name in roots}
+
+
+def draw_multipliers(roots: dict[str, int], index: int, seed: int, spread: float = 0.5) -> dict[str, float]:
+    """Candidate `index`'s multipliers: all 1 for candidate 0 (uniform allocation, so the search never ranks below
+    it on its own proxy), else each drawn from U(1 - spread, 1 + spread) with a generator seeded by (seed, index):
+    the same candidates on every run and every resume."""
+    if index == 0:
+        return {name: 1.0 for name in roots}
+    g = torch.Generator().manual_seed(seed * 100_003 + index)
+    draws = (1 - spread + 2 * spread * torch.rand(len(roots), generator=g, dtype=torch.float64)).tolist()
+    return dict(zip(roots, draws))
+
+
+def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes: int,
+                  proxy: Callable[[nn.Module], float], done: list[dict] | None = None,
+                  record: Callable[[dict], None] | None = None, iterations: int = 10) -> dict:
+    """Widths for the budget (cfg.target_macs / target_params / target_latency_ms) that keep the most accuracy, by
+    random search over cfg.search_budget candidates (EagleEye, Li et al., ECCV 2020): each candidate is a vector of
+    per-group multipliers (draw_multipliers); one bisection scales it until its one-shot pruning of `model` just
+    meets the target; `proxy(pruned)` scores the pruned copy (the pipeline re-estimates its batch-norm statistics
+    on training images and returns its accuracy on the validation split). `done`: candidate rows already scored
+    (a resumed search), `record(row)`: called with each new row before the next starts. Returns the best row
+    (candidate 0, uniform, wins ties) with every row under "candidates"."""
+    roots = group_roots(model, cfg, image_size, num_classes)
+    rows = list(done or [])
+    for index in range(len(rows), cfg.search_budget):
+        start = time.perf_counter()
+        multipliers = draw_multipliers(roots, index, cfg.seed)
+
+        def pruned_at(u: float) -> nn.Module:
+            return prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
+                              group_ratios=candidate_ratios(roots, multipliers, u))
+
+        cost = _cost(cfg, image_size)
+        if cost(pruned_at(MAX_RATIO)) > _target(cfg):  # this direction cannot reach the budget: skipped
+            row = {"index": index, "feasible": False, "multipliers": multipliers}
+        else:
+            u = bisect_ratio(lambda u: cost(pruned_at(u)) <= _target(cfg), iterations)
+            pruned = pruned_at(u)
+            macs, params = count_macs_params(pruned, image_size)
+            row = {"index": index, "feasible": True, "multipliers": multipliers, "u": u,
+                   "group_ratios": candidate_ratios(roots, multipliers, u), "macs": macs, "params": params,
+                   "widths": layer_widths(pruned), "proxy_accuracy": proxy(pruned)}
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+        if record is not None:
+            record(row)
+    feasible = [r for r in rows if r["feasible"]]
+    if not feasible:
+        raise PrunelabError(f"no width candidate meets the target of {_target(cfg):.4g}; raise the target")
+    best = max(feasible, key=lambda r: (r["proxy_accuracy"], -r["index"]))
+    return {**best, "group_channels": roots, "candidates": rows, "seconds": sum(r["seconds"] for r in rows)}
+
+
+def _target(cfg: Config) -> float:
+    return cfg.target_macs or cfg.target_params or cfg.target_latency_ms
+
+
+def _cost(cfg: Config, image_size: int) -> Callable[[nn.Module], float]:
+    """What the budget counts, for a pruned copy: its MACs, its parameters, or its latency in cfg.latency_runtime."""
+    if cfg.target_latency_ms:
+        def timed(pruned: nn.Module) -> float:
+            with tempfile.TemporaryDirectory() as tmp:
+                return latency(pruned.eval(), cfg.latency_runtime, image_size, cfg.latency_batch_size, tmp)
+        return timed
+    index = 0 if cfg.target_macs else 1
+    return lambda pruned: count_macs_params(pruned, image_size)[index]

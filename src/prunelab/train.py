@@ -255,6 +255,37 @@ def score(model: nn.Module, split: Split, normalizer: Normalizer, batch_size: in
     return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, split: Split, trainer: Trainer, images: int, seed: int) -> int:
+    """Reset the running statistics of every batch-norm layer and estimate them anew from `images` training images
+    of `split` (drawn with `seed`; all of them if fewer), by forward passes in train mode without gradients, as a
+    plain average over the batches (momentum None). Weights are not changed. After a pruning step the old
+    statistics describe channels' inputs that no longer exist; EagleEye (Li et al., ECCV 2020) re-estimates them
+    before scoring a pruned candidate. Returns the images used (0 when the model has no batch norm)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or images <= 0:
+        return 0
+    n = min(images, len(split))
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
+    part = split.subset(idx.to(split.labels.device))
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    model.train()
+    try:
+        for images_u8, _ in eval_batches(part, trainer.batch_size):
+            with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
+                model(trainer.normalizer(images_u8))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    distributed.sync_buffers(model)  # under DDP: every rank ends with rank 0's statistics
+    return n
+
+
 def fit(model: nn.Module, split: Split, epochs: int, lr: float, *, trainer: Trainer, stage: int, phase: str,
         warmup_epochs: float = 0.0, val: Split | None = None, distill: Distillation | None = None,
         sparsifier=None, run_dir=None, replan=None) -> None:

@@ -1,0 +1,246 @@
+"""Better pruned models: fresh batch-norm statistics after a cut, the width search (allocation search), --teacher."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import prunelab
+from conftest import cli, run_cli
+from prunelab.config import make_config
+from prunelab.data import Split, fingerprint
+from prunelab.models import ModelSpec, InputSpec
+from prunelab.modelfile import save
+from prunelab.prune import count_macs_params, group_roots, layer_widths, prune_once
+from prunelab.targets import search_widths
+from prunelab.train import Trainer, reestimate_batchnorm, score
+
+FAST = {"progress": False, "export_onnx": False, "measure_latency_every_step": False, "latency_batch_sizes": [1]}
+
+
+# ---------------------------------------------------------------- a model whose layers differ in importance
+
+class TwoBranches(nn.Module):
+    """Branch A's twelve channels detect the classes (four copies per class: channel j sees colour j // 4, bright
+    for class j // 4); branch B's twelve are noise the classifier ignores. Cutting all four detectors of a class
+    loses the class; cutting B costs nothing. Class 0's detectors have the smallest weights, so a magnitude
+    criterion cuts them first."""
+
+    def __init__(self, width: int = 12):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, width, 1, bias=False), nn.Conv2d(3, width, 1, bias=False)
+        self.bn_a, self.bn_b = nn.BatchNorm2d(width), nn.BatchNorm2d(width)
+        self.fc = nn.Linear(2 * width, 3)
+        colour = torch.arange(width) * 3 // width
+        with torch.no_grad():
+            self.a.weight.zero_()
+            self.a.weight[torch.arange(width), colour, 0, 0] = torch.tensor([0.5, 1.0, 1.5])[colour]  # no effect after BN
+            self.b.weight.copy_(torch.randn(width, 3, 1, 1, generator=torch.Generator().manual_seed(0)))
+            self.fc.weight.zero_()
+            self.fc.weight[colour, torch.arange(width)] = 1.0
+            self.fc.bias.copy_(torch.tensor([0.0, 0.1, 0.1]))  # no detector left: not class 0
+
+    def forward(self, x):
+        a = torch.relu(self.bn_a(self.a(x))).mean((2, 3))
+        b = torch.relu(self.bn_b(self.b(x))).mean((2, 3))
+        return self.fc(torch.cat([a, b], dim=1))
+
+
+def colour_data(n: int = 96, seed: int = 0) -> Split:
+    """Class c: colour channel c bright (200), the others dark, with noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = torch.randint(0, 40, (n, 3, 8, 8), generator=g)
+    images[torch.arange(n), labels] += 160
+    return Split(images.to(torch.uint8), labels)
+
+
+def _trainer(cfg):
+    return Trainer.from_config(cfg, torch.device("cpu"), InputSpec(8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), ("r", "g", "b")))
+
+
+def test_fresh_batchnorm_statistics_recover_the_accuracy_that_stale_ones_lose():
+    cfg = make_config("tiny", {"batch_size": 32})
+    trainer, train, val = _trainer(cfg), colour_data(96, 0), colour_data(60, 1)
+    model = TwoBranches()
+    reestimate_batchnorm(model, train, trainer, 96, seed=0)
+    assert score(model, val, trainer.normalizer, 60)["accuracy"] == 1.0
+    with torch.no_grad():  # statistics of inputs that no longer exist, as a cut leaves them
+        model.bn_a.running_mean.fill_(500.0)
+    stale = score(model, val, trainer.normalizer, 60)["accuracy"]
+    used = reestimate_batchnorm(model, train, trainer, 64, seed=0)
+    assert used == 64 and stale < 0.5 and score(model, val, trainer.normalizer, 60)["accuracy"] == 1.0
+    assert torch.equal(model.a.weight, TwoBranches().a.weight)  # statistics only: weights untouched
+
+
+def test_the_search_spares_the_layer_that_carries_the_signal_where_uniform_allocation_cuts_both():
+    cfg = make_config("tiny", {"round_to": 0, "search_budget": 8, "allocation": "search", "target_params": 1,
+                               "val_size": 1, "batch_size": 32})
+    trainer, train, val = _trainer(cfg), colour_data(96, 0), colour_data(60, 1)
+    model = TwoBranches()
+    reestimate_batchnorm(model, train, trainer, 96, seed=0)
+    dense_params = count_macs_params(model, 8)[1]
+    target = count_macs_params(prune_once(model, cfg, 1 / 3, image_size=8, num_classes=3), 8)[1]
+    cfg = make_config("tiny", {**{k: getattr(cfg, k) for k in ("round_to", "search_budget", "allocation", "val_size",
+                                                                 "batch_size")}, "target_params": target})
+    assert target < dense_params
+
+    def proxy(pruned):
+        reestimate_batchnorm(pruned, train, trainer, 96, seed=0)
+        return score(pruned, val, trainer.normalizer, 60)["accuracy"]
+
+    best = search_widths(model, cfg, image_size=8, num_classes=3, proxy=proxy, iterations=8)
+    uniform = best["candidates"][0]
+    assert set(group_roots(model, cfg, 8, 3)) == {"a", "b"}
+    assert uniform["widths"] == {"a": 8, "b": 8} and uniform["proxy_accuracy"] < 0.7  # class 0's detectors cut
+    assert best["index"] != 0 and best["widths"]["a"] > 8 > best["widths"]["b"] and best["proxy_accuracy"] == 1.0
+    assert best["params"] <= target
+
+
+@pytest.mark.parametrize("kind", ["macs", "params", "latency"])
+def test_every_searched_candidate_meets_its_kind_of_target(kind):
+    from prunelab.models import build_model
+    model = build_model("user_nets:build_net", 10, kwargs={"width": 16})
+    macs, params = count_macs_params(model, 32)
+    target = {"macs": {"target_macs": 0.5 * macs}, "params": {"target_params": 0.5 * params},
+              "latency": {"target_latency_ms": 1e9}}[kind]  # latency: the timing path, a budget any width meets
+    cfg = make_config("tiny", {"allocation": "search", "val_size": 8, "search_budget": 3, **target})
+    best = search_widths(model, cfg, image_size=32, num_classes=10, proxy=lambda m: 0.0, iterations=4)
+    feasible = [c for c in best["candidates"] if c["feasible"]]
+    assert len(best["candidates"]) == 3 and feasible
+    for c in feasible:
+        assert (c["macs"] <= target["target_macs"]) if kind == "macs" else \
+            (c["params"] <= target["target_params"]) if kind == "params" else c["macs"] < macs
+    # the same seed gives the same candidates
+    again = search_widths(model, cfg, image_size=32, num_classes=10, proxy=lambda m: 0.0, iterations=4)
+    assert [c.get("group_ratios") for c in again["candidates"]] == [c.get("group_ratios") for c in best["candidates"]]
+
+
+# ---------------------------------------------------------------- through the pipeline
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A tiny run with the width search, fresh batch-norm statistics after each cut, and distillation from a
+    teacher of another architecture (a user's SmallNet saved as a prunelab model file); every split handed to
+    the batch-norm re-estimation and to scoring is recorded."""
+    import prunelab.pipeline as pipeline
+    out = tmp_path_factory.mktemp("searched")
+    teacher = prunelab.models.build_model("user_nets:build_net", 10)
+    save(out / "teacher", teacher, ModelSpec("user_nets:build_net", 10), [],
+         inputs=InputSpec(32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610), tuple(f"class{i}" for i in range(10))))
+    seen = {"reestimate": [], "search_scores": [], "searching": False}
+    real_reestimate, real_score, real_search = pipeline.reestimate_batchnorm, pipeline.score, pipeline.search_widths
+
+    def reestimate(model, split, *a, **k):
+        seen["reestimate"].append(fingerprint(split))
+        return real_reestimate(model, split, *a, **k)
+
+    def scored(model, split, *a, **k):
+        if seen["searching"]:
+            seen["search_scores"].append(fingerprint(split))
+        return real_score(model, split, *a, **k)
+
+    def search(*a, **k):
+        seen["searching"] = True
+        try:
+            return real_search(*a, **k)
+        finally:
+            seen["searching"] = False
+
+    cfg = make_config("tiny", {**FAST, "out_dir": str(out), "name": "s", "allocation": "search", "target_macs": 30e6,
+                               "val_size": 64, "search_budget": 3, "bn_reestimate_images": 64, "distill": True,
+                               "teacher": str(out / "teacher.json"), "early_images": 128})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "reestimate_batchnorm", reestimate)
+        mp.setattr(pipeline, "score", scored)
+        mp.setattr(pipeline, "search_widths", search)
+        run_dir = prunelab.run(cfg)
+    data = prunelab.data.load_data(cfg)
+    return run_dir, seen, data
+
+
+def test_the_search_and_the_fresh_statistics_never_read_test_images(searched):
+    run_dir, seen, data = searched
+    test, val = fingerprint(data.test), fingerprint(data.val)
+    assert seen["search_scores"] and set(seen["search_scores"]) == {val}  # candidates scored on val only
+    assert seen["reestimate"] and test not in seen["reestimate"] and val not in seen["reestimate"]
+    steps = json.loads((run_dir / "results.json").read_text())["steps"]
+    assert all("accuracy_stale_bn" in s and "accuracy_before_finetune" in s for s in steps)
+    report = (run_dir / "report.md").read_text()
+    assert "Acc. after cut (stale BN)" in report and "## Width search" in report and "**Teacher:**" in report
+
+
+def test_the_searched_widths_are_the_end_point_and_load_in_a_fresh_process(searched):
+    run_dir, _, _ = searched
+    search = json.loads((run_dir / "search.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["final"]["macs"] <= 30e6 and results["search"]["chosen"]["index"] == search["index"]
+    final_widths = results["search"]["final_widths"]
+    assert final_widths == search["widths"]  # the iterative steps end at the searched widths
+    code = ("import json, prunelab; from prunelab.prune import layer_widths; "
+            f"print(json.dumps(layer_widths(prunelab.load({str(run_dir)!r})[0])))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == final_widths
+
+
+def test_a_killed_search_resumes_to_the_same_widths(searched, tmp_path):
+    import shutil
+    run_dir, _, _ = searched
+    cut = tmp_path / "s"
+    shutil.copytree(run_dir, cut)
+    search = json.loads((cut / "search.json").read_text())
+    # the state a kill during the second candidate leaves: one scored line, a half-written one, no result
+    lines = (cut / "search.jsonl").read_text().splitlines()
+    (cut / "search.jsonl").write_text(lines[0] + "\n" + lines[1][:40])
+    for p in [cut / "search.json", cut / "results.json", *[p for p in (cut / "checkpoints").iterdir()
+                                                          if not p.name.startswith("dense")]]:
+        p.unlink()
+    metrics = [ln for ln in (cut / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["stage"] == 0]
+    (cut / "metrics.jsonl").write_text("\n".join(metrics) + "\n")
+    code, out, err = cli("run", "--resume", cut, "--no-progress")
+    assert code == 0, err
+    assert "1 already scored" in out + err
+    again = json.loads((cut / "search.json").read_text())
+    assert again["group_ratios"] == search["group_ratios"] and again["index"] == search["index"]
+    assert len((cut / "search.jsonl").read_text().splitlines()) == 3
+
+
+# ---------------------------------------------------------------- bad input, one line, before any work
+
+@pytest.mark.parametrize("args, message", [
+    (["--allocation", "search", "--val-size", "32"], "allocation search looks for the widths that meet a budget"),
+    (["--allocation", "search", "--target-macs", "3e7"], "add --val-size"),
+    (["--allocation", "search", "--target-macs", "3e7", "--val-size", "32", "--search-budget", "0"],
+     "search_budget must be at least 1"),
+    (["--allocation", "search", "--target-macs", "3e7", "--val-size", "32", "--search-budget", "-2"],
+     "search_budget must be at least 1"),
+    (["--allocation", "greedy"], "unknown allocation 'greedy'"),
+    (["--allocation", "search", "--target-macs", "1000", "--val-size", "32"], "raise the target to at least"),
+    (["--teacher", "nowhere.safetensors", "--distill"], "teacher file not found"),
+    (["--teacher", "t.safetensors"], "add --distill"),
+])
+def test_bad_search_and_teacher_settings_are_refused_in_one_line(tmp_path, args, message):
+    (tmp_path / "t.safetensors").write_bytes(b"not safetensors")
+    code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path / "runs", *args, cwd=tmp_path)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_damaged_teacher_or_one_of_other_classes_is_refused_before_training(tmp_path):
+    from safetensors.torch import save_file
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    save_file(prunelab.models.build_model("resnet18_cifar", 5).state_dict(), str(tmp_path / "five.safetensors"))
+    for name, message in (("bad.safetensors", "the file is damaged or not safetensors"),
+                          ("five.safetensors", "do not fit the model")):
+        code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path / "runs", "--distill", "--teacher",
+                           tmp_path / name)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    teacher = prunelab.models.build_model("user_nets:build_net", 5)
+    save(tmp_path / "t5", teacher, ModelSpec("user_nets:build_net", 5), [])
+    code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path / "runs", "--distill", "--teacher",
+                       tmp_path / "t5.json")
+    assert code == 2 and "has 5 classes but the data has 10" in err
+    assert not (tmp_path / "runs").exists()
