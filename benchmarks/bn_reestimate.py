@@ -57,7 +57,7 @@ def main() -> None:
             row[f"seconds_{n}"] = time.perf_counter() - start
         rows.append(row)
         print(row, flush=True)
-    print(f"\n| channel ratio | MACs | stale statistics | " + " | ".join(f"fresh, {n:,} images (s)" for n in args.images)
+    print("\n| channel ratio | MACs | stale statistics | " + " | ".join(f"fresh, {n:,} images (s)" for n in args.images)
           + " |")
     print("| ---: | ---: | ---: |" + " ---: |" * len(args.images))
     for r in rows:

@@ -116,6 +116,19 @@ def test_ratio_for_target_params():
     assert count_macs_params(model)[1] <= 1e6
 
 
+def test_macs_and_params_targets_together_are_both_met():
+    """The seed's size is two limits (105,428 params and 5.29 M MACs): the ratio found meets both, and is set by the
+    one that binds."""
+    dense = build_model("resnet18_cifar")
+    cfg = make_config("seed", {"iterative_steps": 1})
+    both = ratio_for_target(dense, cfg, target_macs=100e6, target_params=1e6)
+    assert both == max(ratio_for_target(dense, cfg, target_macs=100e6), ratio_for_target(dense, cfg, target_params=1e6))
+    model = build_model("resnet18_cifar")
+    prune_step(build_pruner(model, cfg, pruning_ratio=both), model)
+    macs, params = count_macs_params(model)
+    assert macs <= 100e6 and params <= 1e6
+
+
 def test_warmup_then_cosine_schedule():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = cosine_schedule(opt, total_steps=10, warmup_steps=2)
@@ -159,7 +172,7 @@ def test_run_with_a_macs_target_and_distillation_ends_at_or_below_the_target(tmp
 
 @pytest.mark.parametrize("args, message", [
     (["--target-macs", "1e12"], "not below the dense model"),
-    (["--target-macs", "5e6", "--target-params", "1e5"], "not several"),
+    (["--target-latency-ms", "5", "--target-params", "1e5"], "a latency target or a size target"),
     (["--distill-weight", "1.5"], "distill_weight must be in [0, 1]"),
     (["--schedule", "cubic"], "unknown schedule"),
     (["--distill-cached"], "add --distill"),

@@ -8,12 +8,12 @@ import torch
 import torch.nn as nn
 
 import prunelab
-from conftest import cli, run_cli
+from conftest import cli
 from prunelab.config import make_config
 from prunelab.data import Split, fingerprint
 from prunelab.models import ModelSpec, InputSpec
 from prunelab.modelfile import save
-from prunelab.prune import count_macs_params, group_roots, layer_widths, prune_once
+from prunelab.prune import count_macs_params, group_roots, prune_once
 from prunelab.targets import search_widths
 from prunelab.train import Trainer, reestimate_batchnorm, score
 

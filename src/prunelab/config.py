@@ -149,7 +149,8 @@ class Config:
                                  "(each step removes the same share of what remains)")
     target_macs: float = _f(0.0, "prune until the model has at most this many MACs per image (the ratio is then searched "
                                  "for, and recorded as a result of the dense stage; 0 = off)")
-    target_params: float = _f(0.0, "prune until the model has at most this many parameters (as target_macs; 0 = off)")
+    target_params: float = _f(0.0, "prune until the model has at most this many parameters (as target_macs, and with it "
+                                   "both limits hold; 0 = off)")
     target_latency_ms: float = _f(0.0, "prune until one batch of latency_batch_size runs in at most this many ms in "
                                        "latency_runtime on this machine (the ratio is searched on one-shot-pruned "
                                        "copies, timed; 0 = off)")
@@ -163,6 +164,9 @@ class Config:
     search_budget: int = _f(16, "with allocation search: width candidates scored (the first is uniform allocation)")
     search_images: int = _f(1024, "with allocation search: training images that re-estimate each candidate's batch-norm "
                                   "statistics; the candidate is then scored on the validation split")
+    search_train_images: int = _f(2560, "with allocation search: training images each candidate is fine-tuned on (one "
+                                        "pass at finetune_lr) before it is scored: where one-shot accuracy is near "
+                                        "chance (100x fewer MACs) it cannot rank candidates (0 = one-shot only)")
     global_pruning: bool = _f(False, "rank channels across layers instead of within each layer (= --allocation global)")
     max_pruning_ratio: float = _f(1.0, "with global pruning: no layer loses more than this share of its channels")
     round_to: int = _f(2, "keep channel counts a multiple of this (0 = no rounding)")
@@ -416,8 +420,8 @@ def validate(cfg: Config) -> None:
     need(cfg.schedule in SCHEDULES, f"unknown schedule '{cfg.schedule}'{_suggest(cfg.schedule, SCHEDULES)}; choose one of: {', '.join(SCHEDULES)}")
     need(cfg.target_macs >= 0 and cfg.target_params >= 0, "target_macs and target_params must be 0 (off) or positive")
     need(cfg.target_latency_ms >= 0, "target_latency_ms must be 0 (off) or positive")
-    need(sum(bool(t) for t in (cfg.target_macs, cfg.target_params, cfg.target_latency_ms)) <= 1,
-         "set one of target_macs, target_params and target_latency_ms, not several")
+    need(not (cfg.target_latency_ms and (cfg.target_macs or cfg.target_params)),
+         "set a latency target or a size target (target_macs and/or target_params), not both")
     need(cfg.latency_batch_size >= 1, f"latency_batch_size must be at least 1, got {cfg.latency_batch_size}")
     need(not (cfg.target_latency_ms and cfg.latency_runtime == "torch-compile"), "latency_runtime torch-compile "
          "would compile every candidate model (minutes each); use pytorch, pytorch-fused, onnxruntime or openvino")
@@ -456,6 +460,7 @@ def validate(cfg: Config) -> None:
              "training images, never the test set: add --val-size N (e.g. 2000)")
     need(cfg.search_budget >= 1, f"search_budget must be at least 1 candidate, got {cfg.search_budget}")
     need(cfg.search_images >= 1, f"search_images must be at least 1, got {cfg.search_images}")
+    need(cfg.search_train_images >= 0, f"search_train_images must be 0 (one-shot) or more, got {cfg.search_train_images}")
     need(cfg.bn_reestimate_images >= 0, f"bn_reestimate_images must be 0 (off) or more, got {cfg.bn_reestimate_images}")
     need(cfg.round_to >= 0, f"round_to must be 0 or more, got {cfg.round_to}")
     need(cfg.taylor_batches >= 1, f"taylor_batches must be at least 1, got {cfg.taylor_batches}")

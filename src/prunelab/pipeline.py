@@ -30,7 +30,7 @@ from .export import export_onnx
 from .measurement import file_size_bytes, latency_devices, machine, measure_model
 from .models import ModelSpec, build, check_name, num_outputs
 from .prune import build_pruner, build_sparsifier, check_prunable, history, prune_step, restore, step_ratio
-from .rundir import SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
+from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
 from .runtimes import latency, missing
 from .targets import check_targets, ratio_for_latency, ratio_for_target, search_widths
 from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, reestimate_batchnorm, resolve_device,
@@ -242,11 +242,15 @@ class _Stages:
     def search_widths(self, dense) -> None:
         """allocation search: the width candidates scored one by one (search.jsonl, so a killed search goes on
         where it stopped), the best's group ratios kept (search.json). The proxy re-estimates a candidate's
-        batch-norm statistics on training images and scores it on the validation split, never the test set."""
+        batch-norm statistics on training images, fine-tunes it briefly on training images (search_train_images),
+        and scores it on the validation split, never the test set."""
         cfg, rd = self.cfg, self.rd
         if rd.search.is_file():
             result = json.loads(rd.search.read_text())
         else:
+            g = torch.Generator().manual_seed(cfg.seed * 31 + 17)
+            self.search_split = self.train.subset(torch.randperm(len(self.train), generator=g)[
+                :cfg.search_train_images].to(self.train.labels.device))
             done = read_jsonl(rd.search_log)  # (rewritten without a line a crash may have cut short)
             if distributed.WORLD.main and rd.search_log.is_file():
                 write_text(rd.search_log, "".join(json.dumps(r) + "\n" for r in done))
@@ -258,6 +262,9 @@ class _Stages:
                 try:
                     pruned.to(self.device)
                     reestimate_batchnorm(pruned, self.train, self.trainer, cfg.search_images, seed=cfg.seed)
+                    if cfg.search_train_images:  # a short fine-tune: the same images for every candidate
+                        fit(pruned, self.search_split, 1, cfg.finetune_lr, trainer=self.trainer, stage=SEARCH_STAGE,
+                            phase="candidate fine-tune")
                     return self._accuracy(pruned, self.val)
                 finally:
                     self.trainer.normalizer.channels_last = channels_last
@@ -344,7 +351,8 @@ class _Stages:
             self.pruning_ratio = ratio_for_target(model, cfg, cfg.target_macs, cfg.target_params,
                                                   image_size=self.inputs.image_size, num_classes=self.spec.num_classes)
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} reaches the target of "
-                f"{cfg.target_macs or cfg.target_params:.4g} {'MACs' if cfg.target_macs else 'parameters'}")
+                + " and ".join(f"{t:.4g} {unit}" for t, unit in ((cfg.target_macs, "MACs"),
+                                                                (cfg.target_params, "parameters")) if t))
         elif cfg.target_latency_ms:
             search = ratio_for_latency(model, cfg, self.inputs.image_size, self.spec.num_classes)
             self.pruning_ratio = search["ratio"]

@@ -87,9 +87,11 @@ def search_markdown(results: dict) -> str:
 
     def acc(row):
         return f"{100 * row['proxy_accuracy']:.2f}%" if row.get("proxy_accuracy") is not None else "(cannot reach)"
+    tuned = results["config"].get("search_train_images")
     lines = [f"{s['candidates']} candidates scored ({s['feasible']} could meet the target) in {s['seconds']:.0f} s; "
              f"proxy: one-shot pruning of the dense model, batch-norm statistics re-estimated on training images, "
-             f"accuracy on the validation split. Chosen: candidate {c['index']}"
+             + (f"a fine-tune on {tuned:,} training images, " if tuned else "")
+             + f"accuracy on the validation split. Chosen: candidate {c['index']}"
              + (" (uniform allocation)" if c["index"] == 0 else "") + ".", "",
              "| | proxy accuracy (val) | MACs | params |", "| :--- | ---: | ---: | ---: |",
              f"| uniform allocation | {acc(u)} | {_fmt_count(u['macs']) if u.get('macs') else ''} | "
@@ -212,13 +214,12 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
     """One line that says what the run does."""
     c = to_dict(cfg) if isinstance(cfg, Config) else cfg
     ratio = c["pruning_ratio"] if pruning_ratio is None else pruning_ratio
-    unit = "MACs" if c.get("target_macs") else "parameters"
-    target = c.get("target_macs") or c.get("target_params")
+    limits = [f"{c[k]:.4g} {unit}" for k, unit in (("target_macs", "MACs"), ("target_params", "parameters")) if c.get(k)]
     if c.get("target_latency_ms"):
-        unit, target = f"ms ({c['latency_runtime']}, batch {c['latency_batch_size']}, latency on this machine)", \
-            c["target_latency_ms"]
-    goal = (f"target {target:.4g} {unit}" + (f" (channel ratio found: {ratio:.4f})" if pruning_ratio is not None else "")
-            if target else f"channel ratio {ratio}")
+        limits = [f"{c['target_latency_ms']:.4g} ms ({c['latency_runtime']}, batch {c['latency_batch_size']}, latency on "
+                  "this machine)"]
+    goal = (f"target {' and '.join(limits)}" + (f" (channel ratio found: {ratio:.4f})" if pruning_ratio is not None
+                                                else "") if limits else f"channel ratio {ratio}")
     per_unit = f"cosine stepped per {c.get('lr_schedule_unit', 'batch')}"
     early = f" on {c['early_images']:,} images" if c.get("early_images") else ""
     dense = (f"baseline {c['baseline']}" if c.get("baseline")

@@ -35,6 +35,7 @@ from .files import append_jsonl, read_jsonl, write_atomic, write_json, write_tex
 
 SUMMARY_EVENTS = ("dense", "sparse", "step", "final")
 SPARSE_STAGE = -1  # the stage number of sparse training (between dense, 0, and the first pruning step, 1)
+SEARCH_STAGE = -2  # the width search's candidate fine-tunes: seeds their data order; they write no rows
 
 
 def stage_order(stage: int) -> float:

@@ -40,21 +40,28 @@ def bisect_ratio(fits: Callable[[float], bool], iterations: int, lo: float = 0.0
 
 def ratio_for_target(model: nn.Module, cfg: Config, target_macs: float = 0, target_params: float = 0,
                      iterations: int = 14, image_size: int = 32, num_classes: int | None = None) -> float:
-    """The smallest channel ratio whose one-shot pruning of (a copy of) `model` gives at most the target MACs or
-    parameters."""
-    target = target_macs or target_params
+    """The smallest channel ratio whose one-shot pruning of (a copy of) `model` gives at most the target MACs and/or
+    parameters (each one given; 0 = no limit)."""
+    budget = {"macs": target_macs, "params": target_params}
 
-    def cost(ratio: float) -> float:
-        macs, params = count_macs_params(prune_once(model, cfg, ratio, image_size=image_size,
-                                                    num_classes=num_classes), image_size)
-        return macs if target_macs else params
+    def pruned(ratio: float) -> nn.Module:
+        return prune_once(model, cfg, ratio, image_size=image_size, num_classes=num_classes)
 
-    smallest = cost(MAX_RATIO)
-    if smallest > target:
-        raise PrunelabError(f"the target of {target:.4g} {'MACs' if target_macs else 'parameters'} is below what "
-                            f"pruning {MAX_RATIO:.0%} of the channels reaches ({smallest:.4g}); raise the target to at "
-                            "least that")
-    return bisect_ratio(lambda ratio: cost(ratio) <= target, iterations)
+    over = _over_budget(budget, pruned(MAX_RATIO), image_size)
+    if over:
+        raise PrunelabError(f"the target of {over}, is below what pruning {MAX_RATIO:.0%} of the channels reaches; raise "
+                            "the target to at least that")
+    return bisect_ratio(lambda ratio: not _over_budget(budget, pruned(ratio), image_size), iterations)
+
+
+def _over_budget(budget: dict, pruned: nn.Module, image_size: int) -> str:
+    """'' when `pruned` meets every limit of `budget` ({"macs": ..., "params": ...}, 0 = none), else what exceeds
+    it: '5.29e+06 MACs (this model: 6.1e+06)'."""
+    macs, params = count_macs_params(pruned, image_size)
+    for unit, limit, value in (("MACs", budget.get("macs"), macs), ("parameters", budget.get("params"), params)):
+        if limit and value > limit:
+            return f"{limit:.4g} {unit} (this model: {value:.4g})"
+    return ""
 
 
 def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classes: int | None = None,
@@ -96,8 +103,8 @@ def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classe
 
 
 def check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: nn.Module | None = None) -> None:
-    """Before any training: a MACs or parameter target lies below the dense model's; a latency target is within
-    reach (timed: the dense model and the MAX_RATIO one)."""
+    """Before any training: MACs and parameter targets lie below the dense model's and within reach of MAX_RATIO;
+    a latency target is within reach (timed: the dense model and the MAX_RATIO one)."""
     if not (cfg.target_macs or cfg.target_params or cfg.target_latency_ms):
         return
     model = dense if dense is not None else build(spec)
@@ -105,19 +112,18 @@ def check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: nn.
         ratio_for_latency(model, cfg, image_size, spec.num_classes, iterations=0)
         return
     macs, params = count_macs_params(model, image_size)
-    if cfg.target_macs >= macs:
+    if cfg.target_macs and cfg.target_macs >= macs:
         raise PrunelabError(f"config: target_macs {cfg.target_macs:.4g} is not below the dense model's {macs:.4g} MACs; "
                             "lower it or drop it")
-    if cfg.target_params >= params:
+    if cfg.target_params and cfg.target_params >= params:
         raise PrunelabError(f"config: target_params {cfg.target_params:.4g} is not below the dense model's {params:,} "
                             "parameters; lower it or drop it")
     # the smallest model any allocation reaches: every group cut by MAX_RATIO
-    smallest = count_macs_params(prune_once(model, cfg, MAX_RATIO, image_size=image_size, num_classes=spec.num_classes),
-                                 image_size)[0 if cfg.target_macs else 1]
-    if smallest > _target(cfg):
-        raise PrunelabError(f"config: the target of {_target(cfg):.4g} {'MACs' if cfg.target_macs else 'parameters'} is "
-                            f"below what pruning {MAX_RATIO:.0%} of every group's channels reaches ({smallest:.4g}); "
-                            "raise the target to at least that")
+    over = _over_budget(_size_budget(cfg), prune_once(model, cfg, MAX_RATIO, image_size=image_size,
+                                                      num_classes=spec.num_classes), image_size)
+    if over:
+        raise PrunelabError(f"config: the target of {over} when {MAX_RATIO:.0%} of every group's channels are cut) is "
+                            "below what any pruning reaches; raise the target to at least that")
 
 
 # ----------------------------------------------------------------------------- width search
@@ -160,11 +166,11 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
             return prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
                               group_ratios=candidate_ratios(roots, multipliers, u))
 
-        cost = _cost(cfg, image_size)
-        if cost(pruned_at(MAX_RATIO)) > _target(cfg):  # this direction cannot reach the budget: skipped
+        fits = _fits(cfg, image_size)
+        if not fits(pruned_at(MAX_RATIO)):  # this direction cannot reach the budget: skipped
             row = {"index": index, "feasible": False, "multipliers": multipliers}
         else:
-            u = bisect_ratio(lambda u: cost(pruned_at(u)) <= _target(cfg), iterations)
+            u = bisect_ratio(lambda u: fits(pruned_at(u)), iterations)
             pruned = pruned_at(u)
             macs, params = count_macs_params(pruned, image_size)
             row = {"index": index, "feasible": True, "multipliers": multipliers, "u": u,
@@ -176,21 +182,21 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
             record(row)
     feasible = [r for r in rows if r["feasible"]]
     if not feasible:
-        raise PrunelabError(f"no width candidate meets the target of {_target(cfg):.4g}; raise the target")
+        raise PrunelabError("no width candidate meets the target; raise the target")
     best = max(feasible, key=lambda r: (r["proxy_accuracy"], -r["index"]))
     return {**best, "group_channels": roots, "candidates": rows, "seconds": sum(r["seconds"] for r in rows)}
 
 
-def _target(cfg: Config) -> float:
-    return cfg.target_macs or cfg.target_params or cfg.target_latency_ms
+def _size_budget(cfg: Config) -> dict:
+    return {"macs": cfg.target_macs, "params": cfg.target_params}
 
 
-def _cost(cfg: Config, image_size: int) -> Callable[[nn.Module], float]:
-    """What the budget counts, for a pruned copy: its MACs, its parameters, or its latency in cfg.latency_runtime."""
+def _fits(cfg: Config, image_size: int) -> Callable[[nn.Module], bool]:
+    """Whether a pruned copy meets the budget: its MACs and/or parameters, or its latency in cfg.latency_runtime."""
     if cfg.target_latency_ms:
-        def timed(pruned: nn.Module) -> float:
+        def fast_enough(pruned: nn.Module) -> bool:
             with tempfile.TemporaryDirectory() as tmp:
-                return latency(pruned.eval(), cfg.latency_runtime, image_size, cfg.latency_batch_size, tmp)
-        return timed
-    index = 0 if cfg.target_macs else 1
-    return lambda pruned: count_macs_params(pruned, image_size)[index]
+                return latency(pruned.eval(), cfg.latency_runtime, image_size, cfg.latency_batch_size,
+                               tmp) <= cfg.target_latency_ms
+        return fast_enough
+    return lambda pruned: not _over_budget(_size_budget(cfg), pruned, image_size)
