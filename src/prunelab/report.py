@@ -629,7 +629,8 @@ def control_row(rd: RunDir) -> dict:
 
 def control_rows(run_dir: str | Path) -> list[dict]:
     """Finished controls of a run, for its report."""
-    return [control_row(rd.control(k)) for k in CONTROLS if (rd := RunDir(run_dir)).control(k).finished]
+    controls = [RunDir(run_dir).control(k) for k in CONTROLS]
+    return [control_row(c) for c in controls if c.finished]
 
 
 def mean_std(values: list[float]) -> dict:
