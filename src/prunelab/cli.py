@@ -10,6 +10,9 @@ from .config import CONTROL_BUDGETS, CONTROLS, INT8_RUNTIMES, PRESETS, Config, l
 from .errors import PrunelabError
 
 
+OPTIONAL_VALUE = {"pretrained": "DEFAULT"}  # options whose value may be left out: the value they then take
+
+
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("settings (override the preset; see docs for units)")
     for f in fields(Config):
@@ -18,6 +21,9 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=f.metadata["help"])
+        elif f.name in OPTIONAL_VALUE:  # `--pretrained` alone, or `--pretrained NAME`
+            group.add_argument(flag, dest=f.name, nargs="?", const=OPTIONAL_VALUE[f.name], default=None,
+                               metavar="NAME", help=f.metadata["help"])
         elif kind is list:
             group.add_argument(flag, dest=f.name, nargs="+", default=None, metavar="V", help=f.metadata["help"])
         else:

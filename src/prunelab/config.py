@@ -125,6 +125,18 @@ class Config:
                                        "conv1, no max-pool); resnet18_cifar has it already")
     baseline: str = _f("", "path to a trained dense model (.safetensors: a prunelab model file, or the state dict of "
                            "this --model as torchvision/timm/your code saved it) to start from instead of training one")
+    pretrained: str = _f("", "start the dense stage from published weights: --pretrained alone takes the model's "
+                             "default (torchvision's weights enum DEFAULT, timm's default tag), --pretrained NAME one "
+                             "of them (e.g. IMAGENET1K_V2; timm: a tag such as a1_in1k). Read from the library's cache "
+                             "(torch hub / Hugging Face), downloaded where a network exists; the classifier is "
+                             "re-initialised for the data's classes, and mean/std default to the weights' own")
+    init_from: str = _f("", "start the dense stage from a file of weights for this --model with any classifier (a "
+                            ".safetensors state dict, torchvision/timm naming, or a prunelab model file): every tensor "
+                            "whose name and shape match is loaded, the classifier is re-initialised for the data")
+    trust_pickle: bool = _f(False, "let --init-from read a pickled .pt/.pth/.bin file (unpickling can run code: only "
+                                   "for a file you made yourself)", runtime=True)
+    head_lr: float = _f(0.0, "with --pretrained/--init-from: the new classifier's learning rate in the dense stage, "
+                             "while the loaded layers train at lr (0 = lr for all)")
 
     # --- optimisation (the same SGD settings train the baseline and every fine-tune) ---
     batch_size: int = _f(128, "training batch size, images")
@@ -315,7 +327,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
                 value = [v for v in value.replace(",", " ").split() if v]
             if not isinstance(value, (list, tuple)):
                 raise ValueError
-            if name in ("mean", "std") and len(value) == 1 and str(value[0]) in (*NORMALIZATIONS, "auto"):
+            if name in ("mean", "std") and len(value) == 1 and str(value[0]) in (*NORMALIZATIONS, "auto", "pretrained"):
                 return [str(value[0])]
             inner = type(default[0]) if default else (int if name == "seeds" else str)
             return [inner(v) for v in value]
@@ -371,6 +383,9 @@ def make_config(preset: str = "seed", overrides: dict[str, Any] | None = None) -
         values[key] = _coerce(key, value, getattr(defaults, key))
     if not values.get("name"):
         values["name"] = preset
+    for key in ("mean", "std"):  # --pretrained: the weights' own normalisation unless one is given
+        if values.get("pretrained") and key not in values:
+            values[key] = ["pretrained"]
     cfg = dataclasses.replace(defaults, **values)
     validate(cfg)
     return cfg
@@ -471,7 +486,9 @@ def validate(cfg: Config) -> None:
     named = [v for v in (cfg.mean, cfg.std) if len(v) == 1 and isinstance(v[0], str)]
     need(all(len(v) == 3 for v in (cfg.mean, cfg.std) if v not in named) and
          all(s > 0 for s in (cfg.std if cfg.std not in named else [1])),
-         "mean and std must each be 3 numbers (std positive), or one of cifar10, imagenet, auto")
+         "mean and std must each be 3 numbers (std positive), or one of cifar10, imagenet, auto, pretrained")
+    need(cfg.pretrained or "pretrained" not in (*cfg.mean, *cfg.std), "mean/std 'pretrained' are the --pretrained "
+         "weights' own; add --pretrained or give the numbers")
     need(cfg.augmentation in AUGMENTATIONS, f"unknown augmentation '{cfg.augmentation}'; choose one of: "
          f"{', '.join(AUGMENTATIONS)}")
     need(cfg.crop_padding_px >= 0, f"crop_padding_px must be 0 or more, got {cfg.crop_padding_px}")
@@ -485,6 +502,13 @@ def validate(cfg: Config) -> None:
     need(not (cfg.precision == "fp16" and cfg.device == "cpu"), "precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     if cfg.baseline:
         need(Path(cfg.baseline).is_file(), f"baseline file not found: {cfg.baseline}; pass a .safetensors file of a trained dense model")
+    need(not (cfg.pretrained and cfg.init_from), "--pretrained and --init-from both give starting weights; keep one")
+    need(not (cfg.baseline and (cfg.pretrained or cfg.init_from)), "--baseline is a trained model that is not trained "
+         "again, --pretrained/--init-from are weights the dense stage starts training from; keep one")
+    if cfg.init_from:
+        need(Path(cfg.init_from).is_file(), f"init_from file not found: {cfg.init_from}; pass a .safetensors state "
+             "dict or a prunelab model file")
+    need(cfg.head_lr >= 0, f"head_lr must be 0 (= lr) or positive, got {cfg.head_lr}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

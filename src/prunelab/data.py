@@ -27,7 +27,7 @@ from .config import Config
 
 from .errors import PrunelabError
 from .distributed import shard, shard_length
-from .models import InputSpec
+from .models import InputSpec, pretrained_normalization
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -111,10 +111,15 @@ class FileSplit:
             raise PrunelabError(lines[-1].split("PrunelabError: ", 1)[-1] if lines else str(e)) from None
 
 
-def resolve_normalization(value: list, which: int, stats: tuple | None) -> list[float]:
-    """Numbers as given, a named set (cifar10, imagenet), or auto: `stats` (channel_stats of the training split)."""
+def resolve_normalization(value: list, which: int, stats: tuple | None, weights: tuple | None = None) -> list[float]:
+    """Numbers as given, a named set (cifar10, imagenet), auto: `stats` (channel_stats of the training split), or
+    pretrained: `weights` (the --pretrained weights' mean and std)."""
     from .config import NORMALIZATIONS
     if len(value) == 1 and isinstance(value[0], str):
+        if value[0] == "pretrained":
+            if weights is None:
+                raise PrunelabError("mean/std 'pretrained' needs --pretrained")
+            return [float(v) for v in weights[which]]
         if value[0] == "auto":
             if stats is None:
                 raise PrunelabError("mean/std 'auto' needs training data to compute them on")
@@ -455,8 +460,9 @@ def load_data(cfg: Config) -> Data:
     if cfg.test_subset and cfg.test_subset < len(test):  # not with the seed: seeds are compared on the same images
         test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:cfg.test_subset])
     stats = channel_stats(train) if ["auto"] in (cfg.mean, cfg.std) else None
-    inputs = InputSpec(train.side, tuple(resolve_normalization(cfg.mean, 0, stats)),
-                       tuple(resolve_normalization(cfg.std, 1, stats)), tuple(classes))
+    weights = pretrained_normalization(cfg.model, cfg.pretrained) if cfg.pretrained else None
+    inputs = InputSpec(train.side, tuple(resolve_normalization(cfg.mean, 0, stats, weights)),
+                       tuple(resolve_normalization(cfg.std, 1, stats, weights)), tuple(classes))
     return Data(train=train, val=val, test=test, classes=classes, source=source, train_available=train_available,
                 test_available=test_available, inputs=inputs)
 

@@ -164,13 +164,18 @@ def read_tensor(path: str | Path, name: str):
         raise PrunelabError(f"cannot read {name} from {weights} ({type(e).__name__}); the file is damaged")
 
 
-def load_weights(model: nn.Module, weights: str | Path) -> None:
-    """Load a safetensors state dict into `model`, with one clear error if anything does not fit."""
+def read_state_dict(weights: str | Path) -> dict:
+    """The tensors of a safetensors file, with one clear error for a damaged one."""
     try:
-        state = load_file(str(weights))
+        return load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise PrunelabError(f"cannot read weights {weights} ({str(e).splitlines()[0][:100]}); "
                             "the file is damaged or not safetensors")
+
+
+def load_weights(model: nn.Module, weights: str | Path) -> None:
+    """Load a safetensors state dict into `model`, with one clear error if anything does not fit."""
+    state = read_state_dict(weights)
     if state and all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
         state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()

@@ -113,6 +113,55 @@ def check_name(name: str) -> None:
                             "(torchvision.models.list_models()), timm:<name>, or package.module:function")
 
 
+def pretrained_weights(name: str, weights: str = "DEFAULT"):
+    """The published weights that `weights` names for model `name`, checked without downloading anything: a
+    torchvision WeightsEnum member ("DEFAULT" or a member name such as IMAGENET1K_V2), or for timm:<arch> the full
+    timm name "arch.tag" ("DEFAULT": timm's default tag). resnet18_cifar takes resnet18's (its 3x3 stem does not
+    load). Refuses, with the names there are, a model without published weights or a name it does not know."""
+    if name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError:
+            raise PrunelabError(f"model '{name}' needs timm: pip install 'prunelab[timm]'")
+        arch = name[len("timm:"):].split(".", 1)[0]
+        tags = [n.split(".", 1)[1] for n in timm.list_pretrained(arch + ".*") if n.split(".", 1)[0] == arch]
+        if not tags:
+            raise PrunelabError(f"timm publishes no pretrained weights for '{arch}'; drop --pretrained, or pass your "
+                                "own file with --init-from")
+        if weights == "DEFAULT":
+            return arch + "." + timm.models.get_pretrained_cfg(arch).tag
+        if weights not in tags:
+            raise PrunelabError(f"timm has no weights '{weights}' for {arch}; choose one of: {', '.join(tags)} (or "
+                                "--pretrained alone for the default)")
+        return f"{arch}.{weights}"
+    if ":" in name or name == "module":
+        raise PrunelabError(f"--pretrained needs a torchvision or timm model, not '{name}'; for your own builder pass "
+                            "its weights with --init-from FILE")
+    base = "resnet18" if name == "resnet18_cifar" else name
+    try:
+        enum = torchvision.models.get_model_weights(base)
+    except (ValueError, KeyError):
+        raise PrunelabError(f"torchvision publishes no pretrained weights for '{name}'; drop --pretrained, or pass "
+                            "your own file with --init-from")
+    names = [w.name for w in enum]
+    if weights != "DEFAULT" and weights not in names:
+        raise PrunelabError(f"torchvision has no weights '{weights}' for {base}; choose one of: DEFAULT, "
+                            f"{', '.join(names)}")
+    return enum[weights]
+
+
+def pretrained_normalization(name: str, weights: str = "DEFAULT") -> tuple[list, list]:
+    """The mean and std (0-1 scale) that the published weights were trained with: torchvision's
+    weights.transforms(), timm's pretrained_cfg."""
+    entry = pretrained_weights(name, weights)
+    if isinstance(entry, str):
+        import timm
+        cfg = timm.models.get_pretrained_cfg(entry)
+        return [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
+    t = entry.transforms()
+    return [float(v) for v in t.mean], [float(v) for v in t.std]
+
+
 def _user_builder(name: str):
     module_name, _, fn_name = name.partition(":")
     try:

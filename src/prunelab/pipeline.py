@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, modelfile, report
+from . import distributed, modelfile, report, transfer
 from .config import Config, final_lr, resumed_config, to_dict
 from .data import Data, eval_batches, fingerprint, load_data
 from .files import append_jsonl, read_jsonl, write_json, write_text
@@ -28,7 +28,7 @@ from .distributed import log
 from .errors import PrunelabError
 from .export import export_onnx
 from .measurement import file_size_bytes, latency_devices, machine, measure_model
-from .models import ModelSpec, build, check_name, num_outputs
+from .models import ModelSpec, build, check_name, num_outputs, pretrained_weights
 from .prune import build_pruner, build_sparsifier, check_prunable, history, prune_step, restore, step_ratio
 from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
 from .runtimes import latency, missing
@@ -57,6 +57,8 @@ def check_available(cfg: Config) -> None:
     """What config.validate cannot know, checked before any long work: the model name names a prunable model, and
     the packages that the settings use are installed."""
     check_name(cfg.model)
+    if cfg.pretrained:
+        pretrained_weights(cfg.model, cfg.pretrained)  # the weights' name, checked without downloading anything
     if cfg.target_latency_ms:
         reason = missing(cfg.latency_runtime)
         if reason:
@@ -77,15 +79,18 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     trainer = Trainer.from_config(cfg, device, data.inputs)
     trainer.progress = trainer.progress and world.main
     spec = model_spec(cfg, len(data.classes), given)
-    baseline = None
+    baseline = start = None
+    dense_to_do = not resume_dir or RunDir(resume_dir).last_checkpoint(cfg.iterative_steps) < 0
     if given is not None:
         baseline = copy.deepcopy(given)
-    elif cfg.baseline and not resume_dir:
+    elif cfg.baseline and dense_to_do:
         baseline = modelfile.load_dense_baseline(cfg.baseline, spec)
+    elif (cfg.pretrained or cfg.init_from) and dense_to_do:  # weights the dense stage trains from
+        start = transfer.initial_model(spec, cfg.pretrained, cfg.init_from, cfg.trust_pickle)
     teacher = load_teacher(cfg, data) if cfg.teacher else None
     if not resume_dir:
-        check_prunable(baseline if baseline is not None else build(spec), cfg, data.inputs.image_size,
-                       spec.num_classes, spec.builder)
+        check_prunable(baseline if baseline is not None else start[0] if start else build(spec), cfg,
+                       data.inputs.image_size, spec.num_classes, spec.builder)
         check_targets(cfg, spec, data.inputs.image_size, baseline)
     if resume_dir:
         rd = RunDir(resume_dir)
@@ -118,7 +123,7 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     stages = _Stages(cfg, rd, trainer, device, data, spec, given)
 
     # Stage 0: the dense model, trained, loaded from --baseline, or from its checkpoint.
-    dense = stages.load_dense() if done >= 0 else stages.dense(baseline, teacher)
+    dense = stages.load_dense() if done >= 0 else stages.dense(baseline, teacher, start)
     if cfg.allocation == "search":  # the widths each group keeps, for the target: searched once, then read back
         stages.search_widths(dense)
     if cfg.distill:
@@ -289,7 +294,7 @@ class _Stages:
         return prepare_model(model, self.trainer)
 
     def _fit(self, model, stage: int, phase: str, epochs: int, lr: float, warmup_epochs: float = 0.0,
-             sparsifier=None, split=None) -> None:
+             sparsifier=None, split=None, head_lr: float = 0.0) -> None:
         """train.fit over `split` (default: the early stages' images, self.early), into this run's directory."""
         split = self.early if split is None else split
         distill = self._distillation() if stage > 0 else None
@@ -297,7 +302,7 @@ class _Stages:
             distill = Distillation(distill.temperature, distill.weight,  # cached rows of the early images
                                    targets=distill.targets[self.early_idx.to(distill.targets.device)])
         fit(model, split, epochs, lr, trainer=self.trainer, stage=stage, phase=phase, warmup_epochs=warmup_epochs,
-            val=self.val, distill=distill, sparsifier=sparsifier, run_dir=self.rd)
+            val=self.val, distill=distill, sparsifier=sparsifier, run_dir=self.rd, head_lr=head_lr)
 
     def _distillation(self) -> Distillation | None:
         """The fine-tunes' distillation; with cached targets, they are computed once, inside the first
@@ -333,13 +338,23 @@ class _Stages:
         self.rd.append_metrics({**row, "file_size_bytes": file_size_bytes(weights)})
         self.rd.partial.unlink(missing_ok=True)
 
-    def dense(self, baseline=None, teacher=None):
+    def dense(self, baseline=None, teacher=None, start_from=None):
+        """The dense model: `baseline` as given, or trained for cfg.epochs from `start_from` ((model, what was
+        loaded): transfer.initial_model) or from a random init."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         start = time.perf_counter()
+        transferred = {}
         if baseline is not None:
             log(f"dense: baseline {cfg.baseline or 'the nn.Module given to prunelab.run'}")
             model = self._prepare_model(baseline)
+        elif start_from is not None:
+            model, info = start_from
+            transferred = {"transfer": {k: info[k] for k in ("source", "loaded", "backbone", "classifier")}}
+            log(f"dense: fine-tuning {cfg.model} from {info['source']} for {report.counted(cfg.epochs, 'epoch')} (lr "
+                f"{cfg.lr}, classifier {cfg.head_lr or cfg.lr})")
+            model = self._prepare_model(model)
+            self._fit(model, 0, "dense", cfg.epochs, cfg.lr, cfg.warmup_epochs, head_lr=cfg.head_lr)
         else:
             log(f"dense: training {cfg.model} for {report.counted(cfg.epochs, 'epoch')}")
             model = self._prepare_model(build(self.spec))
@@ -365,7 +380,7 @@ class _Stages:
                 prepare_model(copy.deepcopy(teacher), self.trainer), self.test)}
             self._prepare_model(model)  # (the normalizer follows the model trained here)
         row = {"event": "dense", "stage": 0, "ratio": 0.0, "pruning_ratio": self.pruning_ratio,
-               **({"latency_search": search} if search else {}), **taught,
+               **({"latency_search": search} if search else {}), **taught, **transferred,
                "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": self._machine()}
         self._save(model, 0, [], row)

@@ -204,6 +204,12 @@ def dense_budget_sentence(results: dict) -> str:
     cfg, data = results["config"], results["data"]
     if cfg.get("baseline"):
         return f"**The dense model** was loaded from `{cfg['baseline']}`, not trained in this run."
+    source = ((results.get("dense") or {}).get("transfer") or {}).get("source")
+    if source:
+        loaded = results["dense"]["transfer"]
+        return (f"**The dense model** was fine-tuned from `{source}` ({loaded['loaded']} of {loaded['backbone']} "
+                f"backbone tensors loaded, classifier new) for {counted(cfg['epochs'], 'epoch')} "
+                f"({results['wall_time_s']['dense']:.0f} s with its evaluation).")
     per_epoch = min(cfg.get("early_images") or data["train_images"], data["train_images"])
     return (f"**The dense model** trained for {counted(cfg['epochs'], 'epoch')} of {per_epoch:,} images ({cfg['epochs'] * per_epoch:,} "
             f"images, {results['wall_time_s']['dense']:.0f} s with its evaluation). Its accuracy is what that budget "
@@ -222,8 +228,11 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
                                                 else "") if limits else f"channel ratio {ratio}")
     per_unit = f"cosine stepped per {c.get('lr_schedule_unit', 'batch')}"
     early = f" on {c['early_images']:,} images" if c.get("early_images") else ""
+    start = (f" from {'pretrained weights ' + c['pretrained'] if c.get('pretrained') else c.get('init_from')}"
+             + (f", classifier lr {c['head_lr']}" if c.get("head_lr") else "")
+             if c.get("pretrained") or c.get("init_from") else "")
     dense = (f"baseline {c['baseline']}" if c.get("baseline")
-             else f"{counted(c['epochs'], 'dense epoch')}{early} (lr {c['lr']})")
+             else f"{counted(c['epochs'], 'dense epoch')}{early} (lr {c['lr']}{start})")
     allocation = ("global" if c["global_pruning"] or c.get("allocation") == "global" else
                   f"widths searched ({c['search_budget']} candidates)" if c.get("allocation") == "search" else "per-layer")
     return (f"{c['model']}, {dense}; {c['importance']} importance, {allocation}, "

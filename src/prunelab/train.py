@@ -21,7 +21,7 @@ from .data import (InputSpec, Normalizer, Split, augmentation_for, batches_per_e
 from . import distributed
 from .distributed import log, sum_all
 from .measurement import cpu_has_bf16
-from .models import channels_last_unsafe_on_cpu
+from .models import channels_last_unsafe_on_cpu, classifier
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,11 +109,17 @@ def prepare_model(model: nn.Module, trainer: Trainer) -> nn.Module:
     return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def make_optimizer(model: nn.Module, cfg: "Config | Trainer", lr: float) -> torch.optim.Optimizer:
-    """SGD over the model's live parameters (momentum, weight decay, Nesterov from a Config or a Trainer). Rebuild it after every pruning step: Torch-Pruning
-    replaces the parameter objects, so an old optimiser would update tensors the model no longer has."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+def make_optimizer(model: nn.Module, cfg: "Config | Trainer", lr: float, head_lr: float = 0.0) -> torch.optim.Optimizer:
+    """SGD over the model's live parameters (momentum, weight decay, Nesterov from a Config or a Trainer); with
+    `head_lr`, the classifier's parameters in a group of their own at that rate (transfer learning). Rebuild it after
+    every pruning step: Torch-Pruning replaces the parameter objects, so an old optimiser would update tensors the
+    model no longer has."""
+    params = model.parameters()
+    if head_lr:
+        head = {id(p) for p in classifier(model).parameters()}
+        params = [{"params": [p for p in model.parameters() if id(p) not in head]},
+                  {"params": [p for p in model.parameters() if id(p) in head], "lr": head_lr}]
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
@@ -288,7 +294,7 @@ def reestimate_batchnorm(model: nn.Module, split: Split, trainer: Trainer, image
 
 def fit(model: nn.Module, split: Split, epochs: int, lr: float, *, trainer: Trainer, stage: int, phase: str,
         warmup_epochs: float = 0.0, val: Split | None = None, distill: Distillation | None = None,
-        sparsifier=None, run_dir=None, replan=None) -> None:
+        sparsifier=None, run_dir=None, replan=None, head_lr: float = 0.0) -> None:
     """`epochs` epochs of SGD over `split` (on trainer.device) with a fresh optimiser and a cosine schedule over them
     (after `warmup_epochs` of linear warm-up), stepped per epoch or per batch (trainer.lr_per_batch). Each epoch's
     data order and augmentation come from a generator seeded by (trainer.seed, stage, epoch), so a resumed stage
@@ -297,13 +303,14 @@ def fit(model: nn.Module, split: Split, epochs: int, lr: float, *, trainer: Trai
       every epoch but the last the weights and momentum go to its partial checkpoint, so a crash costs at most
       one epoch; a stage that finds its partial checkpoint continues after it, and epoch rows of this stage past
       it (a crash between a row and its checkpoint) are dropped first.
+    - `head_lr`: the classifier trains at this rate (0: at lr), the rest at lr (transfer fine-tuning).
     - `val`: its accuracy is recorded after every epoch. `distill`: the loss is distillation's.
     - `sparsifier` (a GroupNormPruner): its regulariser acts on every batch.
     - `replan(seconds)`: asked after the first epoch of a fresh stage how many epochs the stage should have,
       given that epoch's seconds (the scratch control's time budget); the schedule then runs over the new count."""
     if epochs == 0:
         return
-    optimizer = make_optimizer(model, trainer, lr)
+    optimizer = make_optimizer(model, trainer, lr, head_lr)
     steps_per_epoch = batches_per_epoch(len(split), trainer.batch_size) if trainer.lr_per_batch else 1
     done = run_dir.load_partial(model, optimizer, stage) if run_dir is not None else 0  # every rank reads it
     if run_dir is not None and distributed.WORLD.main:
