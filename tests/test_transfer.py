@@ -170,15 +170,40 @@ def test_a_model_transferred_with_init_from_is_pruned_and_loads_in_a_fresh_proce
     (["--init-from", "other.safetensors"], "another architecture"),
     (["--init-from", "nowhere.safetensors"], "init_from file not found"),
     (["--mean", "pretrained"], "add --pretrained"),
+    (["--preset", "transfer"], "add --pretrained or --init-from"),
 ])
 def test_bad_transfer_settings_are_refused_in_one_line_before_anything_is_written(tmp_path, args, message):
     save_file(build_model("resnet18_cifar", 10).state_dict(), str(tmp_path / "w.safetensors"))
     torch.save(build_model("resnet18_cifar", 10).state_dict(), tmp_path / "w.pth")
     (tmp_path / "damaged.safetensors").write_bytes(b"\x00" * 64)
     save_file(build_model("user_nets:build_net", 10).state_dict(), str(tmp_path / "other.safetensors"))
-    code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path / "runs", *args, cwd=tmp_path)
+    preset = [] if "--preset" in args else ["--preset", "tiny"]
+    code, _, err = cli("run", *preset, "--out-dir", tmp_path / "runs", *args, cwd=tmp_path)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_from_pretrained_weights_fine_tunes_once_and_shares_that_dense_model(torch_hub, tmp_path):
+    """The first run fine-tunes from the weights; the second starts from that run's dense checkpoint, with the
+    weights' normalisation as numbers (it does not read the weights again: they are deleted in between)."""
+    import json
+    from prunelab.models import pretrained_normalization
+    checkpoints = torch_hub
+    checkpoints.mkdir(parents=True)
+    import torchvision
+    url = torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT.url
+    torch.save(build_model("mobilenet_v3_small", 1000).state_dict(), checkpoints / os.path.basename(url))
+    code, out, err = cli("sweep", "--preset", "tiny", "--model", "mobilenet_v3_small", "--pretrained",
+                         "--importances", "l1", "l2", "--pruning-ratio", "0.3", "--iterative-steps", "1",
+                         "--final-finetune-epochs", "0", "--no-export-onnx", "--no-progress",
+                         "--out-dir", tmp_path / "runs", "--name", "sw")
+    assert code == 0, err[-2000:]
+    assert out.count("backbone tensors") == 1  # the weights were loaded once
+    first, second = (json.loads((tmp_path / "runs" / "sw" / n / "config.json").read_text()) for n in ("l1-ratio0.3", "l2-ratio0.3"))
+    assert first["pretrained"] == "DEFAULT" and first["mean"] == ["pretrained"]
+    mean, std = pretrained_normalization("mobilenet_v3_small")
+    assert second["pretrained"] == "" and second["baseline"].endswith("dense.safetensors")
+    assert second["mean"] == mean and second["std"] == std
 
 
 def test_init_from_a_pickle_is_read_only_with_trust_pickle(tmp_path):

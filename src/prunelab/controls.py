@@ -28,7 +28,7 @@ from .data import Data, load_data
 from .distributed import log
 from .errors import PrunelabError
 from .files import read_jsonl, write_json
-from .pipeline import check_same_test_images, run
+from .pipeline import check_same_test_images, from_dense_checkpoint, run
 from .prune import count_macs_params
 from .rundir import RunDir, create, existing_run, open_existing
 from .train import Trainer, fit, make_optimizer, prepare_model, resolve_device, score, train_epoch
@@ -65,9 +65,9 @@ def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, mode
 def random_criterion(rd: RunDir, cfg: Config, model: torch.nn.Module | None = None) -> dict:
     """The run again with the random importance, from the run's own dense checkpoint."""
     out = rd.control("random")
-    control = dataclasses.replace(cfg, name=out.path.name, out_dir=str(out.path.parent), importance="random",
-                                  controls=[], seeds=[], int8=False,
-                                  baseline=str(rd.checkpoint_named("dense").with_suffix(".safetensors")))
+    control = from_dense_checkpoint(dataclasses.replace(cfg, name=out.path.name, out_dir=str(out.path.parent),
+                                                        importance="random", controls=[], seeds=[], int8=False),
+                                    rd.checkpoint_named("dense").with_suffix(".safetensors"))
     run(control, existing_run(control), model=model)
     return report.control_row(out)
 

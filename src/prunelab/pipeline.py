@@ -12,6 +12,7 @@ resumed run makes the same decisions.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import itertools
 import json
@@ -182,6 +183,17 @@ def load_teacher(cfg: Config, data: Data) -> torch.nn.Module:
                             f"with {list(data.inputs.mean)} and {list(data.inputs.std)}; set --image-size/--mean/--std "
                             "to the teacher's")
     return teacher
+
+
+def from_dense_checkpoint(cfg: Config, checkpoint: str | Path) -> Config:
+    """`cfg` starting from a run's dense checkpoint instead of making its own dense model (a sweep's later runs, the
+    random control): the checkpoint is the baseline; the weights it was trained from (--pretrained, --init-from) are
+    not read again, and a normalisation named after them ('pretrained') becomes the checkpoint's own numbers."""
+    changes = {"baseline": str(checkpoint), "pretrained": "", "init_from": ""}
+    if "pretrained" in (*cfg.mean, *cfg.std):
+        inputs = modelfile.specs(modelfile.describe(checkpoint)[0])[1]
+        changes.update(mean=list(inputs.mean), std=list(inputs.std))
+    return dataclasses.replace(cfg, **changes)
 
 
 def model_spec(cfg: Config, data_classes: int, given: torch.nn.Module | None = None) -> ModelSpec:

@@ -21,7 +21,7 @@ from .controls import run_controls
 from .distributed import log
 from .errors import PrunelabError
 from .files import write_json, write_text
-from .pipeline import model_spec
+from .pipeline import from_dense_checkpoint, model_spec
 from .quantize import quant_runtime, quantize_run
 from .rundir import RunDir, existing_run, open_existing
 from .targets import check_targets
@@ -107,8 +107,8 @@ def sweep(base: Config, targets_macs=(), targets_params=(), importances=()) -> P
         rd = RunDir(sweep_dir / cfg.name)
         if rd.config.is_file():  # the first run's recipe trained its dense model; the others name it
             cfg = dataclasses.replace(cfg, baseline=open_existing(rd.path)[1].baseline)
-        else:
-            cfg = dataclasses.replace(cfg, baseline=baseline)
+        elif baseline and baseline != base.baseline:  # the first run's dense model, shared
+            cfg = from_dense_checkpoint(cfg, baseline)
         run(cfg, existing_run(cfg))  # finished: skipped; unfinished: resumed (controls too)
         if not baseline:
             baseline = str(rd.checkpoint(0, cfg.iterative_steps).with_suffix(".safetensors"))
