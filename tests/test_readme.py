@@ -33,7 +33,8 @@ def readme_commands():
 def test_every_prunelab_command_in_the_readme_parses(command):
     args = build_parser().parse_args(shlex.split(command))  # argparse exits (SystemExit) on unknown options
     if args.command in ("run", "sweep"):  # and every setting's value passes validation
-        overrides = {k: v for k, v in _overrides(args).items() if k != "baseline"}  # (the file is the user's)
+        overrides = {k: (str(ROOT / "README.md") if k in ("baseline", "init_from") else v)  # (the files are the
+                     for k, v in _overrides(args).items()}  # user's: any existing file stands in for them)
         make_config(args.preset, overrides)
 
 

@@ -88,6 +88,10 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
         baseline = modelfile.load_dense_baseline(cfg.baseline, spec)
     elif (cfg.pretrained or cfg.init_from) and dense_to_do:  # weights the dense stage trains from
         start = transfer.initial_model(spec, cfg.pretrained, cfg.init_from, cfg.trust_pickle)
+        was = start[1].get("inputs")
+        if was is not None and (was.mean, was.std) != (data.inputs.mean, data.inputs.std):
+            log(f"note: {cfg.init_from} was trained on inputs normalised with mean {list(was.mean)} and std "
+                f"{list(was.std)}; this run uses {list(data.inputs.mean)} and {list(data.inputs.std)} (--mean/--std)")
     teacher = load_teacher(cfg, data) if cfg.teacher else None
     if not resume_dir:
         check_prunable(baseline if baseline is not None else start[0] if start else build(spec), cfg,

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .distributed import log
 from .errors import PrunelabError
-from .modelfile import PICKLE_SUFFIXES, describe, read_state_dict
+from .modelfile import PICKLE_SUFFIXES, describe, read_state_dict, specs
 from .models import ModelSpec, build, classifier, pretrained_weights
 
 MIN_BACKBONE_SHARE = 0.5  # below this share of the backbone's tensors matched, the file is another architecture
@@ -145,5 +145,9 @@ def initial_model(spec: ModelSpec, pretrained: str = "", init_from: str = "", tr
     if pretrained:
         state, source = pretrained_state(spec, pretrained)
         return model, load_matching(model, state, source)
-    return model, load_matching(model, file_state(init_from, trust_pickle), init_from)
+    info = load_matching(model, file_state(init_from, trust_pickle), init_from)
+    p = Path(init_from)
+    if p.suffix == ".json" or p.with_suffix(".json").is_file():  # a prunelab model file says what it was fed
+        info["inputs"] = specs(describe(p)[0])[1]
+    return model, info
 
