@@ -516,9 +516,6 @@ def validate(cfg: Config) -> None:
     need(not (cfg.pretrained and cfg.init_from), "--pretrained and --init-from both give starting weights; keep one")
     need(not (cfg.baseline and (cfg.pretrained or cfg.init_from)), "--baseline is a trained model that is not trained "
          "again, --pretrained/--init-from are weights the dense stage starts training from; keep one")
-    if cfg.init_from:
-        need(Path(cfg.init_from).is_file(), f"init_from file not found: {cfg.init_from}; pass a .safetensors state "
-             "dict or a prunelab model file")
     need(cfg.head_lr >= 0, f"head_lr must be 0 (= lr) or positive, got {cfg.head_lr}")
 
 

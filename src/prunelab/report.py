@@ -523,8 +523,19 @@ def sweep_rows(sweep_dir: str | Path) -> list[dict]:
                      "pruning_ratio": f["ratio"], "accuracy": f["accuracy"], "macs": f["macs"], "params": f["params"],
                      "dense_accuracy": d["accuracy"], "dense_macs": d["macs"],
                      "latency_ms_cpu_b1": find_latency(f, "cpu", 1), "wall_time_s": r["wall_time_s"]["total"],
-                     "controls": {k["control"]: k["accuracy"] for k in control_rows(results_path.parent)}})
+                     "controls": {k["control"]: k["accuracy"] for k in control_rows(results_path.parent)},
+                     "cifar10_like": _cifar10_like(results_path.parent)})
     return rows
+
+
+def _cifar10_like(run_dir: Path) -> bool:
+    """Whether the run's data are 10 classes of 32 px images: only then are the CIFAR-10 references comparable."""
+    try:
+        desc, _ = modelfile.describe(RunDir(run_dir).model_file("final"))
+    except PrunelabError:
+        return False
+    inputs = modelfile.specs(desc)[1]
+    return inputs.image_size == 32 and len(inputs.classes) == 10
 
 
 def sweep_groups(rows: list[dict]) -> list[dict]:
@@ -582,10 +593,12 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
     dense = rows[0]
     ax.scatter([dense["dense_macs"] / 1e6], [100 * dense["dense_accuracy"]], marker="s", color="gray", s=60,
                label="dense (this sweep)")
-    for ref in REFERENCES:
+    references = REFERENCES if all(r["cifar10_like"] for r in rows) else []
+    for ref in references:
         ax.scatter([ref["macs"] / 1e6], [100 * ref["accuracy"]], marker="x", s=70, label=ref["name"])
     ax.set(xscale="log", xlabel="MACs per image (millions, log scale)", ylabel="test accuracy (%)",
-           title=f"Accuracy vs compute: sweep '{sweep_dir.name}' (data: this run's test set; references: official CIFAR-10)")
+           title=f"Accuracy vs compute: sweep '{sweep_dir.name}' (data: this run's test set"
+                 + ("; references: official CIFAR-10)" if references else ")"))
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     _save(fig, sweep_dir / "pareto.png")
@@ -612,9 +625,10 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
     lines += ["", "Accuracy: mean ± standard deviation over seeds where there are several; wall time: mean per run.",
               *(["", *comparisons] if comparisons else []), "",
               f"Dense model: {100 * dense['dense_accuracy']:.2f}% at {_fmt_count(dense['dense_macs'])} MACs.", "",
-              "References (published on the official CIFAR-10 files, not measured here): "
-              + "; ".join(f"{r['name']}: {100 * r['accuracy']:.1f}% at {_fmt_count(r['macs'])} MACs" for r in REFERENCES)
-              + ".", "", "![pareto](pareto.png)", ""]
+              *(["References (published on the official CIFAR-10 files, not measured here): "
+                 + "; ".join(f"{r['name']}: {100 * r['accuracy']:.1f}% at {_fmt_count(r['macs'])} MACs"
+                             for r in references) + ".", ""] if references else []),
+              "![pareto](pareto.png)", ""]
     write_text(sweep_dir / "pareto.md", "\n".join(lines))
     return rows
 

@@ -76,6 +76,8 @@ def file_state(path: str | Path, trust_pickle: bool = False) -> dict:
     too, though their shapes will rarely fit), or a pickled checkpoint when trust_pickle (a state dict, a dict holding
     one under "state_dict"/"model", or a whole nn.Module)."""
     p = Path(path)
+    if not p.is_file():  # (checked here, not in config.py: a resumed run whose dense stage is done needs no file)
+        raise PrunelabError(f"init_from file not found: {p}; pass a .safetensors state dict or a prunelab model file")
     if p.suffix in PICKLE_SUFFIXES:
         if not trust_pickle:
             raise PrunelabError(f"{p} looks like a pickle, which can run code when loaded; convert it to safetensors "
