@@ -398,7 +398,7 @@ def make_config(preset: str = "seed", overrides: dict[str, Any] | None = None) -
     cfg = dataclasses.replace(defaults, **values)
     validate(cfg)
     if preset == "transfer" and not (cfg.pretrained or cfg.init_from or cfg.baseline):
-        raise PrunelabError("config: preset transfer fine-tunes weights you already have at a low lr: add --pretrained "
+        raise PrunelabError("config: preset transfer fine-tunes weights you already have: add --pretrained "
                             "or --init-from FILE (or use another preset to train from scratch)")
     return cfg
 

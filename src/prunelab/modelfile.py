@@ -173,11 +173,16 @@ def read_state_dict(weights: str | Path) -> dict:
                             "the file is damaged or not safetensors")
 
 
+def without_ddp_prefix(state: dict) -> dict:
+    """A state dict saved from a DistributedDataParallel wrapper (every name starting "module.") without that prefix."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
 def load_weights(model: nn.Module, weights: str | Path) -> None:
     """Load a safetensors state dict into `model`, with one clear error if anything does not fit."""
-    state = read_state_dict(weights)
-    if state and all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = without_ddp_prefix(read_state_dict(weights))
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .distributed import log
 from .errors import PrunelabError
-from .modelfile import PICKLE_SUFFIXES, describe, read_state_dict, specs
+from .modelfile import PICKLE_SUFFIXES, describe, read_state_dict, specs, without_ddp_prefix
 from .models import ModelSpec, build, classifier, pretrained_weights
 
 MIN_BACKBONE_SHARE = 0.5  # below this share of the backbone's tensors matched, the file is another architecture
@@ -108,8 +108,7 @@ def load_matching(model: nn.Module, state: dict, source: str) -> dict:
     """Copy into `model` every tensor of `state` whose name and shape match, except the classifier's (it stays as
     built: freshly initialised for the data's classes). Refuses a state that fits less than MIN_BACKBONE_SHARE of
     the backbone's tensors. Returns what was loaded and skipped (for the log and the report)."""
-    if state and all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = without_ddp_prefix(state)
     own = model.state_dict()
     head_module = classifier(model)
     head = {f"{n}.{k}" for n, m in model.named_modules() if m is head_module for k, _ in m.named_parameters()}
