@@ -15,7 +15,7 @@ from prunelab.models import ModelSpec, InputSpec
 from prunelab.modelfile import save
 from prunelab.prune import count_macs_params, group_roots, prune_once
 from prunelab.targets import search_widths
-from prunelab.train import Trainer, reestimate_batchnorm, score
+from prunelab.train import STAGE_BN_IMAGES, Trainer, fit, reestimate_batchnorm, score, stage_bn_images
 
 FAST = {"progress": False, "export_onnx": False, "measure_latency_every_step": False, "latency_batch_sizes": [1]}
 
@@ -73,6 +73,29 @@ def test_fresh_batchnorm_statistics_recover_the_accuracy_that_stale_ones_lose():
     used = reestimate_batchnorm(model, train, trainer, 64, seed=0)
     assert used == 64 and stale < 0.5 and score(model, val, trainer.normalizer, 60)["accuracy"] == 1.0
     assert torch.equal(model.a.weight, TwoBranches().a.weight)  # statistics only: weights untouched
+
+
+def test_a_training_stage_ends_with_fresh_statistics_where_running_averages_lag():
+    cfg = make_config("tiny", {"batch_size": 32})
+    trainer, train, val = _trainer(cfg), colour_data(96, 0), colour_data(60, 1)
+
+    def lagging():  # torchvision's MobileNetV3 keeps momentum 0.01; stale statistics, as a cut leaves them
+        model = TwoBranches()
+        reestimate_batchnorm(model, train, trainer, 96, seed=0)
+        with torch.no_grad():
+            model.bn_a.running_mean.fill_(500.0)
+        for bn in (model.bn_a, model.bn_b):
+            bn.momentum = 0.01
+        return model
+
+    assert stage_bn_images(TwoBranches(), 0) == 0 and stage_bn_images(TwoBranches(), 64) == 64
+    assert stage_bn_images(lagging(), 0) == STAGE_BN_IMAGES
+    plain, fresh = lagging(), lagging()
+    fit(plain, train, 1, 1e-6, trainer=trainer, stage=1, phase="plain")  # 3 batches: the averages barely move
+    fit(fresh, train, 1, 1e-6, trainer=trainer, stage=1, phase="fresh", bn_images=stage_bn_images(fresh, 0))
+    assert score(plain, val, trainer.normalizer, 60)["accuracy"] < 0.7  # class 0 lost
+    assert score(fresh, val, trainer.normalizer, 60)["accuracy"] == 1.0
+    assert fresh.bn_a.momentum == 0.01  # the model's own momentum is kept for later training
 
 
 def test_the_search_spares_the_layer_that_carries_the_signal_where_uniform_allocation_cuts_both():
@@ -168,6 +191,11 @@ def test_the_search_and_the_fresh_statistics_never_read_test_images(searched):
     assert seen["reestimate"] and test not in seen["reestimate"] and val not in seen["reestimate"]
     steps = json.loads((run_dir / "results.json").read_text())["steps"]
     assert all("accuracy_stale_bn" in s and "accuracy_before_finetune" in s for s in steps)
+    last = {}  # every training stage (dense, steps, final) ends with statistics re-estimated on its own images
+    for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+        if row.get("event") == "epoch":
+            last[row["stage"]] = row
+    assert len(last) == len(steps) + 2 and all(r.get("bn_reestimated") == 64 for r in last.values())
     report = (run_dir / "report.md").read_text()
     assert "Acc. after cut (stale BN)" in report and "## Width search" in report and "**Teacher:**" in report
 

@@ -188,9 +188,11 @@ class Config:
                                "unimportant channel groups towards zero, so pruning removes less (0 = off)")
     sparse_reg: float = _f(5e-4, "strength of the sparse training's group-norm regularisation (Torch-Pruning's reg)")
     bn_reestimate_images: int = _f(0, "after every pruning step, re-estimate the batch-norm statistics from this many "
-                                      "training images (forward passes, no gradient) before measuring and fine-tuning; "
-                                      "the report gives the accuracy with stale and with fresh statistics (0 = off, the "
-                                      "seed recipe)")
+                                      "training images (forward passes, no gradient) before measuring and fine-tuning, "
+                                      "and again at the end of every training stage; the report gives the accuracy with "
+                                      "stale and with fresh statistics (0 = off, the seed recipe; models whose batch "
+                                      "norms keep a momentum below 0.1, such as torchvision's MobileNetV3, still get "
+                                      "2,560 at the end of every training stage)")
     finetune_epochs_per_step: int = _f(1, "fine-tune epochs after each pruning step (0 = none)")
     final_finetune_epochs: int = _f(10, "fine-tune epochs after the last step (cosine over them)")
     final_finetune_lr: float = _f(0.0, "SGD learning rate of the final fine-tune (0 = finetune_lr); the short fine-tunes "

@@ -31,7 +31,7 @@ from .files import read_jsonl, write_json
 from .pipeline import check_same_test_images, from_dense_checkpoint, run
 from .prune import count_macs_params
 from .rundir import RunDir, create, existing_run, open_existing
-from .train import Trainer, fit, make_optimizer, prepare_model, resolve_device, score, train_epoch
+from .train import Trainer, fit, make_optimizer, prepare_model, resolve_device, score, stage_bn_images, train_epoch
 
 
 def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, model: torch.nn.Module | None = None,
@@ -130,7 +130,8 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
 
     start = time.perf_counter()
     fit(model, train, plan["epochs"], plan["lr"], trainer=trainer, stage=0, phase="scratch control",
-        warmup_epochs=cfg.warmup_epochs, val=val, run_dir=crd, replan=replan)
+        warmup_epochs=cfg.warmup_epochs, val=val, run_dir=crd, replan=replan,
+        bn_images=stage_bn_images(model, cfg.bn_reestimate_images))  # as the pruned run's stages do
     epoch_rows = [r for r in read_jsonl(crd.metrics) if r["event"] == "epoch"]
     macs, params = count_macs_params(model, data.inputs.image_size)
     row = {"control": "scratch", "accuracy": score(model, test, trainer.normalizer, cfg.eval_batch_size)["accuracy"],

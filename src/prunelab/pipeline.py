@@ -35,7 +35,7 @@ from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, 
 from .runtimes import latency, missing
 from .targets import check_targets, ratio_for_latency, ratio_for_target, search_widths
 from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, reestimate_batchnorm, resolve_device,
-                    score, soft_targets, torch_threads)
+                    score, soft_targets, stage_bn_images, torch_threads)
 
 
 def run(cfg: Config | None = None, resume_dir: str | Path | None = None, model: torch.nn.Module | None = None) -> Path:
@@ -318,7 +318,8 @@ class _Stages:
             distill = Distillation(distill.temperature, distill.weight,  # cached rows of the early images
                                    targets=distill.targets[self.early_idx.to(distill.targets.device)])
         fit(model, split, epochs, lr, trainer=self.trainer, stage=stage, phase=phase, warmup_epochs=warmup_epochs,
-            val=self.val, distill=distill, sparsifier=sparsifier, run_dir=self.rd, head_lr=head_lr)
+            val=self.val, distill=distill, sparsifier=sparsifier, run_dir=self.rd, head_lr=head_lr,
+            bn_images=stage_bn_images(model, self.cfg.bn_reestimate_images))
 
     def _distillation(self) -> Distillation | None:
         """The fine-tunes' distillation; with cached targets, they are computed once, inside the first
