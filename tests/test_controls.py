@@ -63,6 +63,28 @@ def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(t
     assert code == 0 and (run_dir / "controls" / "scratch" / "results.json").stat().st_mtime_ns == before
 
 
+def test_the_long_scratch_control_also_counts_the_dense_training_images(tmp_path):
+    run_dir = prunelab.run(_cfg(tmp_path, name="r"))
+    code, out, err = cli("control", run_dir, "--kind", "scratch-long")
+    assert code == 0, err
+    results = json.loads((run_dir / "results.json").read_text())
+    n_train = results["data"]["train_images"]
+    row = {c["control"]: c for c in results["controls"]}["scratch-long"]
+    # the dense stage (1 epoch) + the prune-and-fine-tune phase (2 steps x 1 + 1 final), in its own directory
+    assert row["budget"] == "dense+images" and row["budget_images"] == 4 * n_train and row["epochs"] == 4
+    assert row["train_images"] == 4 * n_train and not (run_dir / "controls" / "scratch").exists()
+    assert "scratch-long control" in (run_dir / "report.md").read_text()
+    # from a --baseline, the baseline's own training images must be given
+    based = prunelab.run(_cfg(tmp_path, name="b", baseline=str(run_dir / "checkpoints" / "dense.safetensors")))
+    code, out, err = cli("control", based, "--kind", "scratch-long")
+    assert code == 2 and "--baseline-images" in err and len(err.strip().splitlines()) == 1
+    assert not (based / "controls" / "scratch-long").exists()
+    code, out, err = cli("control", based, "--kind", "scratch-long", "--baseline-images", str(2 * n_train))
+    assert code == 0, err
+    row = json.loads((based / "controls" / "scratch-long" / "results.json").read_text())
+    assert row["epochs"] == 2 + 3
+
+
 def test_a_scratch_control_resumed_after_a_crash_logs_each_epoch_once_and_counts_its_time_once(tmp_path):
     """A crash after the control's last epoch row but before its result (its partial checkpoint is one epoch
     behind the log): the resumed control re-runs that epoch and replaces its row instead of adding a second one,

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir")
 
     p = sub.add_parser("control", help="add controls to a finished run: scratch (same architecture from a random "
-                       "init, same training time) and/or random (random criterion)",
+                       "init, same training time or images), scratch-long (on the dense training's images too) "
+                       "and/or random (random criterion)",
                        description="Each control is resumable: run the same command again to continue. The report, "
                                    "results.json and results.png of the run gain a row per control.")
     p.add_argument("run_dir")
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="time", choices=CONTROL_BUDGETS,
                    help="the scratch control's training: the run's prune-and-fine-tune training seconds (time) or "
                         "as many training images (images)")
+    p.add_argument("--baseline-images", type=int, default=None,
+                   help="for scratch-long after a --baseline run: the images the baseline trained on (its epochs x "
+                        "training images)")
     p.add_argument("--lr", type=float, default=None,
                    help="the scratch control's SGD learning rate (default: the run's control_lr, else its final fine-tune's lr)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's)")
@@ -165,7 +169,8 @@ def cmd_control(args) -> None:
     from .rundir import open_existing
     from .train import torch_threads
     given = {k: v for k, v in (("device", args.device), ("num_threads", args.num_threads), ("data_dir", args.data_dir),
-                               ("control_lr", args.lr)) if v is not None}
+                               ("control_lr", args.lr), ("baseline_images", args.baseline_images))
+             if v is not None}
     cfg = make_config("seed", {**to_dict(open_existing(args.run_dir)[1]), **given})
     with torch_threads(cfg.num_threads):
         for row in run_controls(args.run_dir, args.kind, runtime=cfg, budget=args.budget):

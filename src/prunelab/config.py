@@ -36,7 +36,9 @@ SCHEDULES = ("linear", "geometric")
 AUGMENTATIONS = ("auto", "pad-crop", "resized-crop", "none")
 LR_SCHEDULE_UNITS = ("epoch", "batch")
 ALLOCATIONS = ("uniform", "global", "search")
-CONTROLS = ("scratch", "random")  # scratch: the pruned architecture from a random init; random: the random criterion
+# scratch: the pruned architecture from a random init, on the prune-and-fine-tune phase's budget; scratch-long: the
+# same on the images of the dense training and the phase together; random: the random criterion
+CONTROLS = ("scratch", "scratch-long", "random")
 CONTROL_BUDGETS = ("time", "images")  # what the scratch control matches: training seconds, or training images
 INT8_RUNTIMES = ("auto", "openvino", "onnxruntime")
 # Settings that older prunelab versions wrote into config.json and that are now derived: ignored on reading.
@@ -80,6 +82,9 @@ class Config:
                                    "NNCF are installed, else onnxruntime) | openvino | onnxruntime", runtime=True)
     control_budget: str = _f("time", "the scratch control's budget: time (the training seconds of the prune-and-"
                                      "fine-tune phase) | images (as many training images)", runtime=True)
+    baseline_images: int = _f(0, "training images the --baseline was trained on (its epochs x its training images, "
+                                 "e.g. 500000 for 10 epochs of 50,000): the scratch-long control's budget adds them "
+                                 "to the fine-tune's (a run that trains its dense model counts its own)", runtime=True)
     control_lr: float = _f(0.0, "the scratch control's SGD learning rate (0 = the final fine-tune's, final_finetune_lr or "
                                 "finetune_lr: the control trains the small network at the lr the pruned one is "
                                 "fine-tuned with; its warm-up is warmup_epochs)",
@@ -286,6 +291,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+LONG_NEEDS_IMAGES = ("the scratch-long control trains on as many images as the dense training and the fine-tune "
+                     "together, and how many images --baseline was trained on is unknown: add --baseline-images N "
+                     "(its epochs x training images, e.g. 500000 for 10 epochs of 50,000)")
+
+
 def final_lr(cfg: "Config | dict") -> float:
     """The final fine-tune's learning rate: final_finetune_lr, or finetune_lr where that is 0 (also for the config
     dict of a results.json written before final_finetune_lr existed)."""
@@ -431,6 +441,8 @@ def validate(cfg: Config) -> None:
     need(cfg.data_loading in DATA_LOADINGS, f"unknown data_loading '{cfg.data_loading}'; choose one of: "
          f"{', '.join(DATA_LOADINGS)}")
     need(cfg.memory_budget_gb >= 0, f"memory_budget_gb must be 0 (half of the RAM) or positive, got {cfg.memory_budget_gb}")
+    need(cfg.baseline_images >= 0, f"baseline_images must be 0 (unknown) or more, got {cfg.baseline_images}")
+    need("scratch-long" not in cfg.controls or not cfg.baseline or cfg.baseline_images > 0, LONG_NEEDS_IMAGES)
     need(all(c in CONTROLS for c in cfg.controls) and len(set(cfg.controls)) == len(cfg.controls),
          f"controls must be {' and/or '.join(CONTROLS)}, each once, got {cfg.controls}")
     need(cfg.int8_runtime in INT8_RUNTIMES, f"unknown int8_runtime '{cfg.int8_runtime}'; choose one of: "

@@ -5,6 +5,9 @@
   the default) or for as many training images (`budget images`), at the final fine-tune's learning rate
   (`final_finetune_lr`, else `finetune_lr`; or `control_lr`). Liu et al., "Rethinking the Value of
   Network Pruning" (ICLR 2019). Trains through train.fit like every stage; lives in `<run>/controls/scratch/`.
+- **scratch-long**: the same, on as many training images as the dense training and the prune-and-fine-tune phase
+  together (Liu et al.'s budget: what the pruned model cost in all, counted in images; a --baseline's own training
+  images are given as `baseline_images`). `<run>/controls/scratch-long/`.
 - **random**: the same run with the `random` importance criterion, from the same dense checkpoint. A normal
   run directory, `<run>/controls/random/`.
 
@@ -23,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import modelfile, report
-from .config import CONTROL_BUDGETS, CONTROLS, Config, final_lr, runtime_settings, to_dict
+from .config import CONTROL_BUDGETS, CONTROLS, LONG_NEEDS_IMAGES, Config, final_lr, runtime_settings, to_dict
 from .data import Data, load_data
 from .distributed import log
 from .errors import PrunelabError
@@ -51,13 +54,16 @@ def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, mode
     if runtime is not None:
         cfg = dataclasses.replace(cfg, **{k: v for k, v in runtime_settings(runtime).items()
                                           if k not in ("name", "out_dir")})
+    if "scratch-long" in kinds and not rd.control("scratch-long").finished and cfg.baseline and not cfg.baseline_images:
+        raise PrunelabError(LONG_NEEDS_IMAGES)
     data = None
     # once, for the unfinished controls (the random control's run loads it again itself)
     if any(not rd.control(k).finished for k in kinds):
         data = load_data(cfg)
         check_same_test_images(rd, data)
-    rows = [scratch(rd, cfg, data, budget, model) if kind == "scratch" else random_criterion(rd, cfg, model)
-            for kind in kinds]
+    rows = [scratch(rd, cfg, data, budget, model) if kind == "scratch" else
+            scratch(rd, cfg, data, "dense+images", model, kind=kind) if kind == "scratch-long" else
+            random_criterion(rd, cfg, model) for kind in kinds]
     report.refresh(rd.path)  # the summary, report and plot gain the controls' rows
     return rows
 
@@ -72,19 +78,23 @@ def random_criterion(rd: RunDir, cfg: Config, model: torch.nn.Module | None = No
     return report.control_row(out)
 
 
-def _budget(rd: RunDir) -> tuple[float, int]:
+def _budget(rd: RunDir) -> tuple[float, int, int]:
     """Training seconds and training images of the run's prune-and-fine-tune phase (every epoch after the
-    dense stage, sparse training included; pruning itself, evaluation and latency measurement excluded)."""
-    epochs = [r for r in read_jsonl(rd.metrics) if r["event"] == "epoch" and r["stage"] != 0]  # sparse training: -1
-    n_train = next(r["train_images"] for r in read_jsonl(rd.metrics) if r["event"] == "dense")
-    return sum(r["seconds"] for r in epochs), sum(r.get("images", n_train) for r in epochs)
+    dense stage, sparse training included; pruning itself, evaluation and latency measurement excluded), and the
+    training images of its dense stage (its own epochs; a --baseline's are not in the run)."""
+    rows = read_jsonl(rd.metrics)
+    n_train = next(r["train_images"] for r in rows if r["event"] == "dense")
+    epochs = [r for r in rows if r["event"] == "epoch" and r["stage"] != 0]  # sparse training: -1
+    dense = [r for r in rows if r["event"] == "epoch" and r["stage"] == 0]
+    return (sum(r["seconds"] for r in epochs), sum(r.get("images", n_train) for r in epochs),
+            sum(r.get("images", n_train) for r in dense))
 
 
 def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
-            given: torch.nn.Module | None = None) -> dict:
+            given: torch.nn.Module | None = None, kind: str = "scratch") -> dict:
     """The final architecture, re-initialised and trained from scratch on `data` (the run's); returns its result
-    row (also its results.json)."""
-    crd = rd.control("scratch")
+    row (also its results.json). `budget`: time, images, or dense+images (the scratch-long control)."""
+    crd = rd.control(kind)
     if crd.finished:
         log(f"control scratch: {crd.path} already finished")
         return report.control_row(crd)
@@ -100,8 +110,10 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
         plan = json.loads(crd.plan.read_text())
         plan.setdefault("lr", cfg.lr)  # planned by a version that trained the control at the dense lr
     else:
-        seconds, images = _budget(rd)
-        if budget == "images":
+        seconds, images, dense_images = _budget(rd)
+        if budget == "dense+images":
+            images += dense_images + cfg.baseline_images
+        if budget in ("images", "dense+images"):
             epochs, per_epoch = max(1, round(images / len(train))), None
         else:
             per_epoch = seconds_per_epoch(model, train, trainer)
@@ -111,9 +123,11 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
         if not crd.config.is_file():
             create(control)
         write_json(crd.plan, plan)
-    log(f"control scratch: the final architecture re-initialised, {report.counted(plan['epochs'], 'epoch')} "
-        f"({'same training time' if plan['budget'] == 'time' else 'same training images'} as the prune-and-fine-tune "
-        f"phase: {plan['budget_seconds']:.0f} s, {plan['budget_images']:,} images), lr {plan['lr']:g}")
+    log(f"control {kind}: the final architecture re-initialised, {report.counted(plan['epochs'], 'epoch')} ("
+        + {"time": "same training time as the prune-and-fine-tune phase",
+           "images": "same training images as the prune-and-fine-tune phase",
+           "dense+images": "as many training images as the dense training and the prune-and-fine-tune phase"}
+        [plan["budget"]] + f": {plan['budget_seconds']:.0f} s, {plan['budget_images']:,} images), lr {plan['lr']:g}")
 
     def replan(first_epoch_seconds: float) -> int:
         """The time budget again, from the first real epoch instead of the few probe batches: this machine's
@@ -129,12 +143,12 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
         return epochs
 
     start = time.perf_counter()
-    fit(model, train, plan["epochs"], plan["lr"], trainer=trainer, stage=0, phase="scratch control",
+    fit(model, train, plan["epochs"], plan["lr"], trainer=trainer, stage=0, phase=f"{kind} control",
         warmup_epochs=cfg.warmup_epochs, val=val, run_dir=crd, replan=replan,
         bn_images=stage_bn_images(model, cfg.bn_reestimate_images))  # as the pruned run's stages do
     epoch_rows = [r for r in read_jsonl(crd.metrics) if r["event"] == "epoch"]
     macs, params = count_macs_params(model, data.inputs.image_size)
-    row = {"control": "scratch", "accuracy": score(model, test, trainer.normalizer, cfg.eval_batch_size)["accuracy"],
+    row = {"control": kind, "accuracy": score(model, test, trainer.normalizer, cfg.eval_batch_size)["accuracy"],
            "params": params, "macs": macs, "epochs": plan["epochs"], "lr": plan["lr"],
            "train_seconds": sum(r["seconds"] for r in epoch_rows), "train_images": sum(r["images"] for r in epoch_rows),
            **{k: plan[k] for k in ("budget", "budget_seconds", "budget_images")},
@@ -142,7 +156,7 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
     modelfile.save(crd.model, model, spec, desc.get("pruning_history") or [],
                    extra={"metrics": row, "config": to_dict(control)}, inputs=data.inputs)
     write_json(crd.results, row)  # last: its presence means the control is complete
-    log(f"control scratch: test acc {row['accuracy']:.4f} after {report.counted(row['epochs'], 'epoch')} "
+    log(f"control {kind}: test acc {row['accuracy']:.4f} after {report.counted(row['epochs'], 'epoch')} "
         f"({row['train_seconds']:.0f} s of training)")
     return row
 

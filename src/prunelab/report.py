@@ -134,6 +134,7 @@ def int8_markdown(results: dict) -> str:
 
 CONTROL_WORDS = {
     "scratch": "the pruned architecture, re-initialised at random and trained from scratch",
+    "scratch-long": "the same from scratch, on the images of the dense training and the fine-tune together",
     "random": "the same run with the random importance criterion",
 }
 
@@ -145,7 +146,7 @@ def controls_markdown(results: dict) -> str:
              f"| pruned ({results['config']['importance']}) | {100 * f['accuracy']:.2f}% | | {_fmt_count(f['macs'])} | "
              f"prune-and-fine-tune phase |"]
     for c in results.get("controls") or []:
-        if c["control"] == "scratch":
+        if c["control"] in ("scratch", "scratch-long"):
             if c.get("budget") == "time":
                 how = f"{counted(c['epochs'], 'epoch')}, {c['train_seconds']:.0f} s for a budget of {c['budget_seconds']:.0f} s"
             else:
@@ -373,7 +374,7 @@ def plot(results: dict, path: str | Path) -> None:
                 label="after fine-tune")
     ax_acc.plot([f["ratio"]], [100 * f["accuracy"]], "*", ms=14, color="tab:green", label="after final fine-tune")
     for c in results.get("controls") or []:
-        ax_acc.plot([f["ratio"]], [100 * c["accuracy"]], {"scratch": "X", "random": "^"}.get(c["control"], "o"), ms=10,
+        ax_acc.plot([f["ratio"]], [100 * c["accuracy"]], {"scratch": "X", "scratch-long": "P", "random": "^"}.get(c["control"], "o"), ms=10,
                     linestyle="none",
                     label=f"{c['control']} control")
     ax_acc.set(xlabel="channel pruning ratio", ylabel="test accuracy (%)", title="Accuracy")
@@ -582,13 +583,14 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
         pts = [g for g in groups if g["importance"] == imp]
         ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["accuracy"] for g in pts],
                     yerr=[100 * g["accuracy_stats"]["std"] for g in pts], fmt="o", capsize=3, label=f"pruned: {imp}")
-    for kind, marker in (("scratch", "X"), ("random", "^")):
+    for kind, marker, what in (("scratch", "X", "same architecture, from scratch"),
+                               ("scratch-long", "P", "from scratch on the dense training's images too"),
+                               ("random", "^", "random criterion")):
         pts = [g for g in groups if kind in g["controls"]]
         if pts:
             ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["controls"][kind]["mean"] for g in pts],
                         yerr=[100 * g["controls"][kind]["std"] for g in pts], fmt=marker, capsize=3,
-                        label=f"{kind} control" + (" (same architecture, from scratch)" if kind == "scratch" else
-                                                   " (random criterion)"))
+                        label=f"{kind} control ({what})")
     ax.plot([g["macs"] / 1e6 for g in front], [100 * g["accuracy"] for g in front], "k--", lw=1, label="Pareto front")
     dense = rows[0]
     ax.scatter([dense["dense_macs"] / 1e6], [100 * dense["dense_accuracy"]], marker="s", color="gray", s=60,
