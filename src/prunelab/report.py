@@ -238,7 +238,8 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
                   f"widths searched ({c['search_budget']} candidates)" if c.get("allocation") == "search" else "per-layer")
     return (f"{c['model']}, {dense}; {c['importance']} importance, {allocation}, "
             f"{goal} in {counted(c['iterative_steps'], c.get('schedule', 'linear') + ' step')}; "
-            + (f"batch-norm statistics re-estimated on {c['bn_reestimate_images']:,} images after each step; "
+            + (f"batch-norm statistics re-estimated on {c['bn_reestimate_images']:,} images after each step and "
+               "training stage; "
                if c.get("bn_reestimate_images") else "")
             + f"{counted(c['finetune_epochs_per_step'], 'fine-tune epoch')} per step{early} (lr {c.get('finetune_lr', 0.1)}), "
             f"{counted(c['final_finetune_epochs'], 'final epoch')} (lr {final_lr(c)}); batch {c['batch_size']}, {per_unit}"
