@@ -71,10 +71,10 @@ def pretrained_state(spec: ModelSpec, weights: str) -> tuple[dict, str]:
     return _torchvision_state(entry), f"torchvision {type(entry).__name__}.{entry.name}"
 
 
-def file_state(path: str | Path, trust_pickle: bool = False) -> dict:
+def file_state(path: str | Path, trust_pickle: bool = False) -> tuple[dict, dict | None]:
     """The tensors of an --init-from file: a .safetensors state dict, a prunelab model file (its weights; pruned files
     too, though their shapes will rarely fit), or a pickled checkpoint when trust_pickle (a state dict, a dict holding
-    one under "state_dict"/"model", or a whole nn.Module)."""
+    one under "state_dict"/"model", or a whole nn.Module); and a prunelab model file's description (else None)."""
     p = Path(path)
     if not p.is_file():  # (checked here, not in config.py: a resumed run whose dense stage is done needs no file)
         raise PrunelabError(f"init_from file not found: {p}; pass a .safetensors state dict or a prunelab model file")
@@ -94,14 +94,14 @@ def file_state(path: str | Path, trust_pickle: bool = False) -> dict:
                 obj = obj[key]
         if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
             raise PrunelabError(f"{p} holds no state dict of tensors; save model.state_dict() with safetensors")
-        return dict(obj)
+        return dict(obj), None
     if p.suffix == ".json" or p.with_suffix(".json").is_file():
-        _, weights = describe(p)
-        return read_state_dict(weights)
+        desc, weights = describe(p)
+        return read_state_dict(weights), desc
     if p.suffix != ".safetensors":
         raise PrunelabError(f"{p} is neither a .safetensors state dict nor a prunelab model file (.json); convert it "
                             "with safetensors.torch.save_file")
-    return read_state_dict(p)
+    return read_state_dict(p), None
 
 
 def load_matching(model: nn.Module, state: dict, source: str) -> dict:
@@ -146,9 +146,9 @@ def initial_model(spec: ModelSpec, pretrained: str = "", init_from: str = "", tr
     if pretrained:
         state, source = pretrained_state(spec, pretrained)
         return model, load_matching(model, state, source)
-    info = load_matching(model, file_state(init_from, trust_pickle), init_from)
-    p = Path(init_from)
-    if p.suffix == ".json" or p.with_suffix(".json").is_file():  # a prunelab model file says what it was fed
-        info["inputs"] = specs(describe(p)[0])[1]
+    state, desc = file_state(init_from, trust_pickle)
+    info = load_matching(model, state, init_from)
+    if desc is not None:  # a prunelab model file says what it was fed
+        info["inputs"] = specs(desc)[1]
     return model, info
 
