@@ -118,6 +118,8 @@ CASES = [  # (case, extra CLI arguments, text the one-line message must contain)
     ("batch file that runs code", [], "unreadable"),
     ("labels outside the classes", [], "not CIFAR-10"),
     ("missing baseline", ["--baseline", "nothing.safetensors"], "baseline file not found"),
+    ("scratch-long control after a baseline of unknown training", ["--baseline", "nothing.safetensors", "--controls",
+                                                                   "scratch-long"], "add --baseline-images N"),
     ("baseline is a pickle", [], "pickle"),
     ("baseline of another architecture", [], "do not fit"),
     ("truncated baseline", [], "damaged"),
