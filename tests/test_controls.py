@@ -153,7 +153,7 @@ def test_seeds_give_one_run_each_and_a_mean_and_std_that_match_them(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--controls", "scratchy"], "controls must be scratch and/or random"),
+    (["--controls", "scratchy"], "controls must be scratch and/or scratch-long and/or random"),
     (["--seeds", "1", "1"], "seeds must be distinct non-negative integers"),
     (["--seeds", "-1"], "seeds must be distinct non-negative integers"),
     (["--control-budget", "money"], "unknown control_budget"),
