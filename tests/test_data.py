@@ -182,7 +182,8 @@ def test_images_of_any_size_are_resized_and_centre_cropped_to_image_size(tmp_pat
     data = load_data(make_config("tiny", {"data_format": "auto", "data_dir": str(root), "image_size": 48}))
     assert data.train.images.shape == (6, 3, 48, 48) and data.inputs.image_size == 48
     with pytest.raises(PrunelabError, match="pass --image-size N"):  # mixed sizes need a size
-        load_data(make_config("tiny", {"data_format": "auto", "data_dir": str(root), "cache_dir": str(tmp_path / "c")}))
+        load_data(make_config("tiny", {"data_format": "auto", "data_dir": str(root), "cache_dir": str(tmp_path / "c"),
+                                       "image_size": 0}))
 
 
 def test_images_far_smaller_than_image_size_are_refused(tmp_path):

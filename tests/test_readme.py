@@ -58,7 +58,8 @@ def test_cli_reference_in_docs_is_generated_from_the_current_parser():
 
 SMALL = ["--train-subset", "128", "--test-subset", "64", "--epochs", "1", "--iterative-steps", "1",
          "--final-finetune-epochs", "0", "--latency-batch-sizes", "1", "--latency-min-seconds", "0",
-         "--latency-min-reps", "2", "--no-progress"]
+         "--latency-min-reps", "2", "--no-progress",
+         "--search-budget", "3", "--search-images", "128", "--search-train-images", "128"]  # for --allocation search
 MAIN_JOB = "run --preset quick --data-dir ../shared/data/cifar10-jpeg"
 TOOLS = ("eval", "bench", "export", "quantize", "control")
 
