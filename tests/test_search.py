@@ -152,7 +152,8 @@ def searched(tmp_path_factory):
     out = tmp_path_factory.mktemp("searched")
     teacher = prunelab.models.build_model("user_nets:build_net", 10)
     save(out / "teacher", teacher, ModelSpec("user_nets:build_net", 10), [],
-         inputs=InputSpec(make_config("tiny").image_size, (0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610), tuple(f"class{i}" for i in range(10))))
+         inputs=InputSpec(make_config("tiny").image_size, (0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610),
+                          tuple(f"class{i}" for i in range(10))))
     seen = {"reestimate": [], "search_scores": [], "searching": False}
     real_reestimate, real_score, real_search = pipeline.reestimate_batchnorm, pipeline.score, pipeline.search_widths
 
