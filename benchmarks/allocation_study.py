@@ -1,0 +1,147 @@
+"""Does any way of spreading the channels over ResNet-18's stages beat uniform allocation at the seed's size?
+
+The width search (`--allocation search`) draws each group's multiplier independently and ranks candidates after a
+fraction of an epoch; it tied uniform allocation after 40 epochs (RESULTS 7.2). This script asks the question under
+the search: are there better architectures in the family at all? It builds structured candidates (one multiplier per
+stage, or one for the residual streams and one for the block interiors), scales each by the search's own bisection
+until it meets both limits (MACs and params), re-initialises it (at this size the scratch control ties the pruned
+model, RESULTS 3.3 and 7.2, so what is compared is the architecture) and trains it for the same epochs on the same
+images. Candidates are ranked on a validation split carved from the training images; the test set gives the reported
+number only.
+
+    python benchmarks/allocation_study.py --data-dir ../shared/data/cifar10-jpeg --epochs 15 --seeds 0
+    python benchmarks/allocation_study.py ... --plan        # widths, MACs and params of each candidate, no training
+
+A candidate's multiplier m acts as the search's do (targets.candidate_ratios): a group keeps (1 - u) ** m of its
+channels, u set by bisection; m < 1 spares the group, m > 1 cuts it harder. Resumable: a finished (candidate, seed)
+in the JSON is not trained again. Prints a table and writes JSON (benchmarks/results/allocation_study.json).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from prunelab.config import make_config
+from prunelab.controls import reinitialise
+from prunelab.data import load_data
+from prunelab.files import write_json
+from prunelab.measurement import machine
+from prunelab.models import build_model
+from prunelab.prune import count_macs_params, group_roots, layer_widths, prune_once
+from prunelab.targets import MAX_RATIO, _fits, bisect_ratio, candidate_ratios
+from prunelab.train import Trainer, fit, prepare_model, score
+
+
+def stage_of(group: str) -> int:
+    """ResNet-18's stage of a group root: conv1 (the stem, which sets layer1's residual stream) is stage 1."""
+    match = re.match(r"layer(\d)", group)
+    return int(match.group(1)) if match else 1
+
+
+def is_stream(group: str) -> bool:
+    """Whether a group root is a residual stream (the stem or a downsample) rather than a block's interior."""
+    return group == "conv1" or "downsample" in group
+
+
+def by_stage(*m: float):
+    return lambda g: m[stage_of(g) - 1]
+
+
+# name -> multiplier of a group root; every candidate is scaled to the same two limits afterwards
+CANDIDATES = {
+    "uniform": lambda g: 1.0,
+    "wide-early": by_stage(0.7, 0.85, 1.0, 1.2),
+    "wide-late": by_stage(1.2, 1.0, 0.9, 0.85),
+    "wide-middle": by_stage(1.1, 0.85, 0.85, 1.2),
+    "narrow-last-stage": by_stage(0.9, 0.9, 0.9, 1.3),
+    "wide-streams": lambda g: 0.8 if is_stream(g) else 1.2,
+    "wide-interiors": lambda g: 1.2 if is_stream(g) else 0.8,
+    # two of the few stage vectors (of 40 drawn from U(0.7, 1.3)) that land near both limits, as uniform does
+    "heavy-middle": by_stage(1.02, 0.86, 0.80, 1.03),
+    "thin-stage3": by_stage(0.94, 0.87, 1.18, 0.89),
+}
+
+
+def build_candidate(dense, cfg, name: str, image_size: int, num_classes: int) -> tuple[torch.nn.Module, dict]:
+    roots = group_roots(dense, cfg, image_size, num_classes)
+    multipliers = {g: CANDIDATES[name](g) for g in roots}
+    fits = _fits(cfg, image_size)
+
+    def pruned_at(u: float) -> torch.nn.Module:
+        return prune_once(dense, cfg, 0.0, image_size=image_size, num_classes=num_classes,
+                          group_ratios=candidate_ratios(roots, multipliers, u))
+
+    if not fits(pruned_at(MAX_RATIO)):
+        raise SystemExit(f"candidate {name} cannot meet the limits")
+    u = bisect_ratio(lambda u: fits(pruned_at(u)), 12)
+    model = pruned_at(u)
+    macs, params = count_macs_params(model, image_size)
+    return model, {"multipliers": multipliers, "u": u, "macs": macs, "params": params, "widths": layer_widths(model)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--lr", type=float, default=0.2,
+                    help="the final fine-tune's lr in full (and the scratch control's)")
+    ap.add_argument("--val-size", type=int, default=5000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    ap.add_argument("--target-macs", type=float, default=5.29e6)
+    ap.add_argument("--target-params", type=float, default=105428)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plan", action="store_true", help="print each candidate's widths, MACs and params; no training")
+    ap.add_argument("--json", default="benchmarks/results/allocation_study.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = make_config("full", {"data_dir": args.data_dir, "val_size": args.val_size, "target_macs": args.target_macs,
+                                 "target_params": args.target_params, "progress": False})
+    dense = build_model(cfg.model, 10)
+    out = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {"runs": []}
+    out.update(command=vars(args), recipe={"epochs": args.epochs, "lr": args.lr, "batch_size": cfg.batch_size,
+                                            "nesterov": cfg.nesterov, "schedule": "cosine per batch",
+                                            "weight_decay": cfg.weight_decay, "augmentation": "pad-crop + flip"})
+    if args.plan:
+        for name in args.candidates:
+            _, info = build_candidate(dense, cfg, name, 32, 10)
+            print(f"{name:18s} MACs {info['macs'] / 1e6:.2f} M  params {info['params']:,}  widths "
+                  + " ".join(str(w) for w in info["widths"].values()))
+        return
+    data = load_data(cfg)
+    done = {(r["candidate"], r["seed"]) for r in out["runs"]}
+    for seed in args.seeds:
+        for name in args.candidates:
+            if (name, seed) in done:
+                continue
+            run_cfg = dataclasses.replace(cfg, seed=seed)
+            trainer = Trainer.from_config(run_cfg, torch.device("cpu"), data.inputs)
+            model, info = build_candidate(dense, run_cfg, name, data.inputs.image_size, len(data.classes))
+            model = prepare_model(reinitialise(model, seed + 7919), trainer)
+            print(f"{name}, seed {seed}: {info['macs'] / 1e6:.2f} M MACs, {info['params']:,} params", flush=True)
+            start = time.perf_counter()
+            fit(model, data.train, args.epochs, args.lr, trainer=trainer, stage=0, phase=name,
+                warmup_epochs=run_cfg.warmup_epochs, val=data.val)
+            seconds = time.perf_counter() - start
+            row = {"candidate": name, "seed": seed, **info, "train_seconds": seconds,
+                   "val_accuracy": score(model, data.val, trainer.normalizer)["accuracy"],
+                   "test_accuracy": score(model, data.test, trainer.normalizer)["accuracy"]}
+            out["runs"].append(row)
+            out["machine"] = machine()
+            write_json(args.json, out)  # after every candidate: a killed study resumes after the last one
+    print("| candidate | seed | MACs | params | train s | val acc | test acc |")
+    print("| :--- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in out["runs"]:
+        print(f"| {r['candidate']} | {r['seed']} | {r['macs'] / 1e6:.2f} M | {r['params']:,} | "
+              f"{r['train_seconds']:.0f} | {100 * r['val_accuracy']:.2f}% | {100 * r['test_accuracy']:.2f}% |")
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
