@@ -11,6 +11,8 @@ number only.
 
     python benchmarks/allocation_study.py --data-dir ../shared/data/cifar10-jpeg --epochs 15 --seeds 0
     python benchmarks/allocation_study.py ... --plan        # widths, MACs and params of each candidate, no training
+    python benchmarks/allocation_study.py ... --probe 40    # 40 random stage vectors: which land near both limits
+    python benchmarks/allocation_study.py --data-dir X --curves OUTPUT.log  # validation curves, rank correlations
 
 A candidate's multiplier m acts as the search's do (targets.candidate_ratios): a group keeps (1 - u) ** m of its
 channels, u set by bisection; m < 1 spares the group, m > 1 cuts it harder. Resumable: a finished (candidate, seed)
@@ -62,7 +64,7 @@ CANDIDATES = {
     "narrow-last-stage": by_stage(0.9, 0.9, 0.9, 1.3),
     "wide-streams": lambda g: 0.8 if is_stream(g) else 1.2,
     "wide-interiors": lambda g: 1.2 if is_stream(g) else 0.8,
-    # two of the few stage vectors (of 40 drawn from U(0.7, 1.3)) that land near both limits, as uniform does
+    # two stage vectors of `--probe 40` that stay near both limits, as uniform does
     "heavy-middle": by_stage(1.02, 0.86, 0.80, 1.03),
     "thin-stage3": by_stage(0.94, 0.87, 1.18, 0.89),
 }
@@ -85,6 +87,50 @@ def build_candidate(dense, cfg, name: str, image_size: int, num_classes: int) ->
     return model, {"multipliers": multipliers, "u": u, "macs": macs, "params": params, "widths": layer_widths(model)}
 
 
+def curves_from_logs(paths: list[str]) -> dict[tuple[str, int], list[float]]:
+    """Each (candidate, seed)'s validation accuracy after every epoch, read from this script's printed output."""
+    curves, key = {}, None
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            head = re.match(r"(\S+), seed (\d+): ", line)
+            if head:
+                key = (head.group(1), int(head.group(2)))
+                curves[key] = []
+            epoch = re.search(r"epoch \d+/\d+: .* val acc ([\d.]+)", line)
+            if epoch and key is not None:
+                curves[key].append(float(epoch.group(1)))
+    return curves
+
+
+def ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    for rank, i in enumerate(order):
+        out[i] = float(rank)
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1))
+
+
+def print_curves(paths: list[str]) -> None:
+    """How well the ranking after k epochs predicts the ranking after the last (what a short-training proxy or
+    successive halving would rely on): Spearman's rank correlation over the finished runs of the logs."""
+    curves = {k: v for k, v in curves_from_logs(paths).items() if v}
+    last = max(len(v) for v in curves.values())
+    curves = {k: v for k, v in curves.items() if len(v) == last}
+    final = [v[-1] for v in curves.values()]
+    print("| run | " + " | ".join(f"ep {e}" for e in range(1, last + 1)) + " |")
+    print("| :--- |" + " ---: |" * last)
+    for (name, seed), v in sorted(curves.items(), key=lambda kv: -kv[1][-1]):
+        print(f"| {name} s{seed} | " + " | ".join(f"{100 * x:.1f}" for x in v) + " |")
+    print(f"\nSpearman rank correlation of val accuracy after epoch k with after epoch {last} ({len(final)} runs):")
+    print(" ".join(f"k={e}: {spearman([v[e - 1] for v in curves.values()], final):+.2f}" for e in range(1, last)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", required=True)
@@ -98,8 +144,15 @@ def main() -> None:
     ap.add_argument("--target-params", type=float, default=105428)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--plan", action="store_true", help="print each candidate's widths, MACs and params; no training")
+    ap.add_argument("--probe", type=int, default=0, metavar="N",
+                    help="no training: N random stage vectors (multipliers from U(0.7, 1.3)), their MACs and params")
+    ap.add_argument("--curves", nargs="+", metavar="LOG",
+                    help="no training: from this script's saved output, each run's validation curve and how well "
+                         "the ranking after k epochs predicts the final one")
     ap.add_argument("--json", default="benchmarks/results/allocation_study.json")
     args = ap.parse_args()
+    if args.curves:
+        return print_curves(args.curves)
     torch.set_num_threads(args.threads)
     cfg = make_config("full", {"data_dir": args.data_dir, "val_size": args.val_size, "target_macs": args.target_macs,
                                  "target_params": args.target_params, "progress": False})
@@ -108,6 +161,19 @@ def main() -> None:
     out.update(command=vars(args), recipe={"epochs": args.epochs, "lr": args.lr, "batch_size": cfg.batch_size,
                                             "nesterov": cfg.nesterov, "schedule": "cosine per batch",
                                             "weight_decay": cfg.weight_decay, "augmentation": "pad-crop + flip"})
+    if args.probe:  # random stage vectors: how many land near both limits, as uniform does
+        g = torch.Generator().manual_seed(1)
+        near = 0
+        for i in range(args.probe):
+            m = (0.7 + 0.6 * torch.rand(4, generator=g, dtype=torch.float64)).tolist()
+            CANDIDATES["probe"] = by_stage(*m)
+            _, info = build_candidate(dense, cfg, "probe", 32, 10)
+            close = info["macs"] >= 0.9 * args.target_macs and info["params"] >= 0.9 * args.target_params
+            near += close
+            print(f"({', '.join(f'{v:.2f}' for v in m)}) MACs {info['macs'] / 1e6:.2f} M params {info['params']:,}"
+                  + ("  <- within 10% of both limits" if close else ""), flush=True)
+        print(f"{near} of {args.probe} within 10% of both limits")
+        return
     if args.plan:
         for name in args.candidates:
             _, info = build_candidate(dense, cfg, name, 32, 10)

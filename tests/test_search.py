@@ -154,8 +154,14 @@ def searched(tmp_path_factory):
     save(out / "teacher", teacher, ModelSpec("user_nets:build_net", 10), [],
          inputs=InputSpec(make_config("tiny").image_size, (0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610),
                           tuple(f"class{i}" for i in range(10))))
-    seen = {"reestimate": [], "search_scores": [], "searching": False}
+    seen = {"reestimate": [], "search_scores": [], "searching": False, "proxy_lr_per_batch": []}
     real_reestimate, real_score, real_search = pipeline.reestimate_batchnorm, pipeline.score, pipeline.search_widths
+    real_fit = pipeline.fit
+
+    def fit(*a, **k):
+        if k["phase"] == "candidate fine-tune":
+            seen["proxy_lr_per_batch"].append(k["trainer"].lr_per_batch)
+        return real_fit(*a, **k)
 
     def reestimate(model, split, *a, **k):
         seen["reestimate"].append(fingerprint(split))
@@ -175,11 +181,13 @@ def searched(tmp_path_factory):
 
     cfg = make_config("tiny", {**FAST, "out_dir": str(out), "name": "s", "allocation": "search", "target_macs": 30e6,
                                "val_size": 64, "search_budget": 3, "bn_reestimate_images": 64, "distill": True,
-                               "teacher": str(out / "teacher.json"), "early_images": 128})
+                               "teacher": str(out / "teacher.json"), "early_images": 128,
+                               "lr_schedule_unit": "epoch"})  # the proxy's fine-tune anneals its lr all the same
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "reestimate_batchnorm", reestimate)
         mp.setattr(pipeline, "score", scored)
         mp.setattr(pipeline, "search_widths", search)
+        mp.setattr(pipeline, "fit", fit)
         run_dir = prunelab.run(cfg)
     data = prunelab.data.load_data(cfg)
     return run_dir, seen, data
@@ -189,6 +197,8 @@ def test_the_search_and_the_fresh_statistics_never_read_test_images(searched):
     run_dir, seen, data = searched
     test, val = fingerprint(data.test), fingerprint(data.val)
     assert seen["search_scores"] and set(seen["search_scores"]) == {val}  # candidates scored on val only
+    # each candidate's fine-tune anneals its lr over its one pass, though the run steps its cosine per epoch
+    assert seen["proxy_lr_per_batch"] and all(seen["proxy_lr_per_batch"])
     assert seen["reestimate"] and test not in seen["reestimate"] and val not in seen["reestimate"]
     steps = json.loads((run_dir / "results.json").read_text())["steps"]
     assert all("accuracy_stale_bn" in s and "accuracy_before_finetune" in s for s in steps)

@@ -182,8 +182,9 @@ class Config:
     search_images: int = _f(1024, "with allocation search: training images that re-estimate each candidate's batch-norm "
                                   "statistics; the candidate is then scored on the validation split")
     search_train_images: int = _f(2560, "with allocation search: training images each candidate is fine-tuned on (one "
-                                        "pass at finetune_lr) before it is scored: where one-shot accuracy is near "
-                                        "chance (100x fewer MACs) it cannot rank candidates (0 = one-shot only)")
+                                        "pass, its lr annealed from finetune_lr to 0) before it is scored: where "
+                                        "one-shot accuracy is near chance (100x fewer MACs) it cannot rank candidates "
+                                        "(0 = one-shot only)")
     global_pruning: bool = _f(False, "rank channels across layers instead of within each layer (= --allocation global)")
     max_pruning_ratio: float = _f(1.0, "with global pruning: no layer loses more than this share of its channels")
     round_to: int = _f(2, "keep channel counts a multiple of this (0 = no rounding)")

@@ -283,9 +283,11 @@ class _Stages:
                 try:
                     pruned.to(self.device)
                     reestimate_batchnorm(pruned, self.train, self.trainer, cfg.search_images, seed=cfg.seed)
-                    if cfg.search_train_images:  # a short fine-tune: the same images for every candidate
-                        fit(pruned, self.search_split, 1, cfg.finetune_lr, trainer=self.trainer, stage=SEARCH_STAGE,
-                            phase="candidate fine-tune")
+                    if cfg.search_train_images:  # a short fine-tune: the same images for every candidate, its lr
+                        # annealed to 0 over the pass whatever --lr-schedule-unit says (per epoch, one pass would
+                        # run at the full lr, and accuracies at a high lr rank architectures at random: RESULTS 7.8)
+                        fit(pruned, self.search_split, 1, cfg.finetune_lr, stage=SEARCH_STAGE,
+                            trainer=dataclasses.replace(self.trainer, lr_per_batch=True), phase="candidate fine-tune")
                     return self._accuracy(pruned, self.val)
                 finally:
                     self.trainer.normalizer.channels_last = channels_last
