@@ -12,7 +12,7 @@ number only.
     python benchmarks/allocation_study.py --data-dir ../shared/data/cifar10-jpeg --epochs 15 --seeds 0
     python benchmarks/allocation_study.py ... --plan        # widths, MACs and params of each candidate, no training
     python benchmarks/allocation_study.py ... --probe 40    # 40 random stage vectors: which land near both limits
-    python benchmarks/allocation_study.py --data-dir X --curves OUTPUT.log  # validation curves, rank correlations
+    python benchmarks/allocation_study.py --curves OUTPUT.log  # validation curves and rank correlations, no training
 
 A candidate's multiplier m acts as the search's do (targets.candidate_ratios): a group keeps (1 - u) ** m of its
 channels, u set by bisection; m < 1 spares the group, m > 1 cuts it harder. Resumable: a finished (candidate, seed)
@@ -35,8 +35,8 @@ from prunelab.data import load_data
 from prunelab.files import write_json
 from prunelab.measurement import machine
 from prunelab.models import build_model
-from prunelab.prune import count_macs_params, group_roots, layer_widths, prune_once
-from prunelab.targets import MAX_RATIO, _fits, bisect_ratio, candidate_ratios
+from prunelab.prune import count_macs_params, group_roots, layer_widths
+from prunelab.targets import scale_candidate
 from prunelab.train import Trainer, fit, prepare_model, score
 
 
@@ -70,19 +70,15 @@ CANDIDATES = {
 }
 
 
-def build_candidate(dense, cfg, name: str, image_size: int, num_classes: int) -> tuple[torch.nn.Module, dict]:
+def build_candidate(dense, cfg, multiplier_of, image_size: int, num_classes: int) -> tuple[torch.nn.Module, dict]:
+    """`multiplier_of(group root)` scaled to cfg's limits by the width search's own bisection."""
     roots = group_roots(dense, cfg, image_size, num_classes)
-    multipliers = {g: CANDIDATES[name](g) for g in roots}
-    fits = _fits(cfg, image_size)
-
-    def pruned_at(u: float) -> torch.nn.Module:
-        return prune_once(dense, cfg, 0.0, image_size=image_size, num_classes=num_classes,
-                          group_ratios=candidate_ratios(roots, multipliers, u))
-
-    if not fits(pruned_at(MAX_RATIO)):
-        raise SystemExit(f"candidate {name} cannot meet the limits")
-    u = bisect_ratio(lambda u: fits(pruned_at(u)), 12)
-    model = pruned_at(u)
+    multipliers = {g: multiplier_of(g) for g in roots}
+    scaled = scale_candidate(dense, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
+                             iterations=12)
+    if scaled is None:
+        raise SystemExit(f"multipliers {multipliers} cannot meet the limits")
+    u, model = scaled
     macs, params = count_macs_params(model, image_size)
     return model, {"multipliers": multipliers, "u": u, "macs": macs, "params": params, "widths": layer_widths(model)}
 
@@ -133,7 +129,7 @@ def print_curves(paths: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--data-dir", default="../shared/data/cifar10-jpeg")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--lr", type=float, default=0.2,
                     help="the final fine-tune's lr in full (and the scratch control's)")
@@ -166,8 +162,7 @@ def main() -> None:
         near = 0
         for i in range(args.probe):
             m = (0.7 + 0.6 * torch.rand(4, generator=g, dtype=torch.float64)).tolist()
-            CANDIDATES["probe"] = by_stage(*m)
-            _, info = build_candidate(dense, cfg, "probe", 32, 10)
+            _, info = build_candidate(dense, cfg, by_stage(*m), 32, 10)
             close = info["macs"] >= 0.9 * args.target_macs and info["params"] >= 0.9 * args.target_params
             near += close
             print(f"({', '.join(f'{v:.2f}' for v in m)}) MACs {info['macs'] / 1e6:.2f} M params {info['params']:,}"
@@ -176,7 +171,7 @@ def main() -> None:
         return
     if args.plan:
         for name in args.candidates:
-            _, info = build_candidate(dense, cfg, name, 32, 10)
+            _, info = build_candidate(dense, cfg, CANDIDATES[name], 32, 10)
             print(f"{name:18s} MACs {info['macs'] / 1e6:.2f} M  params {info['params']:,}  widths "
                   + " ".join(str(w) for w in info["widths"].values()))
         return
@@ -188,7 +183,8 @@ def main() -> None:
                 continue
             run_cfg = dataclasses.replace(cfg, seed=seed)
             trainer = Trainer.from_config(run_cfg, torch.device("cpu"), data.inputs)
-            model, info = build_candidate(dense, run_cfg, name, data.inputs.image_size, len(data.classes))
+            model, info = build_candidate(dense, run_cfg, CANDIDATES[name], data.inputs.image_size,
+                                          len(data.classes))
             model = prepare_model(reinitialise(model, seed + 7919), trainer)
             print(f"{name}, seed {seed}: {info['macs'] / 1e6:.2f} M MACs, {info['params']:,} params", flush=True)
             start = time.perf_counter()

@@ -2,7 +2,8 @@
 
 The seed's loop: torchvision DataLoader over PIL images with RandomCrop(32, padding=4),
 RandomHorizontalFlip, ToTensor and Normalize per image, fp32, NCHW, batch 128.
-prunelab's loop: the whole set as a uint8 tensor, batched crop/flip, bf16 autocast, channels_last.
+prunelab's loop: the whole set as a uint8 tensor, batched crop/flip, bf16 autocast where the CPU has it
+(else fp32), channels_last.
 Both run in this process, on the same images, interleaved over several rounds; the table gives the
 median images/s of each and their ratio. Writes the table as JSON too.
 
@@ -151,7 +152,7 @@ def main():
     print("| loop | images/s (median of %d) | spread |" % args.rounds)
     print("| :--- | ---: | ---: |")
     print(f"| seed: DataLoader + PIL transforms, fp32, NCHW | {seed_med:.1f} | {min(seed_ips):.1f}-{max(seed_ips):.1f} |")
-    print(f"| prunelab: uint8 tensor, batched aug, bf16, channels_last | {ours_med:.1f} | "
+    print(f"| prunelab: uint8 tensor, batched aug, {result['prunelab_precision']}, channels_last | {ours_med:.1f} | "
           f"{min(ours_ips):.1f}-{max(ours_ips):.1f} |")
     if reference:
         print(f"| prunelab, data path of {args.against} | {result['against_median']:.1f} | "

@@ -146,6 +146,21 @@ def draw_multipliers(roots: dict[str, int], index: int, seed: int, spread: float
     return dict(zip(roots, draws))
 
 
+def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multipliers: dict[str, float], *,
+                    image_size: int, num_classes: int, iterations: int = 10) -> tuple[float, nn.Module] | None:
+    """The candidate `multipliers` (one per group root) scaled by bisection until its one-shot pruning of `model`
+    just meets cfg's target: (u, the pruned copy), or None where even MAX_RATIO does not meet it."""
+    def pruned_at(u: float) -> nn.Module:
+        return prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
+                          group_ratios=candidate_ratios(roots, multipliers, u))
+
+    fits = _fits(cfg, image_size)
+    if not fits(pruned_at(MAX_RATIO)):
+        return None
+    u = bisect_ratio(lambda u: fits(pruned_at(u)), iterations)
+    return u, pruned_at(u)
+
+
 def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes: int,
                   proxy: Callable[[nn.Module], float], done: list[dict] | None = None,
                   record: Callable[[dict], None] | None = None, iterations: int = 10) -> dict:
@@ -161,17 +176,12 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
     for index in range(len(rows), cfg.search_budget):
         start = time.perf_counter()
         multipliers = draw_multipliers(roots, index, cfg.seed)
-
-        def pruned_at(u: float) -> nn.Module:
-            return prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
-                              group_ratios=candidate_ratios(roots, multipliers, u))
-
-        fits = _fits(cfg, image_size)
-        if not fits(pruned_at(MAX_RATIO)):  # this direction cannot reach the budget: skipped
+        scaled = scale_candidate(model, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
+                                 iterations=iterations)
+        if scaled is None:  # this direction cannot reach the budget: skipped
             row = {"index": index, "feasible": False, "multipliers": multipliers}
         else:
-            u = bisect_ratio(lambda u: fits(pruned_at(u)), iterations)
-            pruned = pruned_at(u)
+            u, pruned = scaled
             macs, params = count_macs_params(pruned, image_size)
             row = {"index": index, "feasible": True, "multipliers": multipliers, "u": u,
                    "group_ratios": candidate_ratios(roots, multipliers, u), "macs": macs, "params": params,
