@@ -21,6 +21,7 @@ in the JSON is not trained again. Prints a table and writes JSON (benchmarks/res
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import re
@@ -69,9 +70,37 @@ CANDIDATES = {
     "thin-stage3": by_stage(0.94, 0.87, 1.18, 0.89),
 }
 
+# depth candidates: these residual blocks (identity shortcut, so the shapes around them match) become nn.Identity
+# before the widths are scaled; the freed budget goes to the width of the rest
+DROPPED = {
+    "resnet10": ["layer1.1", "layer2.1", "layer3.1", "layer4.1"],
+    "drop-late": ["layer3.1", "layer4.1"],
+    "drop-early": ["layer1.1", "layer2.1"],
+    "drop-stage4": ["layer4.1"],
+}
+# a depth candidate's stage multipliers (uniform where not named), chosen with --plan so that it stays near both
+# limits (drop-early cannot: sparing stage 1 runs out of parameters' room before MACs')
+DEPTH_MULTIPLIERS = {"drop-late": by_stage(1.0, 1.0, 1.0, 0.85), "drop-stage4": by_stage(1.0, 1.0, 1.0, 0.85)}
+CANDIDATES.update({name: DEPTH_MULTIPLIERS.get(name, lambda g: 1.0) for name in DROPPED})
 
-def build_candidate(dense, cfg, multiplier_of, image_size: int, num_classes: int) -> tuple[torch.nn.Module, dict]:
-    """`multiplier_of(group root)` scaled to cfg's limits by the width search's own bisection."""
+
+def drop_blocks(model: torch.nn.Module, blocks: list[str]) -> torch.nn.Module:
+    """A copy of `model` with the named residual blocks ("layer3.1") replaced by nn.Identity."""
+    model = copy.deepcopy(model)
+    for name in blocks:
+        stage, index = name.split(".")
+        block = getattr(model, stage)[int(index)]
+        if getattr(block, "downsample", None) is not None:
+            raise SystemExit(f"{name} changes its input's shape; only blocks with an identity shortcut can go")
+        getattr(model, stage)[int(index)] = torch.nn.Identity()
+    return model
+
+
+def build_candidate(dense, cfg, multiplier_of, image_size: int, num_classes: int,
+                    dropped: list[str] = ()) -> tuple[torch.nn.Module, dict]:
+    """`multiplier_of(group root)` scaled to cfg's limits by the width search's own bisection, after the blocks
+    `dropped` are removed."""
+    dense = drop_blocks(dense, list(dropped))
     roots = group_roots(dense, cfg, image_size, num_classes)
     multipliers = {g: multiplier_of(g) for g in roots}
     scaled = scale_candidate(dense, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
@@ -80,7 +109,7 @@ def build_candidate(dense, cfg, multiplier_of, image_size: int, num_classes: int
         raise SystemExit(f"multipliers {multipliers} cannot meet the limits")
     u, model = scaled
     macs, params = count_macs_params(model, image_size)
-    return model, {"multipliers": multipliers, "u": u, "macs": macs, "params": params, "widths": layer_widths(model)}
+    return model, {"dropped": list(dropped), "multipliers": multipliers, "u": u, "macs": macs, "params": params, "widths": layer_widths(model)}
 
 
 def curves_from_logs(paths: list[str]) -> dict[tuple[str, int], list[float]]:
@@ -171,7 +200,7 @@ def main() -> None:
         return
     if args.plan:
         for name in args.candidates:
-            _, info = build_candidate(dense, cfg, CANDIDATES[name], 32, 10)
+            _, info = build_candidate(dense, cfg, CANDIDATES[name], 32, 10, DROPPED.get(name, ()))
             print(f"{name:18s} MACs {info['macs'] / 1e6:.2f} M  params {info['params']:,}  widths "
                   + " ".join(str(w) for w in info["widths"].values()))
         return
@@ -184,7 +213,7 @@ def main() -> None:
             run_cfg = dataclasses.replace(cfg, seed=seed)
             trainer = Trainer.from_config(run_cfg, torch.device("cpu"), data.inputs)
             model, info = build_candidate(dense, run_cfg, CANDIDATES[name], data.inputs.image_size,
-                                          len(data.classes))
+                                          len(data.classes), DROPPED.get(name, ()))
             model = prepare_model(reinitialise(model, seed + 7919), trainer)
             print(f"{name}, seed {seed}: {info['macs'] / 1e6:.2f} M MACs, {info['params']:,} params", flush=True)
             start = time.perf_counter()

@@ -11,11 +11,13 @@ median images/s of each and their ratio. Writes the table as JSON too.
 
 With `--against REF` (a git commit), prunelab's loop also runs with the data path (data.py's
 train_batches) of that commit, in the same rounds: a change to the data path is no slower when the
-ratio current / REF is about 1.
+ratio current / REF is about 1. With `--nchw`, prunelab's loop also runs in NCHW (`channels_last = false`) in the
+same rounds: which layout trains faster on this CPU and precision.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import statistics
@@ -121,6 +123,7 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median is reported)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed loop (Colab's default 2)")
     p.add_argument("--against", metavar="REF", help="also time prunelab's loop with data.py of this git commit")
+    p.add_argument("--nchw", action="store_true", help="also time prunelab's loop in NCHW (channels_last off)")
     p.add_argument("--json", default="benchmarks/results/train_throughput.json")
     args = p.parse_args()
     reference = data_module_at(args.against) if args.against else None
@@ -128,7 +131,8 @@ def main():
     n = (args.warmup + args.batches) * 128
     cfg = make_config("seed", {"data_dir": args.data_dir, "train_subset": n, "test_subset": 10, "progress": False})
     split = load_data(cfg).train
-    seed_ips, ours_ips, ref_ips = [], [], []
+    nchw_cfg = dataclasses.replace(cfg, channels_last=False)
+    seed_ips, ours_ips, ref_ips, nchw_ips = [], [], [], []
     for r in range(args.rounds):
         seed_ips.append(seed_loop(split, cfg, args.batches, args.warmup, args.workers))
         ours_ips.append(prunelab_loop(split, cfg, args.batches, args.warmup))
@@ -136,6 +140,9 @@ def main():
         if reference:
             ref_ips.append(prunelab_loop(split, cfg, args.batches, args.warmup, reference.train_batches))
             line += f", prunelab loop with the data path of {args.against} {ref_ips[-1]:.1f} img/s"
+        if args.nchw:
+            nchw_ips.append(prunelab_loop(split, nchw_cfg, args.batches, args.warmup))
+            line += f", prunelab loop in NCHW {nchw_ips[-1]:.1f} img/s"
         print(line, flush=True)
     seed_med, ours_med = statistics.median(seed_ips), statistics.median(ours_ips)
     result = {"benchmark": "train_throughput", "model": "resnet18_cifar (dense)", "batch_size": 128,
@@ -148,6 +155,9 @@ def main():
         result.update({"against": args.against, "against_images_per_s": ref_ips,
                        "against_median": statistics.median(ref_ips),
                        "ratio_current_vs_against": ours_med / statistics.median(ref_ips)})
+    if args.nchw:
+        result.update({"nchw_images_per_s": nchw_ips, "nchw_median": statistics.median(nchw_ips),
+                       "ratio_channels_last_vs_nchw": ours_med / statistics.median(nchw_ips)})
     print()
     print("| loop | images/s (median of %d) | spread |" % args.rounds)
     print("| :--- | ---: | ---: |")
@@ -157,11 +167,15 @@ def main():
     if reference:
         print(f"| prunelab, data path of {args.against} | {result['against_median']:.1f} | "
               f"{min(ref_ips):.1f}-{max(ref_ips):.1f} |")
+    if args.nchw:
+        print(f"| prunelab, NCHW | {result['nchw_median']:.1f} | {min(nchw_ips):.1f}-{max(nchw_ips):.1f} |")
     print(f"\nratio prunelab / seed: {result['ratio']:.2f}x  (target >= 2.0x)")
     if reference:
         print(f"ratio current / {args.against} data path: {result['ratio_current_vs_against']:.3f}x")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.nchw:
+        print(f"ratio channels_last / NCHW (prunelab's loop): {result['ratio_channels_last_vs_nchw']:.3f}x")
     print(f"wrote {args.json}")
 
 

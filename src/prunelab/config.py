@@ -173,6 +173,10 @@ class Config:
                                        "copies, timed; 0 = off)")
     latency_runtime: str = _f("pytorch", "runtime of target_latency_ms: pytorch | pytorch-fused | onnxruntime | openvino")
     latency_batch_size: int = _f(1, "batch size of target_latency_ms")
+    drop_blocks: list = _f([], "depth pruning: blocks (module names, e.g. layer3.1 layer4.1) replaced by identity before "
+                               "the first pruning step, from the trained dense model; their budget goes to the widths "
+                               "that every target is then met with. Only blocks whose output has their input's shape "
+                               "(an error lists them)")
     allocation: str = _f("uniform", "how the channels to remove are spread over the layers: uniform (every group loses the "
                                     "same share) | global (channels ranked across layers by the importance) | search "
                                     "(each group's width searched for the target: candidates ranked on the validation "
@@ -458,6 +462,8 @@ def validate(cfg: Config) -> None:
          f"{', '.join(CONTROL_BUDGETS)}")
     need(len(set(cfg.seeds)) == len(cfg.seeds) and all(s >= 0 for s in cfg.seeds),
          f"seeds must be distinct non-negative integers, got {cfg.seeds}")
+    need(all(isinstance(b, str) and b for b in cfg.drop_blocks) and len(set(cfg.drop_blocks)) == len(cfg.drop_blocks),
+         f"drop_blocks must name distinct blocks (e.g. layer3.1 layer4.1), got {cfg.drop_blocks}")
     need(cfg.workers >= -1, f"workers must be -1 (one per core), 0 or more, got {cfg.workers}")
     need(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}'; choose one of: {', '.join(PRECISIONS)}")
     need(cfg.device in DEVICES, f"unknown device '{cfg.device}'; choose one of: {', '.join(DEVICES)}")

@@ -1,9 +1,9 @@
 """The model file format, and nothing else: safetensors weights plus a JSON description. No pickles.
 
 `<stem>.safetensors` holds the state dict; `<stem>.json` holds the model spec (builder, its kwargs, classes,
-stem: models.ModelSpec), the input spec (image size, mean/std, class names: data.InputSpec), the pruning
-history that turns the dense model into the pruned structure, the SHA-256 of the weights, and provenance
-(config, metrics, versions). A spec whose builder is a user's `module:function` imports that module when
+stem, dropped blocks: models.ModelSpec), the input spec (image size, mean/std, class names: data.InputSpec), the
+pruning history that turns the dense model (less its dropped blocks) into the pruned structure, the SHA-256 of the
+weights, and provenance (config, metrics, versions). A spec whose builder is a user's `module:function` imports that module when
 loaded: it is the user's code, not a pickle. A spec with builder "module" (an nn.Module handed to the API)
 needs the same dense module passed to `load(..., model=)`. Loading: read the description -> build the dense model -> replay the history -> check every
 shape and load the weights. `load` is the one place that does this, for users and for resumed runs.
@@ -24,11 +24,11 @@ from . import __version__
 from .errors import PrunelabError
 from .config import NORMALIZATIONS
 from .files import write_atomic, write_json
-from .models import InputSpec, ModelSpec, build, num_outputs
+from .models import InputSpec, ModelSpec, build, drop_blocks, num_outputs
 from .prune import layer_widths, replay_structure
 
 FORMAT = "prunelab-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the spec may name dropped blocks (depth pruning); files without them are still written as 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin")
 
 
@@ -66,7 +66,8 @@ def save(stem: str | Path, model: nn.Module, spec: ModelSpec | str, pruning_hist
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
     write_json(desc, {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "model": spec.builder, "num_classes": spec.num_classes,
+        "format": FORMAT, "format_version": 2 if spec.dropped_blocks else 1,
+        "model": spec.builder, "num_classes": spec.num_classes,
         "spec": spec.to_dict(), "inputs": (inputs or default_inputs(spec.num_classes)).to_dict(),
         "weights_file": weights.name, "weights_sha256": _sha256(weights),
         "pruning_history": pruning_history, "layer_widths": layer_widths(model),
@@ -139,7 +140,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", trust_pickle: boo
     spec, inputs = specs(desc)
     if model is not None:
         import copy
-        net = copy.deepcopy(model).cpu()
+        net = drop_blocks(copy.deepcopy(model).cpu(), spec.dropped_blocks)
     elif spec.builder == "module":
         raise PrunelabError(f"{path} was made from an nn.Module given to prunelab.run, so prunelab cannot build it: "
                             "pass the same dense module, prunelab.load(path, model=MyNet())")

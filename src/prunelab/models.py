@@ -21,6 +21,7 @@ import importlib
 import inspect
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn as nn
 import torchvision
 
@@ -45,14 +46,18 @@ class ModelSpec:
     num_classes: int
     kwargs: dict = field(default_factory=dict)
     small_input_stem: bool = False
+    dropped_blocks: tuple = ()  # blocks replaced by nn.Identity (depth pruning, drop_blocks), in this order
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.pop("dropped_blocks")
+        return {**d, "dropped_blocks": list(self.dropped_blocks)} if self.dropped_blocks else d  # (files as before)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         return cls(builder=d["builder"], num_classes=int(d["num_classes"]), kwargs=dict(d.get("kwargs") or {}),
-                   small_input_stem=bool(d.get("small_input_stem", False)))
+                   small_input_stem=bool(d.get("small_input_stem", False)),
+                   dropped_blocks=tuple(d.get("dropped_blocks") or ()))
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,66 @@ def build(spec: ModelSpec) -> nn.Module:
         model = torchvision.models.get_model(name, weights=None, num_classes=n, **{**_NO_AUX.get(name, {}), **kwargs})
     if spec.small_input_stem:
         model = small_input_stem(model)
+    return drop_blocks(model, spec.dropped_blocks)
+
+
+def drop_blocks(model: nn.Module, names) -> nn.Module:
+    """Depth pruning: each named block ("layer3.1") replaced by nn.Identity, in place; returns `model`. A residual
+    block whose output has its input's shape then passes its input on, as its shortcut did: the blocks around it
+    and their weights are unchanged. Which blocks can go: droppable_blocks."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+        except AttributeError:
+            parent = None
+        if parent is None or not isinstance(getattr(parent, child, None), nn.Module):
+            raise PrunelabError(f"drop_blocks: {type(model).__name__} has no block '{name}'; name a module as "
+                                "model.named_modules() does, e.g. layer3.1")
+        setattr(parent, child, nn.Identity())
     return model
+
+
+def droppable_blocks(model: nn.Module, image_size: int) -> list[str]:
+    """The blocks drop_blocks may remove: elements of an nn.Sequential or nn.ModuleList that hold a convolution and
+    whose output has the shape of their (one) input, found by one forward pass of a zero image in eval mode."""
+    seen, hooks = {}, []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, (nn.Sequential, nn.ModuleList)):
+            continue
+        for child_name, child in parent.named_children():
+            if any(isinstance(m, nn.Conv2d) for m in child.modules()):
+                name = f"{parent_name}.{child_name}" if parent_name else child_name
+
+                def hook(module, args, out, name=name):
+                    if len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                        seen[name] = args[0].shape == out.shape
+                hooks.append(child.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return [name for name, same in seen.items() if same]
+
+
+def check_drop_blocks(model: nn.Module, names, image_size: int) -> None:
+    """Before any training: every name is a block droppable_blocks allows (else one error listing those)."""
+    if not names:
+        return
+    allowed = droppable_blocks(model, image_size)
+    outermost = [a for a in allowed if not any(a.startswith(b + ".") for b in allowed)]
+    for name in names:
+        if name not in allowed:
+            raise PrunelabError(f"--drop-blocks: '{name}' is not a block that can be removed (an element of a "
+                                "Sequential with a convolution, whose output has its input's shape); "
+                                f"{type(model).__name__} can lose: {' '.join(outermost) or 'none'}")
+    if len(set(names)) < len(names) or any(a.startswith(b + ".") for a in names for b in names):
+        raise PrunelabError(f"--drop-blocks names a block twice, or a block and one inside it ({' '.join(names)}); "
+                            "name each block once")
 
 
 def build_model(name: str, num_classes: int = 10, **spec) -> nn.Module:

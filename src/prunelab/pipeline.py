@@ -29,7 +29,7 @@ from .distributed import log
 from .errors import PrunelabError
 from .export import export_onnx
 from .measurement import file_size_bytes, latency_devices, machine, measure_model
-from .models import ModelSpec, build, check_name, num_outputs, pretrained_weights
+from .models import ModelSpec, build, check_drop_blocks, check_name, drop_blocks, num_outputs, pretrained_weights
 from .prune import build_pruner, build_sparsifier, check_prunable, history, prune_step, restore, step_ratio
 from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
 from .runtimes import latency, missing
@@ -93,10 +93,13 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
             log(f"note: {cfg.init_from} was trained on inputs normalised with mean {list(was.mean)} and std "
                 f"{list(was.std)}; this run uses {list(data.inputs.mean)} and {list(data.inputs.std)} (--mean/--std)")
     teacher = load_teacher(cfg, data) if cfg.teacher else None
+    pruned_spec = dataclasses.replace(spec, dropped_blocks=tuple(cfg.drop_blocks))  # what the pruned models are
     if not resume_dir:
-        check_prunable(baseline if baseline is not None else start[0] if start else build(spec), cfg,
-                       data.inputs.image_size, spec.num_classes, spec.builder)
-        check_targets(cfg, spec, data.inputs.image_size, baseline)
+        first = baseline if baseline is not None else start[0] if start else build(spec)
+        check_drop_blocks(first, cfg.drop_blocks, data.inputs.image_size)
+        shallow = drop_blocks(copy.deepcopy(first), cfg.drop_blocks)
+        check_prunable(shallow, cfg, data.inputs.image_size, spec.num_classes, spec.builder)
+        check_targets(cfg, pruned_spec, data.inputs.image_size, shallow if baseline is not None else None)
     if resume_dir:
         rd = RunDir(resume_dir)
     else:  # rank 0 creates the run directory; the others wait for it
@@ -125,18 +128,18 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
         log(f"budget against the seed recipe: {budget}")
     if done >= 0:
         log(f"resuming after {rd.checkpoint(done, n).name}")
-    stages = _Stages(cfg, rd, trainer, device, data, spec, given)
+    stages = _Stages(cfg, rd, trainer, device, data, spec, pruned_spec, given)
 
     # Stage 0: the dense model, trained, loaded from --baseline, or from its checkpoint.
     dense = stages.load_dense() if done >= 0 else stages.dense(baseline, teacher, start)
     if cfg.allocation == "search":  # the widths each group keeps, for the target: searched once, then read back
-        stages.search_widths(dense)
+        stages.search_widths(stages.shallow(dense))
     if cfg.distill:
         stages.set_teacher(teacher if teacher is not None else dense)
     if done >= 1:  # rebuild the pruned model and the pruner's progress from the last checkpoint
         model, pruner = stages.resume_pruned(min(done, n))
     else:  # optional sparse training first (trains the dense model in place; the teacher is a copy)
-        model = stages.sparse(dense) if cfg.sparse_epochs else dense
+        model = stages.depth(stages.sparse(dense) if cfg.sparse_epochs else dense)
         pruner = stages.pruner(model)
     # Stages 1..n: iterative pruning, each followed by a short fine-tune.
     for k in range(max(done, 0) + 1, n + 1):
@@ -231,9 +234,9 @@ class _Stages:
     """The work of each stage; shared context so that each method reads as the recipe does."""
 
     def __init__(self, cfg: Config, rd: RunDir, trainer: Trainer, device, data: Data, spec: ModelSpec,
-                 given: torch.nn.Module | None):
+                 pruned_spec: ModelSpec, given: torch.nn.Module | None):
         self.cfg, self.rd, self.trainer, self.device = cfg, rd, trainer, device
-        self.spec, self.inputs, self.given = spec, data.inputs, given
+        self.spec, self.pruned_spec, self.inputs, self.given = spec, pruned_spec, data.inputs, given
         self.train, self.test = data.train.to(device), data.test.to(device)
         self.val = data.val.to(device) if data.val else None
         self.early, self.early_idx = self.train, None  # what the stages before the final fine-tune train on
@@ -255,6 +258,22 @@ class _Stages:
         """What the numbers were measured on, and the precision the run trained in (cfg.precision resolved)."""
         amp = self.trainer.amp_dtype
         return {**machine(), "training_precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")}
+
+    def shallow(self, model):
+        """A copy of the dense `model` without the blocks cfg.drop_blocks removes (the model itself if none): what
+        the targets and the width search are measured on."""
+        return drop_blocks(copy.deepcopy(model), self.cfg.drop_blocks) if self.cfg.drop_blocks else model
+
+    def depth(self, model):
+        """Depth pruning, before the first pruning step: cfg.drop_blocks removed from the trained dense `model`
+        (in place). The first step's batch-norm re-estimate (bn_reestimate_images) then also follows this cut."""
+        if not self.cfg.drop_blocks:
+            return model
+        params = sum(p.numel() for p in model.parameters())
+        drop_blocks(model, self.cfg.drop_blocks)
+        log(f"depth: removed {' '.join(self.cfg.drop_blocks)} ({params / 1e6:.2f} M -> "
+            f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params before the width pruning)")
+        return model
 
     def pruner(self, model):
         return build_pruner(model, self.cfg, self.pruning_ratio, image_size=self.inputs.image_size,
@@ -351,7 +370,8 @@ class _Stages:
         distributed.check_identical(model, f"after stage {stage}")
         if not distributed.WORLD.main:
             return
-        weights = modelfile.save(self.rd.checkpoint(stage, self.n), model, self.spec, hist,
+        spec = self.spec if stage == 0 else self.pruned_spec
+        weights = modelfile.save(self.rd.checkpoint(stage, self.n), model, spec, hist,
                                  extra={"stage": stage, "metrics": row, "config": to_dict(self.cfg)},
                                  inputs=self.inputs)
         self.rd.append_metrics({**row, "file_size_bytes": file_size_bytes(weights)})
@@ -382,13 +402,13 @@ class _Stages:
         if cfg.allocation == "search":
             pass  # the width search, after this stage, chooses every group's ratio
         elif cfg.target_macs or cfg.target_params:
-            self.pruning_ratio = ratio_for_target(model, cfg, cfg.target_macs, cfg.target_params,
+            self.pruning_ratio = ratio_for_target(self.shallow(model), cfg, cfg.target_macs, cfg.target_params,
                                                   image_size=self.inputs.image_size, num_classes=self.spec.num_classes)
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} reaches the target of "
                 + " and ".join(f"{t:.4g} {unit}" for t, unit in ((cfg.target_macs, "MACs"),
                                                                 (cfg.target_params, "parameters")) if t))
         elif cfg.target_latency_ms:
-            search = ratio_for_latency(model, cfg, self.inputs.image_size, self.spec.num_classes)
+            search = ratio_for_latency(self.shallow(model), cfg, self.inputs.image_size, self.spec.num_classes)
             self.pruning_ratio = search["ratio"]
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} runs in {search['latency_ms']:.3g} ms for a target of "
                 f"{cfg.target_latency_ms:g} ms ({cfg.latency_runtime}, batch {cfg.latency_batch_size}; dense "

@@ -236,7 +236,8 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
              else f"{counted(c['epochs'], 'dense epoch')}{early} (lr {c['lr']}{start})")
     allocation = ("global" if c["global_pruning"] or c.get("allocation") == "global" else
                   f"widths searched ({c['search_budget']} candidates)" if c.get("allocation") == "search" else "per-layer")
-    return (f"{c['model']}, {dense}; {c['importance']} importance, {allocation}, "
+    depth = f"blocks {' '.join(c['drop_blocks'])} removed, then " if c.get("drop_blocks") else ""
+    return (f"{c['model']}, {dense}; {depth}{c['importance']} importance, {allocation}, "
             f"{goal} in {counted(c['iterative_steps'], c.get('schedule', 'linear') + ' step')}; "
             + (f"batch-norm statistics re-estimated on {c['bn_reestimate_images']:,} images after each step and "
                "training stage; "

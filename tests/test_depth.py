@@ -1,0 +1,112 @@
+"""Depth pruning (--drop-blocks): which blocks can go, what removing one does, and a run that removes two."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import prunelab
+from conftest import cli
+from prunelab.config import make_config
+from prunelab.models import build_model, check_drop_blocks, drop_blocks, droppable_blocks
+from prunelab.prune import count_macs_params, layer_widths
+
+FAST = {"progress": False, "export_onnx": False, "measure_latency_every_step": False, "latency_batch_sizes": [1]}
+
+
+def test_the_blocks_that_can_go_are_those_whose_output_has_their_inputs_shape():
+    # the first block of stages 2-4 halves the resolution and doubles the channels: it cannot go
+    assert droppable_blocks(build_model("resnet18_cifar"), 32) == ["layer1.0", "layer1.1", "layer2.1", "layer3.1",
+                                                                   "layer4.1"]
+    with pytest.raises(prunelab.PrunelabError, match="'layer3.0' is not a block that can be removed.*layer2.1 "):
+        check_drop_blocks(build_model("resnet18_cifar"), ["layer3.0"], 32)
+    with pytest.raises(prunelab.PrunelabError, match="a block and one inside it"):
+        check_drop_blocks(build_model("mobilenet_v2"), ["features.3", "features.3.conv.1"], 32)
+
+
+def test_removing_a_block_whose_branch_adds_nothing_leaves_every_output_as_it_was():
+    """A BasicBlock returns relu(branch(x) + x); with its last batch norm zeroed the branch adds 0, and x (after a
+    ReLU) is unchanged by the ReLU: the block is an identity, so dropping it must change no output, and the other
+    blocks must keep their weights."""
+    torch.manual_seed(0)
+    model = build_model("resnet18_cifar").eval()
+    with torch.no_grad():
+        model.layer3[1].bn2.weight.zero_()
+        model.layer3[1].bn2.bias.zero_()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        after = drop_blocks(model, ["layer3.1"])(x)
+    assert isinstance(model.layer3[1], torch.nn.Identity)
+    torch.testing.assert_close(after, before)
+    assert count_macs_params(model, 32)[1] < 11_173_962 - 2 * 9 * 256 * 256  # its two 3x3 convolutions are gone
+
+
+@pytest.fixture(scope="module")
+def shallow_run(tmp_path_factory):
+    """A tiny run that removes layer3.1 and layer4.1, then searches the widths for a MACs target and cuts to them
+    in two steps."""
+    out = tmp_path_factory.mktemp("depth")
+    cfg = make_config("tiny", {**FAST, "out_dir": str(out), "name": "d", "drop_blocks": ["layer3.1", "layer4.1"],
+                               "allocation": "search", "target_macs": 20e6, "val_size": 64, "search_budget": 2,
+                               "bn_reestimate_images": 64})
+    return prunelab.run(cfg), cfg
+
+
+def test_a_run_without_two_blocks_meets_its_target_with_the_widths_searched_for_the_shallow_network(shallow_run):
+    run_dir, cfg = shallow_run
+    results = json.loads((run_dir / "results.json").read_text())
+    search = json.loads((run_dir / "search.json").read_text())
+    assert results["final"]["macs"] <= 20e6
+    assert not any(name.startswith(("layer3.1.", "layer4.1.")) for name in search["widths"])
+    assert results["search"]["final_widths"] == search["widths"]
+    assert "blocks layer3.1 layer4.1 removed" in (run_dir / "report.md").read_text()
+    dense, _ = prunelab.modelfile.load(run_dir / "checkpoints" / "dense.json")
+    assert not isinstance(dense.layer3[1], torch.nn.Identity)  # the dense stage keeps every block
+
+
+def test_the_shallow_model_loads_in_a_fresh_process_with_its_blocks_removed(shallow_run):
+    run_dir, cfg = shallow_run
+    model, _ = prunelab.load(run_dir)
+    x = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        here = model(x).tolist()
+    code = ("import json, torch, prunelab; m = prunelab.load(%r)[0]; "
+            "print(json.dumps([type(m.layer3[1]).__name__, type(m.layer4[1]).__name__, "
+            "m(torch.zeros(2, 3, %d, %d)).tolist()]))" % (str(run_dir), cfg.image_size, cfg.image_size))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    kinds_a, kinds_b, there = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (kinds_a, kinds_b) == ("Identity", "Identity")
+    torch.testing.assert_close(torch.tensor(there), torch.tensor(here))
+
+
+def test_a_shallow_run_killed_after_its_first_step_resumes_to_the_same_model(shallow_run, tmp_path):
+    """The resumed run rebuilds step 1's model from its file (blocks removed, then the cuts replayed): with the
+    full-depth network its weights would not load."""
+    import shutil
+    run_dir, _ = shallow_run
+    cut = tmp_path / "d"
+    shutil.copytree(run_dir, cut)
+    for p in [cut / "results.json", *[p for p in (cut / "checkpoints").iterdir()
+                                      if not p.name.startswith(("dense", "step_01"))]]:
+        p.unlink()
+    metrics = [ln for ln in (cut / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["stage"] <= 1]
+    (cut / "metrics.jsonl").write_text("\n".join(metrics) + "\n")
+    code, out, err = cli("run", "--resume", cut, "--no-progress")
+    assert code == 0, err
+    again, whole = (json.loads((d / "results.json").read_text())["final"] for d in (cut, run_dir))
+    assert (again["accuracy"], again["macs"], again["params"]) == (whole["accuracy"], whole["macs"], whole["params"])
+    assert layer_widths(prunelab.load(cut)[0]) == layer_widths(prunelab.load(run_dir)[0])
+
+
+@pytest.mark.parametrize("blocks, message", [
+    (["layer2.0"], "'layer2.0' is not a block that can be removed"),
+    (["layer9.1"], "'layer9.1' is not a block that can be removed"),
+    (["layer3.1", "layer3.1"], "drop_blocks must name distinct blocks"),
+])
+def test_a_block_that_cannot_go_is_refused_in_one_line_before_any_work(tmp_path, blocks, message):
+    code, out, err = cli("run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--drop-blocks", *blocks)
+    assert code != 0 and message in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
