@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from prunelab.config import make_config
 from prunelab.controls import reinitialise
 from prunelab.data import load_data
 from prunelab.files import write_json
-from prunelab.measurement import machine
+from prunelab.measurement import latency_ms, machine
 from prunelab.models import build_model
 from prunelab.prune import count_macs_params, group_roots, layer_widths
 from prunelab.targets import scale_candidate
@@ -156,6 +157,40 @@ def print_curves(paths: list[str]) -> None:
     print(" ".join(f"k={e}: {spearman([v[e - 1] for v in curves.values()], final):+.2f}" for e in range(1, last)))
 
 
+def print_latency(dense, cfg, args, out: dict) -> None:
+    """Each candidate's forward latency at batch 1 and 128, in alternating rounds so drift hits all alike."""
+    models = {}
+    for name in args.candidates:
+        model, info = build_candidate(dense, cfg, CANDIDATES[name], 32, 10, DROPPED.get(name, ()))
+        models[name] = (model.eval(), info, {1: [], 128: []})
+    with torch.no_grad():
+        for r in range(args.latency):
+            for name, (model, info, times) in models.items():
+                for batch in times:
+                    times[batch].append(latency_ms(model, batch, torch.device("cpu"), warmup=3, min_reps=5,
+                                                   min_seconds=0.5, channels_last=False)["median_ms"])
+            print(f"round {r + 1} of {args.latency} done", flush=True)
+    first = next(iter(models))
+    print(f"| candidate | convolutions | MACs | params | ms, batch 1 | ms, batch 128 | / {first}, batch 1 | "
+          f"/ {first}, batch 128 |")
+    print("| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    rows = {}
+    for name, (model, info, times) in models.items():
+        med = {b: statistics.median(v) for b, v in times.items()}
+        # the median over rounds of the ratio within each round: drift of a shared machine cancels
+        ratio = {b: statistics.median(t / u for t, u in zip(v, models[first][2][b])) for b, v in times.items()}
+        convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        rows[name] = {"convolutions": convs, "macs": info["macs"], "params": info["params"], "median_ms": med,
+                      "ratio_to_first": ratio, "rounds_ms": times}
+        print(f"| {name} | {convs} | {info['macs'] / 1e6:.2f} M | {info['params']:,} | {med[1]:.3f} | {med[128]:.2f} | "
+              f"{ratio[1]:.2f}x | {ratio[128]:.2f}x |")
+    out["latency"] = {"rows": rows, "first": first, "rounds": args.latency, "threads": args.threads, "machine": machine(),
+                      "settings": "PyTorch eager, fp32, NCHW, eval mode, random weights (latency does not depend "
+                                  "on them)"}
+    write_json(args.json, out)
+    print(f"\nwrote {args.json}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default="../shared/data/cifar10-jpeg")
@@ -174,6 +209,9 @@ def main() -> None:
     ap.add_argument("--curves", nargs="+", metavar="LOG",
                     help="no training: from this script's saved output, each run's validation curve and how well "
                          "the ranking after k epochs predicts the final one")
+    ap.add_argument("--latency", type=int, default=0, metavar="ROUNDS",
+                    help="no training: each candidate's PyTorch latency (eager, fp32, NCHW, eval) at batch 1 and 128 on "
+                         "this CPU, in ROUNDS alternating rounds (median reported); stored in the JSON's \"latency\"")
     ap.add_argument("--json", default="benchmarks/results/allocation_study.json")
     args = ap.parse_args()
     if args.curves:
@@ -198,6 +236,8 @@ def main() -> None:
                   + ("  <- within 10% of both limits" if close else ""), flush=True)
         print(f"{near} of {args.probe} within 10% of both limits")
         return
+    if args.latency:
+        return print_latency(dense, cfg, args, out)
     if args.plan:
         for name in args.candidates:
             _, info = build_candidate(dense, cfg, CANDIDATES[name], 32, 10, DROPPED.get(name, ()))

@@ -21,6 +21,8 @@ def test_the_blocks_that_can_go_are_those_whose_output_has_their_inputs_shape():
                                                                    "layer4.1"]
     with pytest.raises(prunelab.PrunelabError, match="'layer3.0' is not a block that can be removed.*layer2.1 "):
         check_drop_blocks(build_model("resnet18_cifar"), ["layer3.0"], 32)
+    # probed on an fp32 CPU copy: a model handed over in another dtype (or on a GPU) is checked all the same
+    assert "layer4.1" in droppable_blocks(build_model("resnet18_cifar").double(), 32)
     with pytest.raises(prunelab.PrunelabError, match="a block and one inside it"):
         check_drop_blocks(build_model("mobilenet_v2"), ["features.3", "features.3.conv.1"], 32)
 
@@ -110,3 +112,29 @@ def test_a_block_that_cannot_go_is_refused_in_one_line_before_any_work(tmp_path,
     code, out, err = cli("run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--drop-blocks", *blocks)
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_a_target_the_removed_blocks_already_meet_is_refused_in_one_line_naming_them(tmp_path):
+    # at 16 px the dense model has 139 M MACs, without layer3.1 and layer4.1 about 101 M
+    code, out, err = cli("run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--drop-blocks", "layer3.1",
+                         "layer4.1", "--target-macs", "130e6")
+    assert code != 0 and "MACs of the dense model without layer3.1 layer4.1" in err and "remove fewer blocks" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_sweep_checks_its_blocks_and_targets_on_the_shallow_network_before_any_run(tmp_path):
+    code, out, err = cli("sweep", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "s",
+                         "--drop-blocks", "layer9.1", "--targets-macs", "3e5")
+    assert code != 0 and "'layer9.1' is not a block that can be removed" in err
+    code, out, err = cli("sweep", "--plan", tmp_path / "jobs", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "s",
+                         "--drop-blocks", "layer3.1", "layer4.1", "--targets-macs", "50e6", "130e6")
+    assert code != 0 and "MACs of the dense model without layer3.1 layer4.1" in err  # the full network has 139 M
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_model_file_without_some_blocks_is_not_taken_as_a_dense_baseline(tmp_path):
+    from prunelab.models import ModelSpec
+    spec = ModelSpec("resnet18_cifar", 10, dropped_blocks=("layer4.1",))
+    prunelab.modelfile.save(tmp_path / "shallow", prunelab.models.build(spec), spec, [])
+    with pytest.raises(prunelab.PrunelabError, match="already pruned"):
+        prunelab.modelfile.load_dense_baseline(tmp_path / "shallow.safetensors", "resnet18_cifar")

@@ -171,7 +171,7 @@ def test_run_with_a_macs_target_and_distillation_ends_at_or_below_the_target(tmp
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--target-macs", "1e12"], "not below the dense model"),
+    (["--target-macs", "1e12"], "MACs of the dense model"),
     (["--target-latency-ms", "5", "--target-params", "1e5"], "a latency target or a size target"),
     (["--distill-weight", "1.5"], "distill_weight must be in [0, 1]"),
     (["--schedule", "cubic"], "unknown schedule"),

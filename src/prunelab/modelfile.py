@@ -229,7 +229,7 @@ def load_dense_baseline(path: str | Path, spec: ModelSpec | str, num_classes: in
                             "with safetensors.torch.save_file(torch.load(f), 'dense.safetensors') if you trust it)")
     if p.with_suffix(".json").is_file():
         net, desc = load(p, model=model)
-        if desc.get("pruning_history"):
+        if desc.get("pruning_history") or specs(desc)[0].dropped_blocks:
             raise PrunelabError(f"baseline {p} is already pruned; pass a dense model to --baseline")
         return net
     import copy

@@ -15,6 +15,7 @@ Module names follow torchvision's, so state dicts interchange with other code th
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import importlib
@@ -234,9 +235,11 @@ def drop_blocks(model: nn.Module, names) -> nn.Module:
 
 def droppable_blocks(model: nn.Module, image_size: int) -> list[str]:
     """The blocks drop_blocks may remove: elements of an nn.Sequential or nn.ModuleList that hold a convolution and
-    whose output has the shape of their (one) input, found by one forward pass of a zero image in eval mode."""
-    seen, hooks = {}, []
-    for parent_name, parent in model.named_modules():
+    whose output has the shape of their (one) input, found by one forward pass of a zero image through an fp32 CPU
+    copy of `model` in eval mode (a model on any device or dtype)."""
+    probe = copy.deepcopy(model).float().cpu().eval()
+    seen = {}
+    for parent_name, parent in probe.named_modules():
         if not isinstance(parent, (nn.Sequential, nn.ModuleList)):
             continue
         for child_name, child in parent.named_children():
@@ -246,15 +249,13 @@ def droppable_blocks(model: nn.Module, image_size: int) -> list[str]:
                 def hook(module, args, out, name=name):
                     if len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
                         seen[name] = args[0].shape == out.shape
-                hooks.append(child.register_forward_hook(hook))
-    was_training = model.training
+                child.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+            probe(torch.zeros(1, 3, image_size, image_size))
+    except Exception as e:
+        raise PrunelabError(f"{type(model).__name__} fails on one {image_size} px image ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120] if str(e) else ''}); check --image-size") from e
     return [name for name, same in seen.items() if same]
 
 

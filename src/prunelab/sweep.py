@@ -24,6 +24,7 @@ from .files import write_json, write_text
 from .pipeline import from_dense_checkpoint, model_spec
 from .quantize import quant_runtime, quantize_run
 from .rundir import RunDir, existing_run, open_existing
+from .models import build, check_drop_blocks
 from .targets import check_targets
 from .train import torch_threads
 
@@ -79,6 +80,11 @@ def configs(base: Config, targets_macs=(), targets_params=(), importances=()) ->
         targets = [("macs", base.target_macs)] if base.target_macs else \
             [("params", base.target_params)] if base.target_params else [("ratio", base.pruning_ratio)]
     out = []
+    spec = model_spec(base, base.num_classes or 10)  # the class count moves dense MACs by a few thousand at most;
+    size = base.image_size or 32  # the image size is checked again by each run
+    if base.drop_blocks:  # the cuts start from the dense model less its dropped blocks (build(spec) removes them)
+        check_drop_blocks(build(spec), base.drop_blocks, size)
+        spec = dataclasses.replace(spec, dropped_blocks=tuple(base.drop_blocks))
     for importance in importances or [base.importance]:
         for kind, value in targets:
             label = {"macs": f"macs{value / 1e6:g}M", "params": f"params{value / 1e3:g}k", "ratio": f"ratio{value:g}"}[kind]
@@ -89,8 +95,7 @@ def configs(base: Config, targets_macs=(), targets_params=(), importances=()) ->
                                           target_params=value if kind == "params" else 0.0,
                                           pruning_ratio=value if kind == "ratio" else base.pruning_ratio)
                 validate(cfg)
-                check_targets(cfg, model_spec(cfg, cfg.num_classes or 10), cfg.image_size or 32)  # the class count
-                # moves dense MACs by a few thousand at most; the image size is checked again by each run
+                check_targets(cfg, spec, size)
                 out.append(cfg)
     return out
 

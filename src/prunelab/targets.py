@@ -85,8 +85,9 @@ def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classe
         dense = sorted(runs)[2]
         noise = (max(runs) - min(runs)) / dense
         if target >= dense:
-            raise PrunelabError(f"target_latency_ms {target:g} is not below the dense model's {dense:.3g} ms "
-                                f"({cfg.latency_runtime}, batch {cfg.latency_batch_size}); lower it or drop it")
+            raise PrunelabError(f"target_latency_ms {target:g} is not below the {dense:.3g} ms of "
+                                f"{_dense_name(cfg.drop_blocks)} ({cfg.latency_runtime}, batch {cfg.latency_batch_size}); lower it or "
+                                "drop it" + (" (or remove fewer blocks)" if cfg.drop_blocks else ""))
         fastest = at(MAX_RATIO, "max")
         if fastest > target * (1 + noise):
             raise PrunelabError(f"target_latency_ms {target:g} is out of reach: pruning {MAX_RATIO:.0%} of the channels "
@@ -102,9 +103,15 @@ def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classe
     return {"ratio": ratio, "latency_ms": timed[ratio], "dense_latency_ms": dense, "noise": noise}
 
 
+def _dense_name(dropped_blocks) -> str:
+    """What the targets are measured against: the dense model, less the blocks --drop-blocks removes."""
+    return "the dense model" + (f" without {' '.join(dropped_blocks)}" if dropped_blocks else "")
+
+
 def check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: nn.Module | None = None) -> None:
     """Before any training: MACs and parameter targets lie below the dense model's and within reach of MAX_RATIO;
-    a latency target is within reach (timed: the dense model and the MAX_RATIO one)."""
+    a latency target is within reach (timed: the dense model and the MAX_RATIO one). `spec` and `dense` are those of
+    the network the cuts start from: with --drop-blocks, the dense model without its dropped blocks."""
     if not (cfg.target_macs or cfg.target_params or cfg.target_latency_ms):
         return
     model = dense if dense is not None else build(spec)
@@ -112,12 +119,13 @@ def check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: nn.
         ratio_for_latency(model, cfg, image_size, spec.num_classes, iterations=0)
         return
     macs, params = count_macs_params(model, image_size)
+    name, fewer = _dense_name(spec.dropped_blocks), " (or remove fewer blocks)" if spec.dropped_blocks else ""
     if cfg.target_macs and cfg.target_macs >= macs:
-        raise PrunelabError(f"config: target_macs {cfg.target_macs:.4g} is not below the dense model's {macs:.4g} MACs; "
-                            "lower it or drop it")
+        raise PrunelabError(f"config: target_macs {cfg.target_macs:.4g} is not below the {macs:.4g} MACs of {name}; "
+                            f"lower it or drop it{fewer}")
     if cfg.target_params and cfg.target_params >= params:
-        raise PrunelabError(f"config: target_params {cfg.target_params:.4g} is not below the dense model's {params:,} "
-                            "parameters; lower it or drop it")
+        raise PrunelabError(f"config: target_params {cfg.target_params:.4g} is not below the {params:,} parameters "
+                            f"of {name}; lower it or drop it{fewer}")
     # the smallest model any allocation reaches: every group cut by MAX_RATIO
     over = _over_budget(_size_budget(cfg), prune_once(model, cfg, MAX_RATIO, image_size=image_size,
                                                       num_classes=spec.num_classes), image_size)
