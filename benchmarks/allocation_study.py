@@ -85,6 +85,17 @@ DEPTH_MULTIPLIERS = {"drop-late": by_stage(1.0, 1.0, 1.0, 0.85), "drop-stage4": 
 CANDIDATES.update({name: DEPTH_MULTIPLIERS.get(name, lambda g: 1.0) for name in DROPPED})
 
 
+def candidate(spec: str, dense, cfg, image_size: int = 32, num_classes: int = 10):
+    """A candidate named NAME, or NAME*K: NAME scaled to K times both limits (a larger network, to compare at equal
+    latency rather than equal MACs)."""
+    name, _, k = spec.partition("*")
+    if name not in CANDIDATES:
+        raise SystemExit(f"unknown candidate '{name}'; choose from {', '.join(CANDIDATES)} (optionally NAME*K)")
+    if k:
+        cfg = dataclasses.replace(cfg, target_macs=cfg.target_macs * float(k), target_params=cfg.target_params * float(k))
+    return build_candidate(dense, cfg, CANDIDATES[name], image_size, num_classes, DROPPED.get(name, ()))
+
+
 def drop_blocks(model: torch.nn.Module, blocks: list[str]) -> torch.nn.Module:
     """A copy of `model` with the named residual blocks ("layer3.1") replaced by nn.Identity."""
     model = copy.deepcopy(model)
@@ -161,7 +172,7 @@ def print_latency(dense, cfg, args, out: dict) -> None:
     """Each candidate's forward latency at batch 1 and 128, in alternating rounds so drift hits all alike."""
     models = {}
     for name in args.candidates:
-        model, info = build_candidate(dense, cfg, CANDIDATES[name], 32, 10, DROPPED.get(name, ()))
+        model, info = candidate(name, dense, cfg)
         models[name] = (model.eval(), info, {1: [], 128: []})
     with torch.no_grad():
         for r in range(args.latency):
@@ -199,7 +210,8 @@ def main() -> None:
                     help="the final fine-tune's lr in full (and the scratch control's)")
     ap.add_argument("--val-size", type=int, default=5000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), metavar="NAME[*K]",
+                    help=f"from {', '.join(CANDIDATES)}; NAME*K: scaled to K times both limits")
     ap.add_argument("--target-macs", type=float, default=5.29e6)
     ap.add_argument("--target-params", type=float, default=105428)
     ap.add_argument("--threads", type=int, default=2)
@@ -240,7 +252,7 @@ def main() -> None:
         return print_latency(dense, cfg, args, out)
     if args.plan:
         for name in args.candidates:
-            _, info = build_candidate(dense, cfg, CANDIDATES[name], 32, 10, DROPPED.get(name, ()))
+            _, info = candidate(name, dense, cfg)
             print(f"{name:18s} MACs {info['macs'] / 1e6:.2f} M  params {info['params']:,}  widths "
                   + " ".join(str(w) for w in info["widths"].values()))
         return
@@ -252,8 +264,7 @@ def main() -> None:
                 continue
             run_cfg = dataclasses.replace(cfg, seed=seed)
             trainer = Trainer.from_config(run_cfg, torch.device("cpu"), data.inputs)
-            model, info = build_candidate(dense, run_cfg, CANDIDATES[name], data.inputs.image_size,
-                                          len(data.classes), DROPPED.get(name, ()))
+            model, info = candidate(name, dense, run_cfg, data.inputs.image_size, len(data.classes))
             model = prepare_model(reinitialise(model, seed + 7919), trainer)
             print(f"{name}, seed {seed}: {info['macs'] / 1e6:.2f} M MACs, {info['params']:,} params", flush=True)
             start = time.perf_counter()
