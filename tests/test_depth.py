@@ -126,7 +126,7 @@ def test_a_sweep_checks_its_blocks_and_targets_on_the_shallow_network_before_any
     code, out, err = cli("sweep", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "s",
                          "--drop-blocks", "layer9.1", "--targets-macs", "3e5")
     assert code != 0 and "'layer9.1' is not a block that can be removed" in err
-    code, out, err = cli("sweep", "--plan", tmp_path / "jobs", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "s",
+    code, out, err = cli("sweep", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "s",
                          "--drop-blocks", "layer3.1", "layer4.1", "--targets-macs", "50e6", "130e6")
     assert code != 0 and "MACs of the dense model without layer3.1 layer4.1" in err  # the full network has 139 M
     assert not any(tmp_path.iterdir())
