@@ -66,7 +66,7 @@ def save(stem: str | Path, model: nn.Module, spec: ModelSpec | str, pruning_hist
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
     write_json(desc, {
-        "format": FORMAT, "format_version": 2 if spec.dropped_blocks else 1,
+        "format": FORMAT, "format_version": FORMAT_VERSION if spec.dropped_blocks else 1,
         "model": spec.builder, "num_classes": spec.num_classes,
         "spec": spec.to_dict(), "inputs": (inputs or default_inputs(spec.num_classes)).to_dict(),
         "weights_file": weights.name, "weights_sha256": _sha256(weights),

@@ -97,7 +97,7 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     if not resume_dir:
         first = baseline if baseline is not None else start[0] if start else build(spec)
         check_drop_blocks(first, cfg.drop_blocks, data.inputs.image_size)
-        shallow = drop_blocks(copy.deepcopy(first), cfg.drop_blocks)
+        shallow = drop_blocks(copy.deepcopy(first), cfg.drop_blocks) if cfg.drop_blocks else first
         check_prunable(shallow, cfg, data.inputs.image_size, spec.num_classes, spec.builder)
         check_targets(cfg, pruned_spec, data.inputs.image_size, shallow if baseline is not None else None)
     if resume_dir:
