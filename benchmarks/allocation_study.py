@@ -36,7 +36,7 @@ from prunelab.controls import reinitialise
 from prunelab.data import load_data
 from prunelab.files import write_json
 from prunelab.measurement import latency_ms, machine
-from prunelab.models import build_model
+from prunelab.models import build_model, drop_blocks
 from prunelab.prune import count_macs_params, group_roots, layer_widths
 from prunelab.targets import scale_candidate
 from prunelab.train import Trainer, fit, prepare_model, score
@@ -96,23 +96,11 @@ def candidate(spec: str, dense, cfg, image_size: int = 32, num_classes: int = 10
     return build_candidate(dense, cfg, CANDIDATES[name], image_size, num_classes, DROPPED.get(name, ()))
 
 
-def drop_blocks(model: torch.nn.Module, blocks: list[str]) -> torch.nn.Module:
-    """A copy of `model` with the named residual blocks ("layer3.1") replaced by nn.Identity."""
-    model = copy.deepcopy(model)
-    for name in blocks:
-        stage, index = name.split(".")
-        block = getattr(model, stage)[int(index)]
-        if getattr(block, "downsample", None) is not None:
-            raise SystemExit(f"{name} changes its input's shape; only blocks with an identity shortcut can go")
-        getattr(model, stage)[int(index)] = torch.nn.Identity()
-    return model
-
-
 def build_candidate(dense, cfg, multiplier_of, image_size: int, num_classes: int,
                     dropped: list[str] = ()) -> tuple[torch.nn.Module, dict]:
     """`multiplier_of(group root)` scaled to cfg's limits by the width search's own bisection, after the blocks
     `dropped` are removed."""
-    dense = drop_blocks(dense, list(dropped))
+    dense = drop_blocks(copy.deepcopy(dense), list(dropped))
     roots = group_roots(dense, cfg, image_size, num_classes)
     multipliers = {g: multiplier_of(g) for g in roots}
     scaled = scale_candidate(dense, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
