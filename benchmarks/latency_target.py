@@ -2,6 +2,11 @@
 timed again afterwards (5 fresh timings, median), against the budget and the noise the search measured.
 
     python benchmarks/latency_target.py --budgets 2.0 1.0 0.5 --runtime onnxruntime --threads 2
+    python benchmarks/latency_target.py --budgets 0.35 --round-to 2 8 --drop-blocks layer1.1 layer2.1 layer3.1 layer4.1
+    python benchmarks/latency_target.py --curve 0.6 0.7 0.75 0.8 0.85 --round-to 2 8 --repeats 3   # no search
+
+--curve times one-shot-pruned copies at the given ratios (each `--repeats` fresh sessions): how latency moves with
+the width, which the search assumes nothing about (latency is not monotone in the ratio: RESULTS 7.10).
 
 Latency does not depend on the weights, so a one-shot-pruned copy of the dense ResNet-18 has the final
 model's architecture and speed. Prints a table and writes JSON.
@@ -18,7 +23,7 @@ import torch
 
 from prunelab.config import make_config
 from prunelab.measurement import machine
-from prunelab.models import build_model
+from prunelab.models import build_model, drop_blocks
 from prunelab.prune import count_macs_params, prune_once
 from prunelab.runtimes import latency
 from prunelab.targets import ratio_for_latency
@@ -30,29 +35,49 @@ def main() -> None:
     ap.add_argument("--runtime", default="onnxruntime")
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--round-to", type=int, nargs="+", default=[2], help="one series per value")
+    ap.add_argument("--drop-blocks", nargs="+", default=[], metavar="NAME", help="blocks removed before the cut")
+    ap.add_argument("--curve", type=float, nargs="+", metavar="RATIO", help="time these ratios; no search")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh sessions per ratio of --curve")
     ap.add_argument("--json", default="benchmarks/results/latency_target.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dense = build_model("resnet18_cifar")
+    drop_blocks(dense, args.drop_blocks)
     rows = []
-    for budget in args.budgets:
-        cfg = make_config("seed", {"target_latency_ms": budget, "latency_runtime": args.runtime,
-                                   "latency_batch_size": args.batch_size})
-        found = ratio_for_latency(dense, cfg, 32, 10)
-        m = prune_once(dense, cfg, found["ratio"], image_size=32, num_classes=10)
-        with tempfile.TemporaryDirectory() as tmp:
-            again = [latency(m.eval(), args.runtime, 32, args.batch_size, Path(tmp) / str(i), min_seconds=1.0)
-                     for i in range(5)]
-        achieved = statistics.median(again)
-        row = {"budget_ms": budget, **found, "macs": count_macs_params(m, 32)[0], "achieved_again_ms": achieved,
-               "achieved_again_runs": again, "within_noise": achieved <= budget * (1 + found["noise"])}
-        rows.append(row)
-        print(f"budget {budget:g} ms: ratio {found['ratio']:.4f}, {row['macs'] / 1e6:.1f} M MACs, search measured "
-              f"{found['latency_ms']:.3f} ms, timed again {achieved:.3f} ms ({100 * (achieved / budget - 1):+.1f}% of the "
-              f"budget; noise {100 * found['noise']:.1f}%) -> {'within' if row['within_noise'] else 'OUTSIDE'} the noise",
-              flush=True)
+    for round_to in args.round_to:
+        for budget in ([] if args.curve else args.budgets):
+            cfg = make_config("seed", {"target_latency_ms": budget, "latency_runtime": args.runtime,
+                                       "latency_batch_size": args.batch_size, "round_to": round_to})
+            found = ratio_for_latency(dense, cfg, 32, 10)
+            m = prune_once(dense, cfg, found["ratio"], image_size=32, num_classes=10)
+            with tempfile.TemporaryDirectory() as tmp:
+                again = [latency(m.eval(), args.runtime, 32, args.batch_size, Path(tmp) / str(i), min_seconds=1.0)
+                         for i in range(5)]
+            achieved = statistics.median(again)
+            macs, params = count_macs_params(m, 32)
+            row = {"round_to": round_to, "budget_ms": budget, **found, "macs": macs, "params": params,
+                   "achieved_again_ms": achieved, "achieved_again_runs": again,
+                   "within_noise": achieved <= budget * (1 + found["noise"])}
+            rows.append(row)
+            print(f"round_to {round_to}, budget {budget:g} ms: ratio {found['ratio']:.4f}, {macs / 1e6:.1f} M MACs, "
+                  f"{params / 1e3:.0f} k params, {found['timings']} timings; search measured {found['latency_ms']:.3f} "
+                  f"ms, timed again {achieved:.3f} ms ({100 * (achieved / budget - 1):+.1f}% of the budget; noise "
+                  f"{100 * found['noise']:.1f}%) -> {'within' if row['within_noise'] else 'OUTSIDE'} the noise", flush=True)
+        for ratio in args.curve or []:
+            cfg = make_config("seed", {"round_to": round_to})
+            m = prune_once(dense, cfg, ratio, image_size=32, num_classes=10).eval()
+            with tempfile.TemporaryDirectory() as tmp:
+                runs = [latency(m, args.runtime, 32, args.batch_size, Path(tmp) / str(i))
+                        for i in range(args.repeats)]
+            macs, params = count_macs_params(m, 32)
+            rows.append({"round_to": round_to, "ratio": ratio, "macs": macs, "params": params,
+                         "median_ms": statistics.median(runs), "runs_ms": runs})
+            print(f"round_to {round_to}, ratio {ratio:.3f}: {macs / 1e6:6.2f} M MACs {params / 1e3:5.0f} k params  "
+                  f"median {statistics.median(runs):.3f} ms  (" + " ".join(f"{t:.3f}" for t in runs) + ")", flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"runtime": args.runtime, "batch_size": args.batch_size, "rows": rows,
+    Path(args.json).write_text(json.dumps({"runtime": args.runtime, "batch_size": args.batch_size,
+                                           "drop_blocks": args.drop_blocks, "rows": rows,
                                            "machine": machine()}, indent=2) + "\n")
     print(f"wrote {args.json}")
 

@@ -145,6 +145,19 @@ def test_bench_prints_dense_vs_pruned_with_ratios_and_writes_json(tiny_run, tmp_
         assert (len(t) == 2 and r["median_ms"] == min(t)) if r["runtime"] == "onnxruntime" else t is None
 
 
+def test_bench_labels_two_model_files_of_the_same_name_by_their_paths(tiny_run, tmp_path):
+    """Two runs' final.safetensors side by side must not both read "final" in the table."""
+    from prunelab.bench import models_to_bench
+    from prunelab.rundir import model_file
+    final = model_file(tiny_run, "final")
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in final.parent.glob("final.*"):
+        (other / f.name).write_bytes(f.read_bytes())
+    labels = [m[0] for m in models_to_bench([final, other / final.name, model_file(tiny_run, "dense")])]
+    assert labels == [str(final), str(other / final.name), "dense"]
+
+
 def test_bench_table_names_a_runtime_whose_fresh_sessions_differed():
     from prunelab.bench import bench_table
     rec = {"runtime": "onnxruntime", "device": "cpu", "batch_size": 1, "median_ms": 0.2, "p90_ms": 0.3,
