@@ -48,7 +48,8 @@ def main() -> None:
     for round_to in args.round_to:
         for budget in ([] if args.curve else args.budgets):
             cfg = make_config("seed", {"target_latency_ms": budget, "latency_runtime": args.runtime,
-                                       "latency_batch_size": args.batch_size, "round_to": round_to})
+                                       "latency_batch_size": args.batch_size, "round_to": round_to,
+                                       "drop_blocks": args.drop_blocks})
             found = ratio_for_latency(dense, cfg, 32, 10)
             m = prune_once(dense, cfg, found["ratio"], image_size=32, num_classes=10)
             with tempfile.TemporaryDirectory() as tmp:

@@ -338,9 +338,10 @@ def test_a_smaller_latency_budget_picks_a_smaller_model_and_an_unreachable_one_s
     model = build_model("resnet18_cifar")
     dense = fastest_dense_ms(tmp_path)
     cfg = make_config("seed", {"latency_runtime": "onnxruntime"})
-    loose = ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=0.6 * dense), 32, 10)
-    tight = ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=0.15 * dense), 32, 10)
-    assert tight["ratio"] > loose["ratio"] > 0 and tight["latency_ms"] < loose["latency_ms"]
+    loose = ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=0.6 * dense), 32, 10, points=6)
+    tight = ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=0.15 * dense), 32, 10, points=6)
+    assert tight["ratio"] > loose["ratio"] > 0 and loose["fits"] and tight["fits"]
+    assert tight["latency_ms"] <= 0.15 * dense < 0.6 * dense and loose["latency_ms"] <= 0.6 * dense
     with pytest.raises(PrunelabError, match="out of reach: pruning 95% of the channels runs in"):
         ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=1e-4), 32, 10, iterations=0)
 

@@ -413,7 +413,8 @@ class _Stages:
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} runs in {search['latency_ms']:.3g} ms for a target of "
                 f"{cfg.target_latency_ms:g} ms ({cfg.latency_runtime}, batch {cfg.latency_batch_size}; dense "
                 f"{search['dense_latency_ms']:.3g} ms{' without the removed blocks' if cfg.drop_blocks else ''}, timing noise {100 * search['noise']:.1f}%; "
-                f"{search['timings']} timings)")
+                f"{search['timings']} timings)" + ("" if search["fits"] else "; nothing timed met it: the fastest, "
+                                                   "within the timing noise of the target"))
         taught = {}
         if teacher is not None:  # evaluated once, here: its accuracy goes into the report
             taught["teacher"] = {"file": cfg.teacher, "accuracy": self._accuracy(

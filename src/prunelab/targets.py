@@ -4,7 +4,7 @@ one-shot prune (`prune.prune_once`); and the width search
 (`search_widths`), which allocates the budget across the prunable groups and uses the same bisection per candidate.
 
     MACs / params   counted by Torch-Pruning on the pruned copy (exact; 14 halvings of [0, MAX_RATIO])
-    latency         one batch timed in the chosen runtime on this machine (a grid of 16 ratios, 4 halvings from
+    latency         one batch timed in the chosen runtime on this machine (a grid of 12 ratios, 4 halvings from
                     the smallest that fits, re-timed: latency is not monotone in the ratio; the noise of five
                     dense timings widens the check at MAX_RATIO)
 
@@ -66,26 +66,29 @@ def _over_budget(budget: dict, pruned: nn.Module, image_size: int) -> str:
     return ""
 
 
-def smallest_fitting_ratio(time_at: Callable[[float], float], target: float, points: int = 16,
-                           iterations: int = 4, confirm: int = 2, hi: float = MAX_RATIO) -> float:
+def _median(times: list[float]) -> float:
+    """The lower median: with two timings, the faster (timing noise only ever slows a run down)."""
+    return sorted(times)[(len(times) - 1) // 2]
+
+
+def smallest_fitting_ratio(time_at: Callable[[float], float], target: float, timed: dict[float, list[float]],
+                           points: int = 12, iterations: int = 4, confirm: int = 2, hi: float = MAX_RATIO) -> float:
     """The smallest ratio whose timing `time_at(ratio)` (ms) is at most `target`, for a timing that is NOT monotone
     in the ratio: a runtime picks its kernels by channel count, so a wider model can run faster than a narrower one
-    (RESULTS 7.10: ONNX Runtime, batch 1, round_to 2: 16.4 M MACs in 0.27 ms, 7.7 M in 0.5 ms), and a bisection
-    stops wherever the first halving lands. So: time `points` ratios evenly spread over (0, hi]; from the smallest
-    that fits, bisect `iterations` times towards the grid point below it; then time the answer `confirm` times more
-    and keep it only if the median of its timings fits (one lucky timing does not pass), else try the next fitting
-    candidate, the larger ratios. `time_at(hi)` is assumed to fit (the caller checked)."""
-    timed: dict[float, list[float]] = {}
-
+    (RESULTS 7.10), and a bisection stops wherever its first halvings land. So: time `points` ratios evenly spread
+    over (0, hi]; from the smallest that fits, bisect `iterations` times towards the grid point below it; then time
+    the answer `confirm` times more and keep it only if the median of its timings fits (one lucky timing does not
+    pass), else the grid point it came from, else the next fitting grid point. A band that fits but holds no grid
+    point (narrower than hi / points) is not found. Every timing goes into `timed` (ratio -> ms; may hold timings
+    already taken). Returns `hi` when nothing is confirmed: the caller has checked that `hi` is within reach."""
     def fits(ratio: float, times: int = 1) -> bool:
         timed.setdefault(ratio, [])
         while len(timed[ratio]) < times:
             timed[ratio].append(time_at(ratio))
-        return sorted(timed[ratio])[(len(timed[ratio]) - 1) // 2] <= target
+        return _median(timed[ratio]) <= target
 
     grid = [hi * k / points for k in range(1, points + 1)]
-    candidates = [r for r in grid if fits(r)]
-    for r in candidates:
+    for r in [r for r in grid if fits(r)]:
         below = grid[grid.index(r) - 1] if r != grid[0] else 0.0
         best = bisect_ratio(fits, iterations, lo=below, hi=r)
         for ratio in dict.fromkeys((best, r)):  # the refined ratio, else the grid point it came from
@@ -95,26 +98,26 @@ def smallest_fitting_ratio(time_at: Callable[[float], float], target: float, poi
 
 
 def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classes: int | None = None,
-                      iterations: int = 4, points: int = 16) -> dict:
+                      iterations: int = 4, points: int = 12) -> dict:
     """The smallest channel ratio whose one-shot pruning of (a copy of) `model` runs one batch of
     cfg.latency_batch_size in at most cfg.target_latency_ms in cfg.latency_runtime on this machine: a grid of
     `points` ratios refined by `iterations` halvings and confirmed by re-timing (`smallest_fitting_ratio`), each
     timing in one fresh session. The noise is measured first: the dense model timed 5 times, (max - min) / median
-    of those medians. Returns ratio, the latency measured at it (median of its timings), the dense latency and the
-    noise; with iterations=0, only checks that the target is within reach. Raises PrunelabError when the target
-    is not below the dense latency, or when even pruning MAX_RATIO of the channels is too slow (saying how fast
-    that is)."""
+    of those medians. Returns ratio, the latency at it (the median the search judged), whether that fits the target
+    (False only when nothing fit and MAX_RATIO, within the noise of the target, is returned), the dense latency, the
+    noise and the number of timings; with iterations=0, only checks that the target is within reach. Raises
+    PrunelabError when the target is not below the dense latency, or when even pruning MAX_RATIO of the channels is
+    too slow (saying how fast that is)."""
     target = cfg.target_latency_ms
     with tempfile.TemporaryDirectory() as tmp:
-        timings: dict[float, list[float]] = {}
+        count = [0]
 
         def at(ratio: float, name: str = "") -> float:
-            work = Path(tmp) / (name or f"r{sum(map(len, timings.values()))}")
+            count[0] += 1
+            work = Path(tmp) / (name or f"r{count[0]}")
             work.mkdir(parents=True, exist_ok=True)
             pruned = prune_once(model, cfg, ratio, image_size=image_size, num_classes=num_classes).eval()
-            ms = latency(pruned, cfg.latency_runtime, image_size, cfg.latency_batch_size, work)
-            timings.setdefault(ratio, []).append(ms)
-            return ms
+            return latency(pruned, cfg.latency_runtime, image_size, cfg.latency_batch_size, work)
 
         runs = [at(0.0, "dense") for _ in range(5)]  # one ONNX export, five fresh sessions
         dense = sorted(runs)[2]
@@ -128,12 +131,12 @@ def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classe
             raise PrunelabError(f"target_latency_ms {target:g} is out of reach: pruning {MAX_RATIO:.0%} of the channels "
                                 f"runs in {fastest:.3g} ms ({cfg.latency_runtime}, batch {cfg.latency_batch_size}, "
                                 "this machine); raise the target to at least that")
-        if iterations == 0:
-            return {"ratio": MAX_RATIO, "latency_ms": fastest, "dense_latency_ms": dense, "noise": noise}
-        ratio = smallest_fitting_ratio(at, target, points=points, iterations=iterations)
-    times = sorted(timings[ratio])
-    return {"ratio": ratio, "latency_ms": times[(len(times) - 1) // 2], "dense_latency_ms": dense, "noise": noise,
-            "timings": len([t for ts in timings.values() for t in ts])}
+        timed = {MAX_RATIO: [fastest]}
+        ratio = smallest_fitting_ratio(at, target, timed, points=points, iterations=iterations) if iterations \
+            else MAX_RATIO
+    ms = _median(timed[ratio])
+    return {"ratio": ratio, "latency_ms": ms, "fits": ms <= target, "dense_latency_ms": dense, "noise": noise,
+            "timings": count[0]}
 
 
 def _dense_name(dropped_blocks) -> str:
