@@ -14,7 +14,6 @@ model's architecture and speed. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from prunelab.config import make_config
+from prunelab.files import write_json
 from prunelab.measurement import machine
 from prunelab.models import build_model, drop_blocks
 from prunelab.prune import count_macs_params, prune_once
@@ -76,10 +76,8 @@ def main() -> None:
                          "median_ms": statistics.median(runs), "runs_ms": runs})
             print(f"round_to {round_to}, ratio {ratio:.3f}: {macs / 1e6:6.2f} M MACs {params / 1e3:5.0f} k params  "
                   f"median {statistics.median(runs):.3f} ms  (" + " ".join(f"{t:.3f}" for t in runs) + ")", flush=True)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"runtime": args.runtime, "batch_size": args.batch_size,
-                                           "drop_blocks": args.drop_blocks, "rows": rows,
-                                           "machine": machine()}, indent=2) + "\n")
+    write_json(args.json, {"runtime": args.runtime, "batch_size": args.batch_size, "drop_blocks": args.drop_blocks,
+                           "rows": rows, "machine": machine()})
     print(f"wrote {args.json}")
 
 
