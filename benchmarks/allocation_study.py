@@ -107,7 +107,7 @@ def build_candidate(dense, cfg, multiplier_of, image_size: int, num_classes: int
                              iterations=12)
     if scaled is None:
         raise SystemExit(f"multipliers {multipliers} cannot meet the limits")
-    u, model = scaled
+    u, model, _ = scaled
     macs, params = count_macs_params(model, image_size)
     return model, {"dropped": list(dropped), "multipliers": multipliers, "u": u, "macs": macs, "params": params, "widths": layer_widths(model)}
 

@@ -208,6 +208,8 @@ def test_sweep_runs_each_target_shares_the_dense_model_and_draws_the_pareto_plot
     import json
     second = json.loads((sweep / "l2-macs40M" / "config.json").read_text())
     assert second["baseline"].endswith("l2-macs10M/checkpoints/dense.safetensors")
+    row = next(line for line in table.splitlines() if line.startswith("| l2-macs40M |"))
+    assert "| blocks removed | round to |" in table and f"| uniform |  | {second['round_to']} |" in row  # the shape
     for name, target in (("l2-macs10M", 10e6), ("l2-macs40M", 40e6)):
         assert json.loads((sweep / name / "results.json").read_text())["final"]["macs"] <= target
     again = run_cli(*args)  # finished runs are skipped, the plot is redrawn

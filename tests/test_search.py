@@ -311,3 +311,29 @@ def test_the_latency_search_finds_a_wide_model_that_fits_where_latency_is_not_mo
     assert sorted(timed[found])[1] <= 0.35 and len(timed[found]) == 3  # confirmed: the median of three fits
     assert len(calls) < 40  # ~30: the grid, two refinements, two confirmations
     assert bisect_ratio(lambda r: rugged(r) <= 0.35, 8) >= 0.84  # the bisection alone
+
+
+def test_the_width_search_scales_each_candidate_to_a_latency_target_with_the_grid_not_a_bisection(monkeypatch):
+    """The width search meets a latency target per candidate the same way: the same rugged latency as above, here a
+    function of the pruned model's size (`targets.latency` replaced: the runtime's timing is the input under test,
+    not the search). Uniform allocation (candidate 0) must land in the smallest fitting band (the sizes of u in [0.60, 0.66]),
+    not near 0.84 where a bisection stops; the row records the latency the search judged."""
+    import prunelab.targets as targets
+    from prunelab.models import build_model
+    model = build_model("user_nets:build_net", 10, kwargs={"width": 16})
+    cfg = make_config("tiny", {"allocation": "search", "val_size": 8, "search_budget": 1, "round_to": 0,
+                               "target_latency_ms": 0.35})
+    roots = group_roots(model, cfg, 32, 10)
+    params_at = {u: count_macs_params(targets.prune_once(model, cfg, 0.0, image_size=32, num_classes=10,
+                                      group_ratios=targets.candidate_ratios(roots, {g: 1.0 for g in roots}, u)), 32)[1]
+                 for u in (0.60, 0.66, 0.84)}
+
+    def rugged(pruned, runtime, image_size, batch_size, work):
+        params = count_macs_params(pruned, image_size)[1]
+        return 0.3 if params_at[0.66] <= params <= params_at[0.60] else 0.5 if params > params_at[0.84] and \
+            params < params_at[0.66] else 0.2 if params <= params_at[0.84] else 1.0
+
+    monkeypatch.setattr(targets, "latency", rugged)
+    best = search_widths(model, cfg, image_size=32, num_classes=10, proxy=lambda m: 0.0)
+    assert best["index"] == 0 and params_at[0.66] <= best["params"] <= params_at[0.60], best["u"]
+    assert best["latency_ms"] == 0.3 and best["u"] < 0.7  # (a bisection: u >= 0.84)

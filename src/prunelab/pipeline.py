@@ -315,7 +315,8 @@ class _Stages:
                 if distributed.WORLD.main:
                     append_jsonl(rd.search_log, row)
                 log(f"  candidate {row['index']}: " + (f"val acc {row['proxy_accuracy']:.4f} at {row['macs'] / 1e6:.2f} M "
-                    f"MACs, {row['params']:,} params" if row["feasible"] else "cannot reach the target")
+                    f"MACs, {row['params']:,} params" + (f", {row['latency_ms']:.3g} ms" if "latency_ms" in row else "")
+                    if row["feasible"] else "cannot reach the target")
                     + f" ({row['seconds']:.0f} s)")
 
             result = search_widths(dense, cfg, image_size=self.inputs.image_size, num_classes=self.spec.num_classes,

@@ -522,6 +522,8 @@ def sweep_rows(sweep_dir: str | Path) -> list[dict]:
         c, f, d = r["config"], r["final"], r["dense"]
         rows.append({"run": r["name"], "group": re.sub(r"-s\d+$", "", r["name"]), "seed": c["seed"],
                      "importance": c["importance"], "global": c["global_pruning"],
+                     "allocation": "global" if c["global_pruning"] else c.get("allocation", "uniform"),
+                     "round_to": c.get("round_to"), "dropped_blocks": c.get("drop_blocks") or [],
                      "schedule": c.get("schedule", "linear"), "distill": c.get("distill", False),
                      "pruning_ratio": f["ratio"], "accuracy": f["accuracy"], "macs": f["macs"], "params": f["params"],
                      "dense_accuracy": d["accuracy"], "dense_macs": d["macs"],
@@ -554,8 +556,9 @@ def sweep_groups(rows: list[dict]) -> list[dict]:
         for kind in sorted({k for m in members for k in m["controls"]}):
             values = [m["controls"][kind] for m in members if kind in m["controls"]]
             controls[kind] = mean_std(values)
-        out.append({**{k: first[k] for k in ("importance", "global", "schedule", "distill", "pruning_ratio", "macs",
-                                             "params", "dense_accuracy", "dense_macs", "latency_ms_cpu_b1")},
+        out.append({**{k: first[k] for k in ("importance", "global", "allocation", "round_to", "dropped_blocks",
+                                             "schedule", "distill", "pruning_ratio", "macs", "params",
+                                             "dense_accuracy", "dense_macs", "latency_ms_cpu_b1")},
                     "run": name, "seeds": [m["seed"] for m in members],
                     "accuracy_stats": mean_std([m["accuracy"] for m in members]),
                     "accuracy": sum(m["accuracy"] for m in members) / len(members),
@@ -609,9 +612,9 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
 
     kinds = sorted({k for g in groups for k in g["controls"]})
     lines = [f"# Sweep `{sweep_dir.name}`", "",
-             "| run | importance | global | schedule | distill | ratio | accuracy | seeds | MACs | params | CPU b1 (ms) "
-             "| wall (s) | Pareto |" + "".join(f" {k} control |" for k in kinds),
-             "| :--- | :--- | :---: | :--- | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
+             "| run | importance | allocation | blocks removed | round to | schedule | distill | ratio | accuracy | seeds "
+             "| MACs | params | CPU b1 (ms) | wall (s) | Pareto |" + "".join(f" {k} control |" for k in kinds),
+             "| :--- | :--- | :--- | :--- | ---: | :--- | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
              + " ---: |" * len(kinds)]
 
     def acc(stats: dict) -> str:
@@ -619,7 +622,8 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
 
     for g in groups:
         lat = f"{g['latency_ms_cpu_b1']:.2f}" if g["latency_ms_cpu_b1"] else ""
-        lines.append(f"| {g['run']} | {g['importance']} | {'yes' if g['global'] else 'no'} | {g['schedule']} | "
+        lines.append(f"| {g['run']} | {g['importance']} | {g['allocation']} | {' '.join(g['dropped_blocks'])} | "
+                     f"{g['round_to'] if g['round_to'] is not None else ''} | {g['schedule']} | "
                      f"{'yes' if g['distill'] else 'no'} | {g['pruning_ratio']:.3f} | {acc(g['accuracy_stats'])} | "
                      f"{len(g['seeds'])} | {_fmt_count(g['macs'])} | {_fmt_count(g['params'])} | {lat} | "
                      f"{g['wall_time_s']:.0f} | {'*' if g in front else ''} |"

@@ -1,7 +1,7 @@
 """What a budget means: the channel ratio whose one-shot pruning meets a MACs, parameter or latency target, found by
 one bisection (`bisect_ratio`; for latency a grid first, `smallest_fitting_ratio`) over candidates cut by one
 one-shot prune (`prune.prune_once`); and the width search
-(`search_widths`), which allocates the budget across the prunable groups and uses the same bisection per candidate.
+(`search_widths`), which allocates the budget across the prunable groups and scales each candidate the same way.
 
     MACs / params   counted by Torch-Pruning on the pruned copy (exact; 14 halvings of [0, MAX_RATIO])
     latency         one batch timed in the chosen runtime on this machine (a grid of 12 ratios, 4 halvings from
@@ -29,6 +29,8 @@ from .runtimes import latency
 
 # Beyond this share of channels, layers would lose every channel and Torch-Pruning skips them: no search goes further.
 MAX_RATIO = 0.95
+# A latency target's search (smallest_fitting_ratio): grid points over (0, MAX_RATIO], then halvings.
+LATENCY_POINTS, LATENCY_ITERATIONS = 12, 4
 
 
 def bisect_ratio(fits: Callable[[float], bool], iterations: int, lo: float = 0.0, hi: float = MAX_RATIO) -> float:
@@ -98,7 +100,7 @@ def smallest_fitting_ratio(time_at: Callable[[float], float], target: float, tim
 
 
 def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classes: int | None = None,
-                      iterations: int = 4, points: int = 12) -> dict:
+                      iterations: int = LATENCY_ITERATIONS, points: int = LATENCY_POINTS) -> dict:
     """The smallest channel ratio whose one-shot pruning of (a copy of) `model` runs one batch of
     cfg.latency_batch_size in at most cfg.target_latency_ms in cfg.latency_runtime on this machine: a grid of
     `points` ratios refined by `iterations` halvings and confirmed by re-timing (`smallest_fitting_ratio`), each
@@ -191,18 +193,34 @@ def draw_multipliers(roots: dict[str, int], index: int, seed: int, spread: float
 
 
 def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multipliers: dict[str, float], *,
-                    image_size: int, num_classes: int, iterations: int = 10) -> tuple[float, nn.Module] | None:
-    """The candidate `multipliers` (one per group root) scaled by bisection until its one-shot pruning of `model`
-    just meets cfg's target: (u, the pruned copy), or None where even MAX_RATIO does not meet it."""
+                    image_size: int, num_classes: int,
+                    iterations: int = 10) -> tuple[float, nn.Module, float | None] | None:
+    """The candidate `multipliers` (one per group root) scaled until its one-shot pruning of `model` just meets
+    cfg's target: (u, the pruned copy, its latency in ms or None), or None where even MAX_RATIO does not meet it.
+    MACs and parameters by a bisection of `iterations` halvings (counts fall steadily as u grows); latency by the
+    grid and re-timing of `smallest_fitting_ratio`, as `ratio_for_latency` (timings do not fall steadily)."""
     def pruned_at(u: float) -> nn.Module:
         return prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
                           group_ratios=candidate_ratios(roots, multipliers, u))
 
-    fits = _fits(cfg, image_size)
+    if cfg.target_latency_ms:
+        def time_at(u: float) -> float:
+            with tempfile.TemporaryDirectory() as tmp:
+                return latency(pruned_at(u).eval(), cfg.latency_runtime, image_size, cfg.latency_batch_size, tmp)
+
+        timed = {MAX_RATIO: [time_at(MAX_RATIO)]}
+        if timed[MAX_RATIO][0] > cfg.target_latency_ms:
+            return None
+        u = smallest_fitting_ratio(time_at, cfg.target_latency_ms, timed, points=LATENCY_POINTS,
+                                   iterations=LATENCY_ITERATIONS)
+        return u, pruned_at(u), _median(timed[u])
+    def fits(pruned: nn.Module) -> bool:
+        return not _over_budget(_size_budget(cfg), pruned, image_size)
+
     if not fits(pruned_at(MAX_RATIO)):
         return None
     u = bisect_ratio(lambda u: fits(pruned_at(u)), iterations)
-    return u, pruned_at(u)
+    return u, pruned_at(u), None
 
 
 def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes: int,
@@ -210,8 +228,8 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
                   record: Callable[[dict], None] | None = None, iterations: int = 10) -> dict:
     """Widths for the budget (cfg.target_macs / target_params / target_latency_ms) that keep the most accuracy, by
     random search over cfg.search_budget candidates (EagleEye, Li et al., ECCV 2020): each candidate is a vector of
-    per-group multipliers (draw_multipliers); one bisection scales it until its one-shot pruning of `model` just
-    meets the target; `proxy(pruned)` scores the pruned copy (the pipeline re-estimates its batch-norm statistics
+    per-group multipliers (draw_multipliers); scale_candidate scales it until its one-shot pruning of `model`
+    just meets the target; `proxy(pruned)` scores the pruned copy (the pipeline re-estimates its batch-norm statistics
     on training images and returns its accuracy on the validation split). `done`: candidate rows already scored
     (a resumed search), `record(row)`: called with each new row before the next starts. Returns the best row
     (candidate 0, uniform, wins ties) with every row under "candidates"."""
@@ -225,10 +243,11 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
         if scaled is None:  # this direction cannot reach the budget: skipped
             row = {"index": index, "feasible": False, "multipliers": multipliers}
         else:
-            u, pruned = scaled
+            u, pruned, ms = scaled
             macs, params = count_macs_params(pruned, image_size)
             row = {"index": index, "feasible": True, "multipliers": multipliers, "u": u,
                    "group_ratios": candidate_ratios(roots, multipliers, u), "macs": macs, "params": params,
+                   **({"latency_ms": ms} if ms is not None else {}),
                    "widths": layer_widths(pruned), "proxy_accuracy": proxy(pruned)}
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
@@ -243,14 +262,3 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
 
 def _size_budget(cfg: Config) -> dict:
     return {"macs": cfg.target_macs, "params": cfg.target_params}
-
-
-def _fits(cfg: Config, image_size: int) -> Callable[[nn.Module], bool]:
-    """Whether a pruned copy meets the budget: its MACs and/or parameters, or its latency in cfg.latency_runtime."""
-    if cfg.target_latency_ms:
-        def fast_enough(pruned: nn.Module) -> bool:
-            with tempfile.TemporaryDirectory() as tmp:
-                return latency(pruned.eval(), cfg.latency_runtime, image_size, cfg.latency_batch_size,
-                               tmp) <= cfg.target_latency_ms
-        return fast_enough
-    return lambda pruned: not _over_budget(_size_budget(cfg), pruned, image_size)
