@@ -109,6 +109,32 @@ def test_ratio_for_target_reaches_a_macs_target_without_overshooting_much():
     assert count_macs_params(looser)[0] > macs  # a smaller ratio would have kept more
 
 
+def test_a_size_budget_that_rounding_leaves_idle_is_filled_to_the_last_group_that_fits():
+    """round_to 8 rounds every group's kept channels down, so the smallest uniform ratio that meets a small budget
+    leaves much of it idle (RESULTS 7.10: 40% of the parameters at the seed's size). fill_budget widens groups into
+    it: the filled copy meets both limits, is larger than uniform's, and no group can be widened by one more step of
+    8 channels without breaking a limit."""
+    from prunelab.prune import group_roots, prune_once
+    from prunelab.targets import fill_budget
+    model, cfg, size = build_model("resnet18_cifar"), make_config("seed", {"round_to": 8}), 16
+    limits = (1.4e6, 105_428)  # the seed's size at 16 px: a quarter of its MACs
+
+    def counts(**kwargs):
+        return count_macs_params(prune_once(model, cfg, image_size=size, num_classes=10, **kwargs), size)
+
+    ratio = ratio_for_target(model, cfg, *limits, image_size=size, iterations=8)
+    uniform = counts(ratio=ratio)
+    filled = fill_budget(model, cfg, ratio, *limits, image_size=size, num_classes=10)
+    after = counts(ratio=0.0, group_ratios=filled)
+    assert all(a <= limit for a, limit in zip(after, limits)) and after[1] > 1.2 * uniform[1] and after[0] > uniform[0]
+    roots = group_roots(model, cfg, size, 10)
+    keep = {g: int(c * (1 - filled[g])) for g, c in roots.items()}
+    assert all(k % 8 == 0 for k in keep.values())
+    for g in [g for g in roots if keep[g] + 8 <= roots[g]]:
+        wider = {h: (roots[h] - keep[h] - (8 if h == g else 0) - 0.5) / roots[h] for h in roots}
+        assert any(a > limit for a, limit in zip(counts(ratio=0.0, group_ratios=wider), limits)), g
+
+
 def test_ratio_for_target_params():
     ratio = ratio_for_target(build_model("resnet18_cifar"), make_config("seed"), target_params=1e6)
     model = build_model("resnet18_cifar")

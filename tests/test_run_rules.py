@@ -86,6 +86,39 @@ def test_a_macs_target_run_reports_the_ratio_it_found_and_never_changes_its_conf
     assert f"channel ratio found: {found:.4f}" in report and "channel ratio 0.9 in" not in report
 
 
+def test_a_size_target_run_fills_the_idle_budget_and_resumes_to_the_same_widths(tmp_path):
+    """With round_to 8 the dense stage widens groups into what rounding leaves of the budget (targets.fill_budget):
+    the final model is larger than uniform pruning at the found ratio and within the target; the group ratios live
+    in the dense checkpoint, so a run killed after its first step resumes to the same widths; --no-fill-budget
+    gives uniform's."""
+    import shutil
+    from prunelab.models import build_model
+    from prunelab.prune import count_macs_params, layer_widths, prune_once
+    code, _, err = cli("run", *TINY, "--out-dir", tmp_path, "--name", "f", "--round-to", "8", "--target-params", "2e5")
+    assert code == 0, err
+    run = tmp_path / "f"
+    dense = json.loads((run / "checkpoints" / "dense.json").read_text())["metrics"]
+    final = json.loads((run / "results.json").read_text())["final"]
+    cfg = make_config("tiny", {"round_to": 8})
+    uniform = count_macs_params(prune_once(build_model("resnet18_cifar"), cfg, dense["pruning_ratio"], image_size=16,
+                                           num_classes=10), 16)
+    assert dense["group_ratios"] and uniform[1] < final["params"] <= 2e5
+    cut = tmp_path / "cut"
+    shutil.copytree(run, cut)
+    for p in [cut / "results.json", *[p for p in (cut / "checkpoints").iterdir()
+                                      if not p.name.startswith(("dense", "step_01"))]]:
+        p.unlink()
+    (cut / "metrics.jsonl").write_text("".join(ln + "\n" for ln in (cut / "metrics.jsonl").read_text().splitlines()
+                                               if json.loads(ln)["stage"] <= 1))
+    code, _, err = cli("run", "--resume", cut, "--no-progress")
+    assert code == 0, err
+    assert layer_widths(prunelab.load(cut)[0]) == layer_widths(prunelab.load(run)[0])
+    code, _, err = cli("run", *TINY, "--out-dir", tmp_path, "--name", "u", "--round-to", "8", "--target-params", "2e5",
+                       "--no-fill-budget", "--final-finetune-epochs", "0", "--finetune-epochs-per-step", "0")
+    assert code == 0, err
+    assert json.loads((tmp_path / "u" / "results.json").read_text())["final"]["params"] == uniform[1]
+
+
 # ---------------------------------------------------------------- the crash window between checkpoint and log line
 
 def test_a_crash_between_a_stage_checkpoint_and_its_log_line_is_repaired_on_resume(tmp_path):

@@ -30,10 +30,11 @@ from .errors import PrunelabError
 from .export import export_onnx
 from .measurement import file_size_bytes, latency_devices, machine, measure_model
 from .models import ModelSpec, build, check_drop_blocks, check_name, drop_blocks, num_outputs, pretrained_weights
-from .prune import build_pruner, build_sparsifier, check_prunable, history, prune_step, restore, step_ratio
+from .prune import (build_pruner, build_sparsifier, check_prunable, count_macs_params, history, is_global,
+                    prune_once, prune_step, restore, step_ratio)
 from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
 from .runtimes import latency, missing
-from .targets import check_targets, ratio_for_latency, ratio_for_target, search_widths
+from .targets import check_targets, fill_budget, ratio_for_latency, ratio_for_target, search_widths
 from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, reestimate_batchnorm, resolve_device,
                     score, soft_targets, stage_bn_images, torch_threads)
 
@@ -408,6 +409,15 @@ class _Stages:
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} reaches the target of "
                 + " and ".join(f"{t:.4g} {unit}" for t, unit in ((cfg.target_macs, "MACs"),
                                                                 (cfg.target_params, "parameters")) if t))
+            if cfg.fill_budget and not is_global(cfg):
+                shallow, size, classes = self.shallow(model), self.inputs.image_size, self.spec.num_classes
+                self.group_ratios = fill_budget(shallow, cfg, self.pruning_ratio, cfg.target_macs, cfg.target_params,
+                                                image_size=size, num_classes=classes)
+                if self.group_ratios:
+                    macs, params = count_macs_params(prune_once(shallow, cfg, 0.0, image_size=size, num_classes=classes,
+                                                                group_ratios=self.group_ratios), size)
+                    log(f"dense: rounding to multiples of {cfg.round_to} left budget idle; groups widened into it: "
+                        f"{macs / 1e6:.3g} M MACs, {params:,} parameters (--no-fill-budget: uniform)")
         elif cfg.target_latency_ms:
             search = ratio_for_latency(self.shallow(model), cfg, self.inputs.image_size, self.spec.num_classes)
             self.pruning_ratio = search["ratio"]
@@ -425,6 +435,7 @@ class _Stages:
                 prepare_model(copy.deepcopy(teacher), self.trainer), self.test)}
             self._prepare_model(model)  # (the normalizer follows the model trained here)
         row = {"event": "dense", "stage": 0, "ratio": 0.0, "pruning_ratio": self.pruning_ratio,
+               **({"group_ratios": self.group_ratios} if self.group_ratios else {}),
                **({"latency_search": search} if search else {}), **taught, **transferred,
                "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": self._machine()}
@@ -459,6 +470,7 @@ class _Stages:
         """The dense stage's result on resume: its model, and the ratio it chose."""
         model, desc = modelfile.load(self.rd.checkpoint(0, self.n).with_suffix(".json"), model=self.given)
         self.pruning_ratio = desc["metrics"]["pruning_ratio"]
+        self.group_ratios = desc["metrics"].get("group_ratios")  # (a filled budget; a search's come from search.json)
         return self._prepare_model(model)
 
     def set_teacher(self, model) -> None:
