@@ -41,7 +41,7 @@ def main() -> None:
     for r in args.round_to:
         cfg = make_config("full", {"round_to": r})
         ratio = ratio_for_target(dense, cfg, args.target_macs, args.target_params)
-        filled = fill_budget(dense, cfg, ratio, args.target_macs, args.target_params)
+        filled, _ = fill_budget(dense, cfg, ratio, args.target_macs, args.target_params)
         roots = group_roots(dense, cfg, 32, 10)
         for name, kwargs in ((f"round_to {r}", {"ratio": ratio}), (f"round_to {r}, filled", {"ratio": 0.0, "group_ratios": filled})):
             model = prune_once(dense, cfg, image_size=32, num_classes=10, **kwargs).eval()

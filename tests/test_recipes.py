@@ -124,9 +124,9 @@ def test_a_size_budget_that_rounding_leaves_idle_is_filled_to_the_last_group_tha
 
     ratio = ratio_for_target(model, cfg, *limits, image_size=size, iterations=8)
     uniform = counts(ratio=ratio)
-    filled = fill_budget(model, cfg, ratio, *limits, image_size=size, num_classes=10)
+    filled, reported = fill_budget(model, cfg, ratio, *limits, image_size=size, num_classes=10)
     after = counts(ratio=0.0, group_ratios=filled)
-    assert all(a <= limit for a, limit in zip(after, limits)) and after[1] > 1.2 * uniform[1] and after[0] > uniform[0]
+    assert tuple(after) == tuple(reported) and all(a <= limit for a, limit in zip(after, limits)) and after[1] > 1.2 * uniform[1] and after[0] > uniform[0]
     roots = group_roots(model, cfg, size, 10)
     keep = {g: int(c * (1 - filled[g])) for g, c in roots.items()}
     assert all(k % 8 == 0 for k in keep.values())

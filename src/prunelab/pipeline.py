@@ -30,8 +30,7 @@ from .errors import PrunelabError
 from .export import export_onnx
 from .measurement import file_size_bytes, latency_devices, machine, measure_model
 from .models import ModelSpec, build, check_drop_blocks, check_name, drop_blocks, num_outputs, pretrained_weights
-from .prune import (build_pruner, build_sparsifier, check_prunable, count_macs_params, history, is_global,
-                    prune_once, prune_step, restore, step_ratio)
+from .prune import build_pruner, build_sparsifier, check_prunable, history, is_global, prune_step, restore, step_ratio
 from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
 from .runtimes import latency, missing
 from .targets import check_targets, fill_budget, ratio_for_latency, ratio_for_target, search_widths
@@ -410,12 +409,10 @@ class _Stages:
                 + " and ".join(f"{t:.4g} {unit}" for t, unit in ((cfg.target_macs, "MACs"),
                                                                 (cfg.target_params, "parameters")) if t))
             if cfg.fill_budget and not is_global(cfg):
-                shallow, size, classes = self.shallow(model), self.inputs.image_size, self.spec.num_classes
-                self.group_ratios = fill_budget(shallow, cfg, self.pruning_ratio, cfg.target_macs, cfg.target_params,
-                                                image_size=size, num_classes=classes)
-                if self.group_ratios:
-                    macs, params = count_macs_params(prune_once(shallow, cfg, 0.0, image_size=size, num_classes=classes,
-                                                                group_ratios=self.group_ratios), size)
+                filled = fill_budget(self.shallow(model), cfg, self.pruning_ratio, cfg.target_macs, cfg.target_params,
+                                     image_size=self.inputs.image_size, num_classes=self.spec.num_classes)
+                if filled:
+                    self.group_ratios, (macs, params) = filled
                     log(f"dense: rounding to multiples of {cfg.round_to} left budget idle; groups widened into it: "
                         f"{macs / 1e6:.3g} M MACs, {params:,} parameters (--no-fill-budget: uniform)")
         elif cfg.target_latency_ms:

@@ -60,7 +60,7 @@ def ratio_for_target(model: nn.Module, cfg: Config, target_macs: float = 0, targ
 
 
 def fill_budget(model: nn.Module, cfg: Config, ratio: float, target_macs: float = 0, target_params: float = 0,
-                image_size: int = 32, num_classes: int | None = None) -> dict[str, float] | None:
+                image_size: int = 32, num_classes: int | None = None) -> tuple[dict[str, float], tuple[int, int]] | None:
     """Per-group ratios that spend what rounding leaves of a MACs/parameter budget. Uniform pruning at `ratio` (the
     smallest that meets the budget) rounds every group's kept channels down to a multiple of cfg.round_to, and the
     next lower ratio widens every group at once: with round_to 8 at the seed's size, 40% of the parameter budget
@@ -68,8 +68,8 @@ def fill_budget(model: nn.Module, cfg: Config, ratio: float, target_macs: float 
     `ratio`, widen one group by cfg.round_to channels at a time while the pruned model still meets the budget,
     choosing the widening that takes the smallest share of what is left of the scarcer limit (its cost measured on
     the pruned copy, re-measured when stale); a group that no longer fits is not tried again (the cost of widening
-    it only grows). Returns {group root: ratio} for build_pruner's group_ratios, or None when no group could be
-    widened (uniform at `ratio` stands)."""
+    it only grows). Returns ({group root: ratio} for build_pruner's group_ratios, (MACs, parameters) of the filled
+    model), or None when no group could be widened (uniform at `ratio` stands)."""
     roots = group_roots(model, cfg, image_size, num_classes)
     step = max(cfg.round_to, 1)
     limits = [target_macs or float("inf"), target_params or float("inf")]
@@ -108,7 +108,7 @@ def fill_budget(model: nn.Module, cfg: Config, ratio: float, target_macs: float 
             continue
         keep, now, grown = wider, after, True
         cost = {h: (None if h == g else c) for h, c in cost.items() if h != g or keep[g] + step <= roots[g]}
-    return ratios(keep) if grown else None
+    return (ratios(keep), now) if grown else None
 
 
 def _over_budget(budget: dict, pruned: nn.Module, image_size: int) -> str:
@@ -267,6 +267,7 @@ def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multip
         u = smallest_fitting_ratio(time_at, cfg.target_latency_ms, timed, points=LATENCY_POINTS,
                                    iterations=LATENCY_ITERATIONS)
         return u, pruned_at(u), _median(timed[u])
+
     def fits(pruned: nn.Module) -> bool:
         return not _over_budget(_size_budget(cfg), pruned, image_size)
 
