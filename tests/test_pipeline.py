@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,10 +23,18 @@ def results(run_dir):
     return json.loads((run_dir / "results.json").read_text())
 
 
-def test_tiny_synthetic_run_writes_every_file_of_the_run_directory(tmp_path):
-    r = run_cli("run", *TINY, "--out-dir", tmp_path, "--name", "t")
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny synthetic run shared by the tests of this file that only read it or work on a copy (--dist loadfile
+    keeps a file's tests in one process)."""
+    out = tmp_path_factory.mktemp("tiny")
+    r = run_cli("run", *TINY, "--out-dir", out, "--name", "t")
     assert r.returncode == 0, r.stderr
-    run = tmp_path / "t"
+    return out / "t"
+
+
+def test_tiny_synthetic_run_writes_every_file_of_the_run_directory(tiny_run):
+    run = tiny_run
     for f in RUN_FILES:
         assert (run / f).is_file(), f
     res = results(run)
@@ -34,15 +43,21 @@ def test_tiny_synthetic_run_writes_every_file_of_the_run_directory(tmp_path):
     assert find_latency(res["final"], "cpu", 1) > 0 and find_latency(res["dense"], "cpu", 8) > 0
     report = (run / "report.md").read_text()
     assert "| Accuracy (test) |" in report and "Budget against the seed recipe:** synthetic data" in report
+    widths = res["layer_widths"]  # the architecture the run ended with, layer by layer
+    assert widths["dense"]["conv1"] == 64 and 0 < widths["final"]["conv1"] < 64
+    assert "## Architecture" in report and f"| conv1 | 64 | {widths['final']['conv1']} |" in report
     assert (run / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_report_command_redraws_report_and_plot_from_files_alone(tmp_path):
-    assert run_cli("run", *TINY, "--out-dir", tmp_path, "--name", "t").returncode == 0
+def test_report_command_redraws_report_and_plot_from_files_alone(tiny_run, tmp_path):
     run = tmp_path / "t"
+    shutil.copytree(tiny_run, run)
     before = (run / "report.md").read_text()
     for name in ("report.md", "results.png", "curves.png", "filters.png"):
         (run / name).unlink()
+    res = results(run)  # a results.json written before the layer widths were recorded: read from the model files
+    del res["layer_widths"]
+    (run / "results.json").write_text(json.dumps(res))
     r = run_cli("report", run)
     assert r.returncode == 0, r.stderr
     assert (run / "report.md").read_text() == before
@@ -50,10 +65,12 @@ def test_report_command_redraws_report_and_plot_from_files_alone(tmp_path):
         assert (run / name).read_bytes()[:4] == b"\x89PNG", name
 
 
-def test_existing_run_directory_is_not_overwritten(tmp_path):
-    assert run_cli("run", *TINY, "--out-dir", tmp_path, "--name", "t").returncode == 0
+def test_existing_run_directory_is_not_overwritten(tiny_run, tmp_path):
+    shutil.copytree(tiny_run, tmp_path / "t")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "t").iterdir() if p.is_file()}
     r = run_cli("run", *TINY, "--out-dir", tmp_path, "--name", "t")
     assert r.returncode == 2 and "--resume" in r.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "t").iterdir() if p.is_file()} == before
 
 
 RESUME_ARGS = [*TINY, "--epochs", "2", "--iterative-steps", "3", "--final-finetune-epochs", "3", "--no-export-onnx"]

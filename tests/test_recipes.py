@@ -114,19 +114,22 @@ def test_a_size_budget_that_rounding_leaves_idle_is_filled_to_the_last_group_tha
     leaves much of it idle (RESULTS 7.10: 40% of the parameters at the seed's size). fill_budget widens groups into
     it: the filled copy meets both limits, is larger than uniform's, and no group can be widened by one more step of
     8 channels without breaking a limit."""
+    from prunelab.models import drop_blocks
     from prunelab.prune import group_roots, prune_once
     from prunelab.targets import fill_budget
-    model, cfg, size = build_model("resnet18_cifar"), make_config("seed", {"round_to": 8}), 16
-    limits = (1.4e6, 105_428)  # the seed's size at 16 px: a quarter of its MACs
+    # the ResNet-10 shape (8 groups, not ResNet-18's 12) at 16 px: each prune here costs half as much
+    model = drop_blocks(build_model("resnet18_cifar"), ["layer1.1", "layer2.1", "layer3.1", "layer4.1"])
+    cfg, size = make_config("seed", {"round_to": 8}), 16
+    limits = (1.0e6, 105_428)  # uniform round_to 8 keeps ~0.74 M MACs and ~52 k params of it
 
     def counts(**kwargs):
         return count_macs_params(prune_once(model, cfg, image_size=size, num_classes=10, **kwargs), size)
 
-    ratio = ratio_for_target(model, cfg, *limits, image_size=size, iterations=8)
+    ratio = ratio_for_target(model, cfg, *limits, image_size=size, iterations=6)
     uniform = counts(ratio=ratio)
     filled, reported = fill_budget(model, cfg, ratio, *limits, image_size=size, num_classes=10)
     after = counts(ratio=0.0, group_ratios=filled)
-    assert tuple(after) == tuple(reported) and all(a <= limit for a, limit in zip(after, limits)) and after[1] > 1.2 * uniform[1] and after[0] > uniform[0]
+    assert tuple(after) == tuple(reported) and all(a <= limit for a, limit in zip(after, limits)) and after[1] > 1.5 * uniform[1] and after[0] > uniform[0]
     roots = group_roots(model, cfg, size, 10)
     keep = {g: int(c * (1 - filled[g])) for g, c in roots.items()}
     assert all(k % 8 == 0 for k in keep.values())

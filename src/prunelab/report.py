@@ -51,6 +51,7 @@ def build_results(run_dir: str | Path) -> dict:
                         "total": dense["seconds"] + (search["seconds"] if search else 0)
                         + (sparse["seconds"] if sparse else 0) + sum(s["seconds"] for s in steps) + final["seconds"]},
         **({"search": _search_summary(rd, search, final)} if search else {}),
+        "layer_widths": _layer_widths(rd),
         "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "images", "loss", "train_accuracy", "val_accuracy", "lr",
                                       "images_per_s", "seconds") if k in e} for e in epochs],
         "controls": control_rows(rd.path),
@@ -66,6 +67,11 @@ def refresh(run_dir: str | Path) -> dict:
     render(rd.path, results)
     write_json(rd.results, results)
     return results
+
+
+def _layer_widths(rd: RunDir) -> dict:
+    """Output channels of every convolution in the run's dense and final models (from their JSON descriptions)."""
+    return {stage: modelfile.describe(rd.model_file(stage))[0]["layer_widths"] for stage in ("dense", "final")}
 
 
 def _search_summary(rd: RunDir, search: dict, final: dict) -> dict:
@@ -101,6 +107,15 @@ def search_markdown(results: dict) -> str:
     for name, width in s["dense_widths"].items():
         lines.append(f"| {name} | {width} | {(u.get('widths') or {}).get(name, '')} | {c['widths'].get(name, '')} | "
                      f"{s['final_widths'].get(name, '')} |")
+    return "\n".join(lines)
+
+
+def widths_markdown(results: dict) -> str:
+    """Output channels of every layer, dense and final: the architecture the run ended with (a width search's
+    section shows these beside uniform's and the searched widths instead)."""
+    w = results["layer_widths"]
+    lines = ["| layer | dense | final model |", "| :--- | ---: | ---: |"]
+    lines += [f"| {name} | {width} | {w['final'].get(name, 'removed')} |" for name, width in w["dense"].items()]
     return "\n".join(lines)
 
 
@@ -335,7 +350,9 @@ def report_markdown(results: dict) -> str:
               + (counted(m["torch_threads"], "CPU thread") if "torch_threads" in m else "? CPU threads")
               + (f", GPU {m['gpu']}" if m.get("gpu") else "") + ".", "",
               "![results](results.png)", "", "![training curves](curves.png)", "", "![first-layer filters](filters.png)", "",
-              *(["## Width search", "", search_markdown(results), ""] if results.get("search") else []),
+              *(["## Width search", "", search_markdown(results), ""] if results.get("search") else
+                ["## Architecture", "", "Output channels of each layer.", "", widths_markdown(results), ""]
+                if results.get("layer_widths") else []),
               *(["## INT8", "", int8_markdown(results), ""] if results.get("int8") else []),
               *(["## Controls", "", controls_markdown(results), "",
                  "One seed each: whether a difference exceeds the spread between seeds needs `--seeds` "
@@ -496,6 +513,7 @@ def render(run_dir: str | Path, results: dict | None = None) -> None:
             row = results[part] if isinstance(part, str) else results["steps"][part]
             row["latency"] = latency_records(row)
         results.setdefault("budget_vs_seed", budget_differences(results["config"], results["data"]))
+        results.setdefault("layer_widths", _layer_widths(rd))
         results["controls"] = control_rows(rd.path)  # controls added after the run finished
     plot(results, rd.results_plot)
     plot_curves(results, rd.curves_plot)
