@@ -35,6 +35,7 @@ def build_results(run_dir: str | Path) -> dict:
     sparse = next((r for r in rows if r["event"] == "sparse"), None)
     epochs = [r for r in rows if r["event"] == "epoch"]
     search = json.loads(rd.search.read_text()) if rd.search.is_file() else None
+    widths = _layer_widths(rd)
     data = {k: dense.get(k) for k in ("data", "train_images", "val_images", "test_images", "train_images_available",
                                       "test_images_available", "test_fingerprint")}
     return {
@@ -50,8 +51,8 @@ def build_results(run_dir: str | Path) -> dict:
                         "pruning_steps": sum(s["seconds"] for s in steps), "final_finetune": final["seconds"],
                         "total": dense["seconds"] + (search["seconds"] if search else 0)
                         + (sparse["seconds"] if sparse else 0) + sum(s["seconds"] for s in steps) + final["seconds"]},
-        **({"search": _search_summary(rd, search, final)} if search else {}),
-        "layer_widths": _layer_widths(rd),
+        **({"search": _search_summary(search, widths)} if search else {}),
+        "layer_widths": widths,
         "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "images", "loss", "train_accuracy", "val_accuracy", "lr",
                                       "images_per_s", "seconds") if k in e} for e in epochs],
         "controls": control_rows(rd.path),
@@ -74,7 +75,7 @@ def _layer_widths(rd: RunDir) -> dict:
     return {stage: modelfile.describe(rd.model_file(stage))[0]["layer_widths"] for stage in ("dense", "final")}
 
 
-def _search_summary(rd: RunDir, search: dict, final: dict) -> dict:
+def _search_summary(search: dict, widths: dict) -> dict:
     """The width search as the report shows it: uniform allocation (candidate 0) against the chosen candidate, and
     the widths of every layer in the dense, uniform, searched (one-shot) and final models."""
     uniform = search["candidates"][0]
@@ -82,8 +83,7 @@ def _search_summary(rd: RunDir, search: dict, final: dict) -> dict:
     return {"chosen": {k: search.get(k) for k in keys}, "uniform": {k: uniform.get(k) for k in keys},
             "candidates": len(search["candidates"]), "feasible": sum(c["feasible"] for c in search["candidates"]),
             "seconds": search["seconds"],
-            "dense_widths": modelfile.describe(rd.model_file("dense"))[0]["layer_widths"],
-            "final_widths": modelfile.describe(rd.model_file("final"))[0]["layer_widths"]}
+            "dense_widths": widths["dense"], "final_widths": widths["final"]}
 
 
 def search_markdown(results: dict) -> str:
