@@ -362,10 +362,35 @@ def test_a_run_with_a_latency_target_reports_target_achieved_and_ratio(tmp_path)
     assert f"**Latency target:** {target:g} ms per batch of 1 in onnxruntime" in (tmp_path / "tiny" / "report.md").read_text()
 
 
+def test_a_speedup_target_is_the_dense_latency_timed_in_the_same_run_and_is_reported_side_by_side(tmp_path):
+    """--target-speedup: the search's target is the dense model's latency, timed in the same search, over the
+    speed-up (the dense model as the user has it: with --drop-blocks, with its blocks); at the end the final model
+    is timed beside the dense one and their ratio reported."""
+    from conftest import cli
+    code, out, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path, "--no-progress", "--no-export-onnx",
+                         "--target-speedup", "1.5", "--latency-runtime", "pytorch", "--latency-batch-sizes", "1",
+                         "--drop-blocks", "layer4.1")
+    assert code == 0, err
+    results = json.loads((tmp_path / "tiny" / "results.json").read_text())
+    search = results["dense"]["latency_search"]
+    assert search["target_ms"] == pytest.approx(search["reference_latency_ms"] / 1.5) and search["fits"]
+    assert search["latency_ms"] <= search["target_ms"] and results["pruning_ratio"] > 0.1
+    t = results["final"]["target_latency"]
+    assert t["target_speedup"] == 1.5 and t["dense_ms"] > 0 and t["achieved_ms"] > 0
+    assert t["achieved_speedup"] == pytest.approx(t["dense_ms"] / t["achieved_ms"])
+    report = (tmp_path / "tiny" / "report.md").read_text()
+    assert "**Latency target:** 1.5x the dense model's speed per batch of 1 in pytorch" in report
+    assert f"**{t['achieved_speedup']:.2f}x**" in report
+
+
 @pytest.mark.parametrize("args, message", [
     (["--target-latency-ms", "1", "--latency-runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
     (["--target-latency-ms", "1", "--target-macs", "1e6"], "set a latency target or a size target"),
+    (["--target-speedup", "2", "--target-params", "1e5"], "set a latency target or a size target"),
+    (["--target-latency-ms", "1", "--target-speedup", "2"], "not both"),
+    (["--target-speedup", "0.5"], "target_speedup must be 0 (off) or above 1"),
     (["--target-latency-ms", "1e-5"], "out of reach"),
+    (["--target-speedup", "1e4"], "target_speedup 10000 is out of reach: pruning 95% of the channels runs"),
     (["--target-latency-ms", "1e5"], "ms of the dense model"),
 ])
 def test_bad_latency_targets_are_refused_before_any_work(tmp_path, args, message):

@@ -337,3 +337,28 @@ def test_the_width_search_scales_each_candidate_to_a_latency_target_with_the_gri
     best = search_widths(model, cfg, image_size=32, num_classes=10, proxy=lambda m: 0.0)
     assert best["index"] == 0 and params_at[0.66] <= best["params"] <= params_at[0.60], best["u"]
     assert best["latency_ms"] == 0.3 and best["u"] < 0.7  # (a bisection: u >= 0.84)
+
+
+def test_the_width_search_meets_a_speedup_as_the_dense_latency_timed_first_over_the_speedup(monkeypatch):
+    """--target-speedup in the width search: the dense model is timed once before the candidates, the target is
+    that latency over the speed-up, and every candidate is scaled to it (`targets.latency` replaced by one
+    proportional to the parameters, dense 10 ms: the runtime's timing is the input here, not the search)."""
+    import prunelab.targets as targets
+    from prunelab.models import build_model
+    model = build_model("user_nets:build_net", 10, kwargs={"width": 16})
+    dense_params = count_macs_params(model, 32)[1]
+    timed = []
+
+    def proportional(pruned, runtime, image_size, batch_size, work):
+        timed.append(count_macs_params(pruned, image_size)[1])
+        return 10.0 * timed[-1] / dense_params
+
+    monkeypatch.setattr(targets, "latency", proportional)
+    cfg = make_config("tiny", {"allocation": "search", "val_size": 8, "search_budget": 3, "target_speedup": 2.0})
+    best = search_widths(model, cfg, image_size=32, num_classes=10, proxy=lambda m: 0.0)
+    assert timed[0] == dense_params  # the dense model first
+    feasible = [c for c in best["candidates"] if c["feasible"]]
+    assert len(feasible) >= 2
+    for c in feasible:
+        assert c["target_ms"] == pytest.approx(5.0) and c["latency_ms"] <= 5.0 and c["params"] <= dense_params / 2
+    assert max(c["params"] for c in feasible) > 0.4 * dense_params  # scaled up to the budget, not just cut hard

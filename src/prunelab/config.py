@@ -171,8 +171,13 @@ class Config:
     target_latency_ms: float = _f(0.0, "prune until one batch of latency_batch_size runs in at most this many ms in "
                                        "latency_runtime on this machine (the ratio is searched on one-shot-pruned "
                                        "copies, timed; 0 = off)")
-    latency_runtime: str = _f("pytorch", "runtime of target_latency_ms: pytorch | pytorch-fused | onnxruntime | openvino")
-    latency_batch_size: int = _f(1, "batch size of target_latency_ms")
+    target_speedup: float = _f(0.0, "prune until one batch of latency_batch_size runs at least this many times faster "
+                                    "than the dense model in latency_runtime, both timed in the same run on this "
+                                    "machine: a latency target that does not drift with the machine's load between "
+                                    "sessions, as target_latency_ms does (e.g. 3; 0 = off)")
+    latency_runtime: str = _f("pytorch", "runtime of target_latency_ms / target_speedup: pytorch | pytorch-fused | "
+                                         "onnxruntime | openvino")
+    latency_batch_size: int = _f(1, "batch size of target_latency_ms / target_speedup")
     drop_blocks: list = _f([], "depth pruning: blocks (module names, e.g. layer3.1 layer4.1) replaced by identity before "
                                "the first pruning step, from the trained dense model; their budget goes to the widths "
                                "that every target is then met with. Only blocks whose output has their input's shape "
@@ -432,6 +437,11 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     return make_config("seed", d)
 
 
+def latency_targeted(cfg: Config) -> bool:
+    """Whether the run prunes to a latency: target_latency_ms, or target_speedup against the dense model."""
+    return bool(cfg.target_latency_ms or cfg.target_speedup)
+
+
 def validate(cfg: Config) -> None:
     """Raise PrunelabError naming the first setting that makes no sense."""
     def need(cond: bool, msg: str):
@@ -475,10 +485,14 @@ def validate(cfg: Config) -> None:
     need(cfg.schedule in SCHEDULES, f"unknown schedule '{cfg.schedule}'{_suggest(cfg.schedule, SCHEDULES)}; choose one of: {', '.join(SCHEDULES)}")
     need(cfg.target_macs >= 0 and cfg.target_params >= 0, "target_macs and target_params must be 0 (off) or positive")
     need(cfg.target_latency_ms >= 0, "target_latency_ms must be 0 (off) or positive")
-    need(not (cfg.target_latency_ms and (cfg.target_macs or cfg.target_params)),
+    need(cfg.target_speedup == 0 or cfg.target_speedup > 1, f"target_speedup must be 0 (off) or above 1 (e.g. 3: three "
+         f"times as fast as the dense model), got {cfg.target_speedup:g}")
+    need(not (cfg.target_latency_ms and cfg.target_speedup), "set target_latency_ms (ms) or target_speedup (against "
+         "the dense model), not both")
+    need(not (latency_targeted(cfg) and (cfg.target_macs or cfg.target_params)),
          "set a latency target or a size target (target_macs and/or target_params), not both")
     need(cfg.latency_batch_size >= 1, f"latency_batch_size must be at least 1, got {cfg.latency_batch_size}")
-    need(not (cfg.target_latency_ms and cfg.latency_runtime == "torch-compile"), "latency_runtime torch-compile "
+    need(not (latency_targeted(cfg) and cfg.latency_runtime == "torch-compile"), "latency_runtime torch-compile "
          "would compile every candidate model (minutes each); use pytorch, pytorch-fused, onnxruntime or openvino")
     need(cfg.distill or not cfg.distill_cached, "distill_cached only changes how distillation is done; add --distill "
          "or drop --distill-cached")
@@ -508,8 +522,8 @@ def validate(cfg: Config) -> None:
     need(cfg.allocation in ALLOCATIONS, f"unknown allocation '{cfg.allocation}'{_suggest(cfg.allocation, ALLOCATIONS)}; "
          f"choose one of: {', '.join(ALLOCATIONS)}")
     if cfg.allocation == "search":
-        need(bool(cfg.target_macs or cfg.target_params or cfg.target_latency_ms), "allocation search looks for the "
-             "widths that meet a budget: add --target-macs, --target-params or --target-latency-ms")
+        need(bool(cfg.target_macs or cfg.target_params or latency_targeted(cfg)), "allocation search looks for the "
+             "widths that meet a budget: add --target-macs, --target-params, --target-latency-ms or --target-speedup")
         need(not cfg.global_pruning, "allocation search chooses each group's width itself; drop --global-pruning")
         need(cfg.val_size > 0, "allocation search ranks width candidates on a validation split carved from the "
              "training images, never the test set: add --val-size N (e.g. 2000)")

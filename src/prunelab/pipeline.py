@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import distributed, modelfile, report, transfer
-from .config import Config, final_lr, resumed_config, to_dict
+from .config import Config, final_lr, latency_targeted, resumed_config, to_dict
 from .data import Data, eval_batches, fingerprint, load_data
 from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
@@ -60,7 +60,7 @@ def check_available(cfg: Config) -> None:
     check_name(cfg.model)
     if cfg.pretrained:
         pretrained_weights(cfg.model, cfg.pretrained)  # the weights' name, checked without downloading anything
-    if cfg.target_latency_ms:
+    if latency_targeted(cfg):
         reason = missing(cfg.latency_runtime)
         if reason:
             raise PrunelabError(f"config: {reason}")
@@ -99,7 +99,7 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
         check_drop_blocks(first, cfg.drop_blocks, data.inputs.image_size)
         shallow = drop_blocks(copy.deepcopy(first), cfg.drop_blocks) if cfg.drop_blocks else first
         check_prunable(shallow, cfg, data.inputs.image_size, spec.num_classes, spec.builder)
-        check_targets(cfg, pruned_spec, data.inputs.image_size, shallow if baseline is not None else None)
+        check_targets(cfg, pruned_spec, data.inputs.image_size, *((shallow, first) if baseline is not None else ()))
     if resume_dir:
         rd = RunDir(resume_dir)
     else:  # rank 0 creates the run directory; the others wait for it
@@ -133,7 +133,7 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     # Stage 0: the dense model, trained, loaded from --baseline, or from its checkpoint.
     dense = stages.load_dense() if done >= 0 else stages.dense(baseline, teacher, start)
     if cfg.allocation == "search":  # the widths each group keeps, for the target: searched once, then read back
-        stages.search_widths(stages.shallow(dense))
+        stages.search_widths(dense)
     if cfg.distill:
         stages.set_teacher(teacher if teacher is not None else dense)
     if done >= 1:  # rebuild the pruned model and the pruner's progress from the last checkpoint
@@ -280,8 +280,9 @@ class _Stages:
                             num_classes=self.spec.num_classes, group_ratios=self.group_ratios)
 
     def search_widths(self, dense) -> None:
-        """allocation search: the width candidates scored one by one (search.jsonl, so a killed search goes on
-        where it stopped), the best's group ratios kept (search.json). The proxy re-estimates a candidate's
+        """allocation search: the width candidates of the dense model (less cfg.drop_blocks) scored one by one
+        (search.jsonl, so a killed search goes on where it stopped), the best's group ratios kept (search.json);
+        a speed-up is against `dense` as it is. The proxy re-estimates a candidate's
         batch-norm statistics on training images, fine-tunes it briefly on training images (search_train_images),
         and scores it on the validation split, never the test set."""
         cfg, rd = self.cfg, self.rd
@@ -319,8 +320,9 @@ class _Stages:
                     if row["feasible"] else "cannot reach the target")
                     + f" ({row['seconds']:.0f} s)")
 
-            result = search_widths(dense, cfg, image_size=self.inputs.image_size, num_classes=self.spec.num_classes,
-                                   proxy=proxy, done=done, record=record)
+            result = search_widths(self.shallow(dense), cfg, image_size=self.inputs.image_size,
+                                   num_classes=self.spec.num_classes, proxy=proxy, done=done, record=record,
+                                   reference=dense if cfg.drop_blocks else None)
             if distributed.WORLD.main:
                 write_json(rd.search, result)
             distributed.barrier()
@@ -415,11 +417,14 @@ class _Stages:
                     self.group_ratios, (macs, params) = filled
                     log(f"dense: rounding to multiples of {cfg.round_to} left budget idle; groups widened into it: "
                         f"{macs / 1e6:.3g} M MACs, {params:,} parameters (--no-fill-budget: uniform)")
-        elif cfg.target_latency_ms:
-            search = ratio_for_latency(self.shallow(model), cfg, self.inputs.image_size, self.spec.num_classes)
+        elif latency_targeted(cfg):
+            search = ratio_for_latency(self.shallow(model), cfg, self.inputs.image_size, self.spec.num_classes,
+                                       reference=model if cfg.drop_blocks else None)
             self.pruning_ratio = search["ratio"]
+            speedup = (f" = the dense model's {search.get('reference_latency_ms', search['dense_latency_ms']):.3g} ms "
+                       f"/ {cfg.target_speedup:g}" if cfg.target_speedup else "")
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} runs in {search['latency_ms']:.3g} ms for a target of "
-                f"{cfg.target_latency_ms:g} ms ({cfg.latency_runtime}, batch {cfg.latency_batch_size}; dense "
+                f"{search['target_ms']:.3g} ms{speedup} ({cfg.latency_runtime}, batch {cfg.latency_batch_size}; dense "
                 f"{search['dense_latency_ms']:.3g} ms{' without the removed blocks' if cfg.drop_blocks else ''}, timing noise {100 * search['noise']:.1f}%; "
                 f"{search['timings']} timings)" + ("" if search["fits"] else "; nothing timed met it: the fastest, "
                                                    "within the timing noise of the target"))
@@ -530,15 +535,30 @@ class _Stages:
         row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n),
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start, "machine": self._machine()}
-        if cfg.target_latency_ms and distributed.WORLD.main:
-            import tempfile
-            with tempfile.TemporaryDirectory() as tmp:
-                row["target_latency"] = {"runtime": cfg.latency_runtime, "batch_size": cfg.latency_batch_size,
-                                         "target_ms": cfg.target_latency_ms, "achieved_ms": latency(
-                                             model, cfg.latency_runtime, self.inputs.image_size,
-                                             cfg.latency_batch_size, tmp, min_seconds=1.0)}
+        if latency_targeted(cfg) and distributed.WORLD.main:
+            row["target_latency"] = self._latency_achieved(model)
         self._save(model, self.n + 1, history(pruner), row)
         log(f"final: test acc {row['accuracy']:.4f}")
+
+    def _latency_achieved(self, model, rounds: int = 3) -> dict:
+        """What the latency target came to: the final `model` timed in the target's runtime and batch size; for a
+        speed-up, side by side with the dense model (from its checkpoint, as the user has it), alternating over
+        `rounds` fresh sessions each, the speed-up the ratio of their medians (the machine's load changes between
+        sessions, not within one round)."""
+        import tempfile
+        cfg, size = self.cfg, self.inputs.image_size
+        out = {"runtime": cfg.latency_runtime, "batch_size": cfg.latency_batch_size}
+        with tempfile.TemporaryDirectory() as tmp:
+            def timed(m, name: str) -> float:
+                return latency(m, cfg.latency_runtime, size, cfg.latency_batch_size, Path(tmp) / name, min_seconds=1.0)
+
+            if not cfg.target_speedup:
+                return {**out, "target_ms": cfg.target_latency_ms, "achieved_ms": timed(model, "final")}
+            dense = modelfile.load(self.rd.checkpoint(0, self.n).with_suffix(".json"), model=self.given)[0].eval()
+            pairs = [(timed(dense, f"dense{i}"), timed(model, f"final{i}")) for i in range(rounds)]
+        dense_ms, final_ms = (sorted(p[k] for p in pairs)[(rounds - 1) // 2] for k in (0, 1))
+        return {**out, "target_speedup": cfg.target_speedup, "dense_ms": dense_ms, "achieved_ms": final_ms,
+                "achieved_speedup": dense_ms / final_ms}
 
     def _gradient_batches(self):
         for images, labels in itertools.islice(eval_batches(self.early, self.cfg.batch_size), self.cfg.taylor_batches):

@@ -80,7 +80,9 @@ def _search_summary(search: dict, widths: dict) -> dict:
     the widths of every layer in the dense, uniform, searched (one-shot) and final models."""
     uniform = search["candidates"][0]
     keys = ("index", "proxy_accuracy", "macs", "params", "widths")
-    return {"chosen": {k: search.get(k) for k in keys}, "uniform": {k: uniform.get(k) for k in keys},
+    return {"chosen": {**{k: search.get(k) for k in keys}, **{k: search[k] for k in ("latency_ms", "target_ms")
+                                                               if k in search}},
+            "uniform": {k: uniform.get(k) for k in keys},
             "candidates": len(search["candidates"]), "feasible": sum(c["feasible"] for c in search["candidates"]),
             "seconds": search["seconds"],
             "dense_widths": widths["dense"], "final_widths": widths["final"]}
@@ -240,6 +242,9 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
     if c.get("target_latency_ms"):
         limits = [f"{c['target_latency_ms']:.4g} ms ({c['latency_runtime']}, batch {c['latency_batch_size']}, latency on "
                   "this machine)"]
+    if c.get("target_speedup"):
+        limits = [f"{c['target_speedup']:g}x the dense model's speed ({c['latency_runtime']}, batch "
+                  f"{c['latency_batch_size']}, both timed on this machine)"]
     goal = (f"target {' and '.join(limits)}" + (f" (channel ratio found: {ratio:.4f})" if pruning_ratio is not None
                                                 else "") if limits else f"channel ratio {ratio}")
     per_unit = f"cosine stepped per {c.get('lr_schedule_unit', 'batch')}"
@@ -339,7 +344,15 @@ def report_markdown(results: dict) -> str:
         parts += ["", f"**Teacher:** the fine-tunes distil from {teacher['file']}, {100 * teacher['accuracy']:.2f}% on "
                   f"these test images (the dense model: {100 * results['dense']['accuracy']:.2f}%)."]
     t = results["final"].get("target_latency")
-    if t:
+    if t and t.get("target_speedup"):
+        search = results["dense"].get("latency_search") or (results.get("search") or {}).get("chosen") or {}
+        parts += ["", f"**Latency target:** {t['target_speedup']:g}x the dense model's speed per batch of "
+                  f"{t['batch_size']} in {t['runtime']}; timed side by side at the end (medians of fresh sessions), "
+                  f"the final model runs in **{t['achieved_ms']:.3g} ms** against the dense model's "
+                  f"{t['dense_ms']:.3g} ms: **{t['achieved_speedup']:.2f}x** (channel ratio found: "
+                  f"{results.get('pruning_ratio', 0):.4f}, for {search.get('target_ms', float('nan')):.3g} ms in the "
+                  "search)."]
+    elif t:
         search = results["dense"].get("latency_search") or {}
         parts += ["", f"**Latency target:** {t['target_ms']:g} ms per batch of {t['batch_size']} in {t['runtime']}; "
                   f"the final model runs in **{t['achieved_ms']:.3g} ms** (channel ratio found: "

@@ -7,13 +7,15 @@ one-shot prune (`prune.prune_once`); and the width search
                     `fill_budget` widens groups one rounding step at a time into what rounding left idle
     latency         one batch timed in the chosen runtime on this machine (a grid of 12 ratios, 4 halvings from
                     the smallest that fits, re-timed: latency is not monotone in the ratio; the noise of five
-                    dense timings widens the check at MAX_RATIO)
+                    dense timings widens the check at MAX_RATIO); a speed-up target is the dense model's latency,
+                    timed first in the same search, over the speed-up
 
 With per-layer pruning the widths depend on the ratio only; with global pruning also on the weights, so the
 searches take the trained dense model.
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .config import Config
+from .config import Config, latency_targeted
 from .errors import PrunelabError
 from .models import ModelSpec, build
 from .prune import count_macs_params, group_roots, layer_widths, prune_once
@@ -153,45 +155,53 @@ def smallest_fitting_ratio(time_at: Callable[[float], float], target: float, tim
 
 
 def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classes: int | None = None,
-                      iterations: int = LATENCY_ITERATIONS, points: int = LATENCY_POINTS) -> dict:
+                      iterations: int = LATENCY_ITERATIONS, points: int = LATENCY_POINTS,
+                      reference: nn.Module | None = None) -> dict:
     """The smallest channel ratio whose one-shot pruning of (a copy of) `model` runs one batch of
-    cfg.latency_batch_size in at most cfg.target_latency_ms in cfg.latency_runtime on this machine: a grid of
-    `points` ratios refined by `iterations` halvings and confirmed by re-timing (`smallest_fitting_ratio`), each
-    timing in one fresh session. The noise is measured first: the dense model timed 5 times, (max - min) / median
-    of those medians. Returns ratio, the latency at it (the median the search judged), whether that fits the target
-    (False only when nothing fit and MAX_RATIO, within the noise of the target, is returned), the dense latency, the
-    noise and the number of timings; with iterations=0, only checks that the target is within reach. Raises
-    PrunelabError when the target is not below the dense latency, or when even pruning MAX_RATIO of the channels is
-    too slow (saying how fast that is)."""
-    target = cfg.target_latency_ms
+    cfg.latency_batch_size in at most the target in cfg.latency_runtime on this machine: cfg.target_latency_ms, or
+    the latency of `reference` (the dense model as the user has it, when `model` is it less --drop-blocks' blocks;
+    default `model`) over cfg.target_speedup, timed first, here. A grid of `points` ratios refined by `iterations`
+    halvings and confirmed by re-timing (`smallest_fitting_ratio`), each timing in one fresh session. The noise is
+    measured first: the dense model timed 5 times, (max - min) / median of those medians. Returns ratio, the
+    latency at it (the median the search judged), whether that fits the target (False only when nothing fit and
+    MAX_RATIO, within the noise of the target, is returned), the target in ms, the dense latency (and the
+    reference's, when given), the noise and the number of timings; with iterations=0, only checks that the target
+    is within reach. Raises PrunelabError when the target is not below the dense latency, or when even pruning
+    MAX_RATIO of the channels is too slow (saying how fast that is)."""
+    where = f"{cfg.latency_runtime}, batch {cfg.latency_batch_size}"
     with tempfile.TemporaryDirectory() as tmp:
         count = [0]
 
-        def at(ratio: float, name: str = "") -> float:
+        def at(ratio: float, name: str = "", of: nn.Module = model) -> float:
             count[0] += 1
             work = Path(tmp) / (name or f"r{count[0]}")
             work.mkdir(parents=True, exist_ok=True)
-            pruned = prune_once(model, cfg, ratio, image_size=image_size, num_classes=num_classes).eval()
+            pruned = prune_once(of, cfg, ratio, image_size=image_size, num_classes=num_classes).eval()
             return latency(pruned, cfg.latency_runtime, image_size, cfg.latency_batch_size, work)
 
         runs = [at(0.0, "dense") for _ in range(5)]  # one ONNX export, five fresh sessions
         dense = sorted(runs)[2]
         noise = (max(runs) - min(runs)) / dense
-        if target >= dense:
+        ref = dense if reference is None else sorted(at(0.0, "reference", reference) for _ in range(5))[2]
+        target = cfg.target_latency_ms or ref / cfg.target_speedup
+        if cfg.target_latency_ms and target >= dense:
             raise PrunelabError(f"target_latency_ms {target:g} is not below the {dense:.3g} ms of "
-                                f"{_dense_name(cfg.drop_blocks)} ({cfg.latency_runtime}, batch {cfg.latency_batch_size}); lower it or "
+                                f"{_dense_name(cfg.drop_blocks)} ({where}); lower it or "
                                 "drop it" + (" (or remove fewer blocks)" if cfg.drop_blocks else ""))
         fastest = at(MAX_RATIO, "max")
         if fastest > target * (1 + noise):
+            if cfg.target_speedup:
+                raise PrunelabError(f"target_speedup {cfg.target_speedup:g} is out of reach: pruning {MAX_RATIO:.0%} of "
+                                    f"the channels runs {ref / fastest:.3g}x as fast as the dense model ({fastest:.3g} "
+                                    f"against {ref:.3g} ms, {where}, this machine); lower the speed-up to at most that")
             raise PrunelabError(f"target_latency_ms {target:g} is out of reach: pruning {MAX_RATIO:.0%} of the channels "
-                                f"runs in {fastest:.3g} ms ({cfg.latency_runtime}, batch {cfg.latency_batch_size}, "
-                                "this machine); raise the target to at least that")
+                                f"runs in {fastest:.3g} ms ({where}, this machine); raise the target to at least that")
         timed = {MAX_RATIO: [fastest]}
         ratio = smallest_fitting_ratio(at, target, timed, points=points, iterations=iterations) if iterations \
             else MAX_RATIO
     ms = _median(timed[ratio])
-    return {"ratio": ratio, "latency_ms": ms, "fits": ms <= target, "dense_latency_ms": dense, "noise": noise,
-            "timings": count[0]}
+    return {"ratio": ratio, "latency_ms": ms, "fits": ms <= target, "target_ms": target, "dense_latency_ms": dense,
+            **({"reference_latency_ms": ref} if reference is not None else {}), "noise": noise, "timings": count[0]}
 
 
 def _dense_name(dropped_blocks) -> str:
@@ -199,15 +209,21 @@ def _dense_name(dropped_blocks) -> str:
     return "the dense model" + (f" without {' '.join(dropped_blocks)}" if dropped_blocks else "")
 
 
-def check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: nn.Module | None = None) -> None:
+def check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: nn.Module | None = None,
+                  reference: nn.Module | None = None) -> None:
     """Before any training: MACs and parameter targets lie below the dense model's and within reach of MAX_RATIO;
     a latency target is within reach (timed: the dense model and the MAX_RATIO one). `spec` and `dense` are those of
-    the network the cuts start from: with --drop-blocks, the dense model without its dropped blocks."""
-    if not (cfg.target_macs or cfg.target_params or cfg.target_latency_ms):
+    the network the cuts start from: with --drop-blocks, the dense model without its dropped blocks; `reference`,
+    then, the dense model with them, which a speed-up is measured against (default: built from `spec` with no
+    block dropped)."""
+    if not (cfg.target_macs or cfg.target_params or latency_targeted(cfg)):
         return
     model = dense if dense is not None else build(spec)
-    if cfg.target_latency_ms:
-        ratio_for_latency(model, cfg, image_size, spec.num_classes, iterations=0)
+    if latency_targeted(cfg):
+        if cfg.target_speedup and spec.dropped_blocks:  # the speed-up is against the model the user has
+            reference = reference if reference is not None else build(dataclasses.replace(spec, dropped_blocks=()))
+        ratio_for_latency(model, cfg, image_size, spec.num_classes, iterations=0,
+                          reference=reference if cfg.target_speedup and spec.dropped_blocks else None)
         return
     macs, params = count_macs_params(model, image_size)
     name, fewer = _dense_name(spec.dropped_blocks), " (or remove fewer blocks)" if spec.dropped_blocks else ""
@@ -246,25 +262,27 @@ def draw_multipliers(roots: dict[str, int], index: int, seed: int, spread: float
 
 
 def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multipliers: dict[str, float], *,
-                    image_size: int, num_classes: int,
-                    iterations: int = 10) -> tuple[float, nn.Module, float | None] | None:
+                    image_size: int, num_classes: int, iterations: int = 10,
+                    target_ms: float = 0.0) -> tuple[float, nn.Module, float | None] | None:
     """The candidate `multipliers` (one per group root) scaled until its one-shot pruning of `model` just meets
     cfg's target: (u, the pruned copy, its latency in ms or None), or None where even MAX_RATIO does not meet it.
-    MACs and parameters by a bisection of `iterations` halvings (counts fall steadily as u grows); latency by the
-    grid and re-timing of `smallest_fitting_ratio`, as `ratio_for_latency` (timings do not fall steadily)."""
+    MACs and parameters by a bisection of `iterations` halvings (counts fall steadily as u grows); latency (of at
+    most `target_ms`, default cfg.target_latency_ms) by the grid and re-timing of `smallest_fitting_ratio`, as
+    `ratio_for_latency` (timings do not fall steadily)."""
+    target_ms = target_ms or cfg.target_latency_ms
     def pruned_at(u: float) -> nn.Module:
         return prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
                           group_ratios=candidate_ratios(roots, multipliers, u))
 
-    if cfg.target_latency_ms:
+    if target_ms:
         def time_at(u: float) -> float:
             with tempfile.TemporaryDirectory() as tmp:
                 return latency(pruned_at(u).eval(), cfg.latency_runtime, image_size, cfg.latency_batch_size, tmp)
 
         timed = {MAX_RATIO: [time_at(MAX_RATIO)]}
-        if timed[MAX_RATIO][0] > cfg.target_latency_ms:
+        if timed[MAX_RATIO][0] > target_ms:
             return None
-        u = smallest_fitting_ratio(time_at, cfg.target_latency_ms, timed, points=LATENCY_POINTS,
+        u = smallest_fitting_ratio(time_at, target_ms, timed, points=LATENCY_POINTS,
                                    iterations=LATENCY_ITERATIONS)
         return u, pruned_at(u), _median(timed[u])
 
@@ -279,21 +297,27 @@ def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multip
 
 def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes: int,
                   proxy: Callable[[nn.Module], float], done: list[dict] | None = None,
-                  record: Callable[[dict], None] | None = None, iterations: int = 10) -> dict:
-    """Widths for the budget (cfg.target_macs / target_params / target_latency_ms) that keep the most accuracy, by
+                  record: Callable[[dict], None] | None = None, iterations: int = 10,
+                  reference: nn.Module | None = None) -> dict:
+    """Widths for the budget (cfg.target_macs / target_params / target_latency_ms / target_speedup) that keep the most accuracy, by
     random search over cfg.search_budget candidates (EagleEye, Li et al., ECCV 2020): each candidate is a vector of
     per-group multipliers (draw_multipliers); scale_candidate scales it until its one-shot pruning of `model`
     just meets the target; `proxy(pruned)` scores the pruned copy (the pipeline re-estimates its batch-norm statistics
     on training images and returns its accuracy on the validation split). `done`: candidate rows already scored
-    (a resumed search), `record(row)`: called with each new row before the next starts. Returns the best row
+    (a resumed search), `record(row)`: called with each new row before the next starts. A speed-up is turned into
+    ms once, by timing `reference` (default `model`: see ratio_for_latency) before the first new candidate; each
+    row records the target it was scaled to (a resumed search times the dense model again). Returns the best row
     (candidate 0, uniform, wins ties) with every row under "candidates"."""
     roots = group_roots(model, cfg, image_size, num_classes)
     rows = list(done or [])
+    target_ms = cfg.target_latency_ms
+    if cfg.target_speedup and len(rows) < cfg.search_budget:
+        target_ms = ratio_for_latency(model, cfg, image_size, num_classes, iterations=0, reference=reference)["target_ms"]
     for index in range(len(rows), cfg.search_budget):
         start = time.perf_counter()
         multipliers = draw_multipliers(roots, index, cfg.seed)
         scaled = scale_candidate(model, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
-                                 iterations=iterations)
+                                 iterations=iterations, target_ms=target_ms)
         if scaled is None:  # this direction cannot reach the budget: skipped
             row = {"index": index, "feasible": False, "multipliers": multipliers}
         else:
@@ -301,7 +325,7 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
             macs, params = count_macs_params(pruned, image_size)
             row = {"index": index, "feasible": True, "multipliers": multipliers, "u": u,
                    "group_ratios": candidate_ratios(roots, multipliers, u), "macs": macs, "params": params,
-                   **({"latency_ms": ms} if ms is not None else {}),
+                   **({"latency_ms": ms, "target_ms": target_ms} if ms is not None else {}),
                    "widths": layer_widths(pruned), "proxy_accuracy": proxy(pruned)}
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
