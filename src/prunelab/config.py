@@ -172,9 +172,9 @@ class Config:
                                        "latency_runtime on this machine (the ratio is searched on one-shot-pruned "
                                        "copies, timed; 0 = off)")
     target_speedup: float = _f(0.0, "prune until one batch of latency_batch_size runs at least this many times faster "
-                                    "than the dense model in latency_runtime, both timed in the same run on this "
-                                    "machine: a latency target that does not drift with the machine's load between "
-                                    "sessions, as target_latency_ms does (e.g. 3; 0 = off)")
+                                    "than the dense model in latency_runtime, the dense model timed first in the "
+                                    "same run on this machine, the final one beside it at the end (e.g. 3; 0 = off). "
+                                    "Load slows the dense model more than small ones: time on a quiet machine")
     latency_runtime: str = _f("pytorch", "runtime of target_latency_ms / target_speedup: pytorch | pytorch-fused | "
                                          "onnxruntime | openvino")
     latency_batch_size: int = _f(1, "batch size of target_latency_ms / target_speedup")
@@ -279,7 +279,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU in about half an hour from a trained --baseline (RESULTS 2.2; the seed recipe: 2.1, 2.3).
     "full": {**_QUICK, "final_finetune_epochs": 40, "test_subset": 0, "latency_min_seconds": 1.0},
     # full with three times the final epochs: the recipe behind prunelab's best figure at the seed's size (RESULTS
-    # 2.4; about an hour on a 2-core CPU from a trained --baseline, inside the seed recipe's time; its scratch
+    # 2.4; about an hour on a 2-core bf16 CPU, 109 min without bf16, from a trained --baseline, inside the seed recipe's time; its scratch
     # control ties it, 3.3).
     "full-long": {**_QUICK, "final_finetune_epochs": 120, "test_subset": 0, "latency_min_seconds": 1.0},
     # Transfer learning from --pretrained or --init-from weights (RESULTS 8): a short dense fine-tune (on the one
