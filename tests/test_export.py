@@ -374,7 +374,8 @@ def test_a_speedup_target_is_the_dense_latency_timed_in_the_same_run_and_is_repo
     results = json.loads((tmp_path / "tiny" / "results.json").read_text())
     search = results["dense"]["latency_search"]
     assert search["target_ms"] == pytest.approx(search["reference_latency_ms"] / 1.5) and search["fits"]
-    assert search["latency_ms"] <= search["target_ms"] and results["pruning_ratio"] > 0.1
+    assert search["latency_ms"] <= search["target_ms"] < search["reference_latency_ms"]
+    assert results["pruning_ratio"] == search["ratio"]  # (removing layer4.1 alone may come close to 1.5x here)
     t = results["final"]["target_latency"]
     assert t["target_speedup"] == 1.5 and t["dense_ms"] > 0 and t["achieved_ms"] > 0
     assert t["achieved_speedup"] == pytest.approx(t["dense_ms"] / t["achieved_ms"])
