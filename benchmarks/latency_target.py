@@ -4,7 +4,7 @@ timed again afterwards (5 fresh timings, median), against the budget and the noi
 everything once per number of busy processes beside it (0 = quiet), to see which target moves with the load.
 
     python benchmarks/latency_target.py --budgets 2.0 1.0 0.5 --runtime onnxruntime --threads 2
-    python benchmarks/latency_target.py --budgets 0.35 --speedups 20 --round-to 8 --load 0 1 0 1
+    python benchmarks/latency_target.py --budgets 0.35 --speedups 15 --round-to 8 --load 0 1 0 1   # RESULTS 7.12
     python benchmarks/latency_target.py --budgets 0.35 --round-to 2 8 --drop-blocks layer1.1 layer2.1 layer3.1 layer4.1
     python benchmarks/latency_target.py --curve 0.6 0.7 0.75 0.8 0.85 --round-to 2 8 --repeats 3   # no search
 

@@ -279,8 +279,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU in about half an hour from a trained --baseline (RESULTS 2.2; the seed recipe: 2.1, 2.3).
     "full": {**_QUICK, "final_finetune_epochs": 40, "test_subset": 0, "latency_min_seconds": 1.0},
     # full with three times the final epochs: the recipe behind prunelab's best figure at the seed's size (RESULTS
-    # 2.4; about an hour on a 2-core bf16 CPU, 109 min without bf16, from a trained --baseline, inside the seed recipe's time; its scratch
-    # control ties it, 3.3).
+    # 2.4; about an hour on a 2-core bf16 CPU, 109 min without bf16, from a trained --baseline, inside the seed
+    # recipe's time; its scratch control ties it, 3.3).
     "full-long": {**_QUICK, "final_finetune_epochs": 120, "test_subset": 0, "latency_min_seconds": 1.0},
     # Transfer learning from --pretrained or --init-from weights (RESULTS 8): a short dense fine-tune (on the one
     # transfer task measured, lr 0.1 beat 0.03 and 0.01 on the validation split), then one cut to the target with

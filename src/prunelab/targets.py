@@ -160,7 +160,7 @@ def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classe
     """The smallest channel ratio whose one-shot pruning of (a copy of) `model` runs one batch of
     cfg.latency_batch_size in at most the target in cfg.latency_runtime on this machine: cfg.target_latency_ms, or
     the latency of `reference` (the dense model as the user has it, when `model` is it less --drop-blocks' blocks;
-    default `model`) over cfg.target_speedup, timed first, here. A grid of `points` ratios refined by `iterations`
+    default `model`; ignored for a ms target) over cfg.target_speedup, timed first, here. A grid of `points` ratios refined by `iterations`
     halvings and confirmed by re-timing (`smallest_fitting_ratio`), each timing in one fresh session. The noise is
     measured first: the dense model timed 5 times, (max - min) / median of those medians. Returns ratio, the
     latency at it (the median the search judged), whether that fits the target (False only when nothing fit and
@@ -182,7 +182,8 @@ def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classe
         runs = [at(0.0, "dense") for _ in range(5)]  # one ONNX export, five fresh sessions
         dense = sorted(runs)[2]
         noise = (max(runs) - min(runs)) / dense
-        ref = dense if reference is None else sorted(at(0.0, "reference", reference) for _ in range(5))[2]
+        timed_reference = reference is not None and bool(cfg.target_speedup)  # (a ms target needs no reference)
+        ref = sorted(at(0.0, "reference", reference) for _ in range(5))[2] if timed_reference else dense
         target = cfg.target_latency_ms or ref / cfg.target_speedup
         if cfg.target_latency_ms and target >= dense:
             raise PrunelabError(f"target_latency_ms {target:g} is not below the {dense:.3g} ms of "
@@ -201,7 +202,7 @@ def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classe
             else MAX_RATIO
     ms = _median(timed[ratio])
     return {"ratio": ratio, "latency_ms": ms, "fits": ms <= target, "target_ms": target, "dense_latency_ms": dense,
-            **({"reference_latency_ms": ref} if reference is not None else {}), "noise": noise, "timings": count[0]}
+            **({"reference_latency_ms": ref} if timed_reference else {}), "noise": noise, "timings": count[0]}
 
 
 def _dense_name(dropped_blocks) -> str:
@@ -220,10 +221,9 @@ def check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: nn.
         return
     model = dense if dense is not None else build(spec)
     if latency_targeted(cfg):
-        if cfg.target_speedup and spec.dropped_blocks:  # the speed-up is against the model the user has
-            reference = reference if reference is not None else build(dataclasses.replace(spec, dropped_blocks=()))
-        ratio_for_latency(model, cfg, image_size, spec.num_classes, iterations=0,
-                          reference=reference if cfg.target_speedup and spec.dropped_blocks else None)
+        if reference is None and cfg.target_speedup and spec.dropped_blocks:  # against the model the user has
+            reference = build(dataclasses.replace(spec, dropped_blocks=()))
+        ratio_for_latency(model, cfg, image_size, spec.num_classes, iterations=0, reference=reference)
         return
     macs, params = count_macs_params(model, image_size)
     name, fewer = _dense_name(spec.dropped_blocks), " (or remove fewer blocks)" if spec.dropped_blocks else ""
@@ -270,6 +270,7 @@ def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multip
     most `target_ms`, default cfg.target_latency_ms) by the grid and re-timing of `smallest_fitting_ratio`, as
     `ratio_for_latency` (timings do not fall steadily)."""
     target_ms = target_ms or cfg.target_latency_ms
+
     def pruned_at(u: float) -> nn.Module:
         return prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
                           group_ratios=candidate_ratios(roots, multipliers, u))
