@@ -362,3 +362,29 @@ def test_the_width_search_meets_a_speedup_as_the_dense_latency_timed_first_over_
     for c in feasible:
         assert c["target_ms"] == pytest.approx(5.0) and c["latency_ms"] <= 5.0 and c["params"] <= dense_params / 2
     assert max(c["params"] for c in feasible) > 0.4 * dense_params  # scaled up to the budget, not just cut hard
+
+
+def test_a_resumed_speedup_search_keeps_the_target_of_its_first_candidates(monkeypatch):
+    """A width search under --target-speedup killed after its first candidate resumes with the ms target those rows
+    record: the dense model is not timed again, so a machine that has slowed since (here: every timing doubled)
+    does not move the budget of the remaining candidates."""
+    import prunelab.targets as targets
+    from prunelab.models import build_model
+    model = build_model("user_nets:build_net", 10, kwargs={"width": 16})
+    dense_params = count_macs_params(model, 32)[1]
+    scale, timed = [10.0], []
+
+    def proportional(pruned, runtime, image_size, batch_size, work):
+        timed.append(count_macs_params(pruned, image_size)[1])
+        return scale[0] * timed[-1] / dense_params
+
+    monkeypatch.setattr(targets, "latency", proportional)
+    cfg = make_config("tiny", {"allocation": "search", "val_size": 8, "search_budget": 3, "target_speedup": 2.0})
+    first = search_widths(model, cfg, image_size=32, num_classes=10, proxy=lambda m: 0.0)["candidates"]
+    scale[0], timed[:] = 20.0, []  # the machine is twice as slow now
+    resumed = search_widths(model, cfg, image_size=32, num_classes=10, proxy=lambda m: 0.0, done=first[:1])
+    assert dense_params not in timed  # the dense model was not timed again
+    assert [c["target_ms"] for c in resumed["candidates"]] == [pytest.approx(5.0)] * 3
+    # against a fresh search on the slowed machine, which times the dense model again: 10 ms
+    fresh = search_widths(model, cfg, image_size=32, num_classes=10, proxy=lambda m: 0.0)["candidates"]
+    assert fresh[0]["target_ms"] == pytest.approx(10.0)

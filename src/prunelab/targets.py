@@ -306,13 +306,17 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
     just meets the target; `proxy(pruned)` scores the pruned copy (the pipeline re-estimates its batch-norm statistics
     on training images and returns its accuracy on the validation split). `done`: candidate rows already scored
     (a resumed search), `record(row)`: called with each new row before the next starts. A speed-up is turned into
-    ms once, by timing `reference` (default `model`: see ratio_for_latency) before the first new candidate; each
-    row records the target it was scaled to (a resumed search times the dense model again). Returns the best row
+    ms once, by timing `reference` (default `model`: see ratio_for_latency) before the first candidate; each row
+    records the target it was scaled to, and a resumed search takes it from the rows done (so a killed search
+    resumes to the same widths however the machine's speed has moved). Returns the best row
     (candidate 0, uniform, wins ties) with every row under "candidates"."""
     roots = group_roots(model, cfg, image_size, num_classes)
     rows = list(done or [])
     target_ms = cfg.target_latency_ms
-    if cfg.target_speedup and len(rows) < cfg.search_budget:
+    recorded = [r["target_ms"] for r in rows if "target_ms" in r]
+    if cfg.target_speedup and recorded:  # a resumed search keeps the target its first candidates were scaled to
+        target_ms = recorded[0]
+    elif cfg.target_speedup and len(rows) < cfg.search_budget:
         target_ms = ratio_for_latency(model, cfg, image_size, num_classes, iterations=0, reference=reference)["target_ms"]
     for index in range(len(rows), cfg.search_budget):
         start = time.perf_counter()
@@ -320,7 +324,8 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
         scaled = scale_candidate(model, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
                                  iterations=iterations, target_ms=target_ms)
         if scaled is None:  # this direction cannot reach the budget: skipped
-            row = {"index": index, "feasible": False, "multipliers": multipliers}
+            row = {"index": index, "feasible": False, "multipliers": multipliers,
+                   **({"target_ms": target_ms} if target_ms else {})}
         else:
             u, pruned, ms = scaled
             macs, params = count_macs_params(pruned, image_size)
