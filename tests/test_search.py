@@ -388,3 +388,30 @@ def test_a_resumed_speedup_search_keeps_the_target_of_its_first_candidates(monke
     # against a fresh search on the slowed machine, which times the dense model again: 10 ms
     fresh = search_widths(model, cfg, image_size=32, num_classes=10, proxy=lambda m: 0.0)["candidates"]
     assert fresh[0]["target_ms"] == pytest.approx(10.0)
+
+
+def test_a_sweep_over_speedups_and_latencies_plans_one_run_per_target_checked_before_any_is_written(tmp_path,
+                                                                                                   monkeypatch):
+    """`sweep --targets-speedup ... --targets-latency-ms ...`: one config per target, named by it and carrying it
+    alone; a target out of reach fails the whole sweep before any file is written (latency replaced by one
+    proportional to the parameters, dense 10 ms, as above)."""
+    import prunelab.targets as targets
+    from prunelab.models import build
+    spec = ModelSpec("resnet18_cifar", 10)
+    model = build(spec)
+    dense_params = count_macs_params(model, 16)[1]
+    monkeypatch.setattr(targets, "latency",
+                        lambda pruned, runtime, size, batch, work: 10.0 * count_macs_params(pruned, size)[1] / dense_params)
+    save(tmp_path / "dense", model, spec, [])
+    common = ("sweep", "--preset", "tiny", "--out-dir", tmp_path / "runs", "--name", "sw", "--baseline",
+              tmp_path / "dense.safetensors")
+    code, _, err = cli(*common, "--targets-speedup", "1.5", "2", "--targets-latency-ms", "4", "--plan", tmp_path / "plan")
+    assert code == 0, err
+    assert len((tmp_path / "plan" / "commands.txt").read_text().splitlines()) == 3
+    planned = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "plan").glob("*.json")}
+    assert set(planned) == {"l2-speedup1.5x", "l2-speedup2x", "l2-lat4ms"}
+    assert [planned["l2-speedup2x"][k] for k in ("target_speedup", "target_latency_ms", "target_macs")] == [2.0, 0.0, 0.0]
+    assert [planned["l2-lat4ms"][k] for k in ("target_speedup", "target_latency_ms")] == [0.0, 4.0]
+    code, _, err = cli(*common, "--targets-speedup", "1.5", "1000", "--plan", tmp_path / "plan2")
+    assert code != 0 and "target_speedup 1000 is out of reach" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "plan2").exists() and not (tmp_path / "runs").exists()

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (applied after the preset)")
     p.add_argument("--targets-macs", nargs="+", type=float, default=[], metavar="MACS", help="one run per MACs target")
     p.add_argument("--targets-params", nargs="+", type=float, default=[], metavar="N", help="one run per parameter target")
+    p.add_argument("--targets-latency-ms", nargs="+", type=float, default=[], metavar="MS",
+                   help="one run per latency target (as --target-latency-ms: --latency-runtime, --latency-batch-size)")
+    p.add_argument("--targets-speedup", nargs="+", type=float, default=[], metavar="X",
+                   help="one run per speed-up over the dense model (as --target-speedup; time on a quiet machine)")
     p.add_argument("--importances", nargs="+", default=[], metavar="NAME", help="one run per importance criterion")
     p.add_argument("--plan", metavar="DIR", help="run nothing: write one config per run and DIR/commands.txt (one "
                    "`prunelab run` line per job, for SLURM arrays or shell loops); then `prunelab collect`")
@@ -153,10 +157,12 @@ def cmd_sweep(args) -> None:
     overrides.setdefault("name", "sweep")
     file_overrides = load_config_file(args.config) if args.config else {}
     cfg = make_config(args.preset, {**file_overrides, **overrides})
+    targets = {"macs": args.targets_macs, "params": args.targets_params, "latency_ms": args.targets_latency_ms,
+               "speedup": args.targets_speedup}
     if args.plan:
-        plan(cfg, args.plan, args.targets_macs, args.targets_params, args.importances)
+        plan(cfg, args.plan, targets, args.importances)
         return
-    sweep(cfg, args.targets_macs, args.targets_params, args.importances)
+    sweep(cfg, targets, args.importances)
 
 
 def cmd_collect(args) -> None:

@@ -71,14 +71,24 @@ def run_seeds(cfg: Config, model: torch.nn.Module | None = None) -> Path:
     return group.path
 
 
-def configs(base: Config, targets_macs=(), targets_params=(), importances=()) -> list[Config]:
+# a sweep's target kinds: the Config field each sets, and how a run's name shows the value
+TARGET_KINDS = {
+    "macs": ("target_macs", lambda v: f"macs{v / 1e6:g}M"),
+    "params": ("target_params", lambda v: f"params{v / 1e3:g}k"),
+    "latency_ms": ("target_latency_ms", lambda v: f"lat{v:g}ms"),
+    "speedup": ("target_speedup", lambda v: f"speedup{v:g}x"),
+}
+
+
+def configs(base: Config, targets: dict[str, list[float]] | None = None, importances=()) -> list[Config]:
     """One config per (importance, target, seed), each named <importance>-<target>[-s<seed>] under the sweep's
-    folder <out_dir>/<name>/, and each carrying base.controls."""
+    folder <out_dir>/<name>/, and each carrying base.controls. `targets`: values per kind of TARGET_KINDS (macs,
+    params, latency_ms, speedup), one run each; none given: the base config's own target, or its ratio. Every
+    run's target is checked before any run starts (a latency or speed-up target is timed for that: seconds)."""
     sweep_dir = Path(base.out_dir) / base.name
-    targets = [("macs", t) for t in targets_macs] + [("params", t) for t in targets_params]
-    if not targets:  # no targets given: the base config's own target, or its ratio
-        targets = [("macs", base.target_macs)] if base.target_macs else \
-            [("params", base.target_params)] if base.target_params else [("ratio", base.pruning_ratio)]
+    listed = [(kind, value) for kind in TARGET_KINDS for value in (targets or {}).get(kind, ())]
+    if not listed:  # no targets given: the base config's own target, or its ratio
+        listed = [(kind, getattr(base, field)) for kind, (field, _) in TARGET_KINDS.items() if getattr(base, field)][:1]
     out = []
     spec = model_spec(base, base.num_classes or 10)  # the class count moves dense MACs by a few thousand at most;
     size = base.image_size or 32  # the image size is checked again by each run
@@ -86,26 +96,25 @@ def configs(base: Config, targets_macs=(), targets_params=(), importances=()) ->
         check_drop_blocks(build(spec), base.drop_blocks, size)
         spec = dataclasses.replace(spec, dropped_blocks=tuple(base.drop_blocks))
     for importance in importances or [base.importance]:
-        for kind, value in targets:
-            label = {"macs": f"macs{value / 1e6:g}M", "params": f"params{value / 1e3:g}k", "ratio": f"ratio{value:g}"}[kind]
+        for kind, value in listed or [("ratio", base.pruning_ratio)]:
+            label = f"ratio{value:g}" if kind == "ratio" else TARGET_KINDS[kind][1](value)
+            one_target = {field: (value if k == kind else 0.0) for k, (field, _) in TARGET_KINDS.items()}
             for seed in base.seeds or [base.seed]:
                 cfg = dataclasses.replace(base, name=f"{importance}-{label}" + (f"-s{seed}" if base.seeds else ""),
                                           out_dir=str(sweep_dir), importance=importance, seed=seed, seeds=[],
-                                          target_macs=value if kind == "macs" else 0.0,
-                                          target_params=value if kind == "params" else 0.0,
-                                          pruning_ratio=value if kind == "ratio" else base.pruning_ratio)
+                                          pruning_ratio=value if kind == "ratio" else base.pruning_ratio, **one_target)
                 validate(cfg)
                 check_targets(cfg, spec, size)
                 out.append(cfg)
     return out
 
 
-def sweep(base: Config, targets_macs=(), targets_params=(), importances=()) -> Path:
+def sweep(base: Config, targets: dict[str, list[float]] | None = None, importances=()) -> Path:
     """Every run of the sweep in this process, then pareto.png and pareto.md in <out_dir>/<name>/. The first run
     trains (or loads) the dense model; the others start from its dense checkpoint. Running the same sweep again
     skips finished runs (and controls) and resumes the rest."""
     sweep_dir = Path(base.out_dir) / base.name
-    runs = configs(base, targets_macs, targets_params, importances)
+    runs = configs(base, targets, importances)
     log(f"sweep '{base.name}': {len(runs)} runs -> {sweep_dir}")
     baseline = base.baseline
     for cfg in runs:
@@ -120,7 +129,8 @@ def sweep(base: Config, targets_macs=(), targets_params=(), importances=()) -> P
     return collect(sweep_dir)
 
 
-def plan(base: Config, plan_dir: str | Path, targets_macs=(), targets_params=(), importances=()) -> list[Path]:
+def plan(base: Config, plan_dir: str | Path, targets: dict[str, list[float]] | None = None,
+         importances=()) -> list[Path]:
     """One JSON config per run in plan_dir, and plan_dir/commands.txt with one `prunelab run --config FILE` line
     per run: independent jobs for any scheduler. They start in parallel, so they need a trained dense model
     to share (base.baseline). Returns the config files."""
@@ -129,7 +139,7 @@ def plan(base: Config, plan_dir: str | Path, targets_macs=(), targets_params=(),
                             "themselves; pass --baseline FILE (e.g. a run's checkpoints/dense.safetensors)")
     plan_dir = Path(plan_dir)
     files = []
-    for cfg in configs(base, targets_macs, targets_params, importances):
+    for cfg in configs(base, targets, importances):
         path = plan_dir / f"{cfg.name}.json"
         write_json(path, {**to_dict(cfg), "baseline": str(Path(cfg.baseline).resolve()),
                           "out_dir": str(Path(cfg.out_dir).resolve()),
