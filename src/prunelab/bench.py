@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from .errors import PrunelabError
-from .measurement import ATOL, RTOL, cuda_graph_latency_ms, file_size_bytes, find_latency, latency_ms, machine
+from .measurement import (ATOL, BUSY_CORES, RTOL, cuda_graph_latency_ms, file_size_bytes, find_latency, latency_ms,
+                          load_mark, machine, other_cores)
 from .modelfile import load
 from .prune import count_macs_params
 from .rundir import model_file
@@ -64,7 +65,7 @@ def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_rep
     timed in fresh sessions and the fastest is kept (runtimes.time_sessions; every median is in the record).
     Each record gets its speed-up over the first model in the same setting, and over the first model in eager
     PyTorch at that batch size. The models are measured as fp32 eval-mode copies: the caller's are not changed."""
-    rows = []
+    rows, mark = [], load_mark()
     with tempfile.TemporaryDirectory() as tmp:
         for label, model, weights, *rest in models:  # (label, model, weights file or None[, input size in px])
             size = rest[0] if rest else 32
@@ -119,7 +120,7 @@ def bench(models: list[tuple], batch_sizes, devices, *, warmup: int = 3, min_rep
             r["speedup_vs_first_eager"] = eager / r["median_ms"] if eager else None
         row["macs_ratio"] = rows[0]["macs"] / row["macs"]
     return {"models": rows, "batch_sizes": list(batch_sizes), "runtimes": list(runtimes), "warmup": warmup,
-            "min_reps": min_reps, "min_seconds": min_seconds, "machine": machine()}
+            "min_reps": min_reps, "min_seconds": min_seconds, "machine": machine(), "other_cores": other_cores(mark)}
 
 
 def fastest(result: dict) -> list[dict]:
@@ -162,6 +163,10 @@ def bench_table(result: dict) -> str:
                      f"{names.get(f['runtime'], f['runtime'])} {f['median_ms']:.3f} ms"
                      + (f" ({f['speedup_vs_first_eager']:.1f}x the first model in eager PyTorch)"
                         if f.get("speedup_vs_first_eager") else ""))
+    busy = result.get("other_cores")
+    if busy is not None and busy >= BUSY_CORES:
+        lines.append(f"- warning: other processes kept {busy:.1f} CPU cores busy while this ran: under load a large "
+                     "model slows more than a small one, so these speed-ups are not a quiet machine's (RESULTS 7.12)")
     for row in result["models"]:
         for r in row["latency"]:
             t = r.get("session_medians_ms") or []

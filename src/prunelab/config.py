@@ -174,7 +174,8 @@ class Config:
     target_speedup: float = _f(0.0, "prune until one batch of latency_batch_size runs at least this many times faster "
                                     "than the dense model in latency_runtime, the dense model timed first in the "
                                     "same run on this machine, the final one beside it at the end (e.g. 3; 0 = off). "
-                                    "Load slows the dense model more than small ones: time on a quiet machine")
+                                    "Load slows the dense model more than small ones: time on a quiet machine (the "
+                                    "run warns when other processes kept CPU cores busy)")
     latency_runtime: str = _f("pytorch", "runtime of target_latency_ms / target_speedup: pytorch | pytorch-fused | "
                                          "onnxruntime | openvino")
     latency_batch_size: int = _f(1, "batch size of target_latency_ms / target_speedup")

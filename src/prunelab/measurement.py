@@ -40,6 +40,34 @@ def time_runs(run_once, *, warmup: int, min_reps: int, min_seconds: float) -> di
             "reps": len(times)}
 
 
+# Other processes keeping this many CPU cores busy on average while latency is timed: the timings are suspect.
+BUSY_CORES = 0.25
+
+
+def load_mark() -> tuple[float, float, float] | None:
+    """Now, for `other_cores`: (wall seconds, busy CPU seconds of the whole machine, CPU seconds of this process and
+    its finished children). Linux only (/proc/stat's first line); None elsewhere."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle and iowait; the eight fields end before guest time (counted in user already)
+    own = os.times()
+    return (time.monotonic(), (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"),
+            own.user + own.system + own.children_user + own.children_system)
+
+
+def other_cores(mark: tuple[float, float, float] | None) -> float | None:
+    """How many CPU cores other processes kept busy, on average, since `mark` (load_mark()): the machine's busy
+    time less this process's, over the wall time. Timings taken meanwhile hold for a machine that busy, not a quiet
+    one: a dense ResNet-18 slowed 2-3.6x beside one busy process, a small pruned model far less (RESULTS 7.12).
+    None where it cannot be measured (not Linux, or under 0.1 s)."""
+    now = load_mark()
+    if mark is None or now is None or now[0] - mark[0] < 0.1:
+        return None
+    return max(0.0, ((now[1] - mark[1]) - (now[2] - mark[2])) / (now[0] - mark[0]))
+
+
 def _cuda_ms(fn, device: torch.device) -> float:
     """ms of fn() on the GPU, by CUDA events after synchronising, so queued work is not missed."""
     torch.cuda.synchronize(device)

@@ -28,7 +28,8 @@ from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
 from .errors import PrunelabError
 from .export import export_onnx
-from .measurement import file_size_bytes, latency_devices, machine, measure_model
+from .measurement import (BUSY_CORES, file_size_bytes, latency_devices, load_mark, machine, measure_model,
+                          other_cores)
 from .models import ModelSpec, build, check_drop_blocks, check_name, drop_blocks, num_outputs, pretrained_weights
 from .prune import build_pruner, build_sparsifier, check_prunable, history, is_global, prune_step, restore, step_ratio
 from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
@@ -173,6 +174,14 @@ def check_same_test_images(rd: RunDir, data: Data) -> None:
         raise PrunelabError(f"{rd.path} was scored on other test images (fingerprint {recorded}, "
                             f"{desc['metrics'].get('test_images')} images; this data gives {now}, {len(data.test)}): "
                             "resume with the data (--data-dir) and prunelab version it started with, or start a new run")
+
+
+def warn_if_busy(cores: float | None, when: str) -> None:
+    """A warning line when other processes kept at least BUSY_CORES CPU cores busy while `when` (latency timings):
+    a latency target then holds for a machine that busy, not for a quiet one (RESULTS 7.12)."""
+    if cores is not None and cores >= BUSY_CORES:
+        log(f"warning: other processes kept {cores:.1f} CPU cores busy while {when}: the latencies hold for a machine "
+            "this busy, not a quiet one (RESULTS 7.12); for a latency or speed-up target, time on a quiet machine")
 
 
 def load_teacher(cfg: Config, data: Data) -> torch.nn.Module:
@@ -326,6 +335,7 @@ class _Stages:
             if distributed.WORLD.main:
                 write_json(rd.search, result)
             distributed.barrier()
+            warn_if_busy(result.get("other_cores"), "the width search timed its candidates")
             log(f"width search: candidate {result['index']} (val acc {result['proxy_accuracy']:.4f}; uniform "
                 f"{result['candidates'][0].get('proxy_accuracy', float('nan')):.4f}) in {result['seconds']:.0f} s")
         self.group_ratios, self.pruning_ratio = result["group_ratios"], result["u"]
@@ -428,6 +438,7 @@ class _Stages:
                 f"{search['dense_latency_ms']:.3g} ms{' without the removed blocks' if cfg.drop_blocks else ''}, timing noise {100 * search['noise']:.1f}%; "
                 f"{search['timings']} timings)" + ("" if search["fits"] else "; nothing timed met it: the fastest, "
                                                    "within the timing noise of the target"))
+            warn_if_busy(search.get("other_cores"), "the latency target was timed")
             if cfg.round_to % 8 and cfg.latency_runtime in ("onnxruntime", "openvino"):
                 log(f"dense: hint: --round-to 8 keeps channel counts that {cfg.latency_runtime} vectorises; in ONNX "
                     "Runtime at batch 1 it fit 1.7x the MACs, and 1.8 more points, in the same latency (RESULTS 7.10)")
@@ -547,18 +558,22 @@ class _Stages:
         sessions, not within one round)."""
         import tempfile
         cfg, size = self.cfg, self.inputs.image_size
-        out = {"runtime": cfg.latency_runtime, "batch_size": cfg.latency_batch_size}
+        out, mark = {"runtime": cfg.latency_runtime, "batch_size": cfg.latency_batch_size}, load_mark()
         with tempfile.TemporaryDirectory() as tmp:
             def timed(m, name: str) -> float:
                 return latency(m, cfg.latency_runtime, size, cfg.latency_batch_size, Path(tmp) / name, min_seconds=1.0)
 
             if not cfg.target_speedup:
-                return {**out, "target_ms": cfg.target_latency_ms, "achieved_ms": timed(model, "final")}
-            dense = modelfile.load(self.rd.checkpoint(0, self.n).with_suffix(".json"), model=self.given)[0].eval()
-            pairs = [(timed(dense, f"dense{i}"), timed(model, f"final{i}")) for i in range(rounds)]
-        dense_ms, final_ms = (sorted(p[k] for p in pairs)[(rounds - 1) // 2] for k in (0, 1))
-        return {**out, "target_speedup": cfg.target_speedup, "dense_ms": dense_ms, "achieved_ms": final_ms,
-                "achieved_speedup": dense_ms / final_ms}
+                out |= {"target_ms": cfg.target_latency_ms, "achieved_ms": timed(model, "final")}
+            else:
+                dense = modelfile.load(self.rd.checkpoint(0, self.n).with_suffix(".json"), model=self.given)[0].eval()
+                pairs = [(timed(dense, f"dense{i}"), timed(model, f"final{i}")) for i in range(rounds)]
+                dense_ms, final_ms = (sorted(p[k] for p in pairs)[(rounds - 1) // 2] for k in (0, 1))
+                out |= {"target_speedup": cfg.target_speedup, "dense_ms": dense_ms, "achieved_ms": final_ms,
+                        "achieved_speedup": dense_ms / final_ms}
+        out["other_cores"] = other_cores(mark)
+        warn_if_busy(out["other_cores"], "the final model was timed against the latency target")
+        return out
 
     def _gradient_batches(self):
         for images, labels in itertools.islice(eval_batches(self.early, self.cfg.batch_size), self.cfg.taylor_batches):

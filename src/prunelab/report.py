@@ -17,7 +17,7 @@ from . import modelfile
 from .config import CONTROLS, Config, final_lr, to_dict
 from .errors import PrunelabError
 from .files import read_jsonl, write_atomic, write_json, write_text
-from .measurement import find_latency, latency_label, latency_records
+from .measurement import BUSY_CORES, find_latency, latency_label, latency_records
 from .rundir import RunDir
 
 
@@ -84,7 +84,7 @@ def _search_summary(search: dict, widths: dict) -> dict:
                                                                if k in search}},
             "uniform": {k: uniform.get(k) for k in keys},
             "candidates": len(search["candidates"]), "feasible": sum(c["feasible"] for c in search["candidates"]),
-            "seconds": search["seconds"],
+            "seconds": search["seconds"], **({"other_cores": search["other_cores"]} if "other_cores" in search else {}),
             "dense_widths": widths["dense"], "final_widths": widths["final"]}
 
 
@@ -281,6 +281,20 @@ def _lat_settings(row: dict) -> list[tuple]:
     return [(r["runtime"], r["device"], r["batch_size"]) for r in row["latency"]]
 
 
+def busy_markdown(results: dict) -> list[str]:
+    """A warning paragraph where other processes kept BUSY_CORES or more CPU cores busy while the latency target was
+    timed (the search, the width search, the final timing): those latencies hold for a machine that busy."""
+    timed = {"while the target was searched for": (results["dense"].get("latency_search") or {}).get("other_cores"),
+             "during the width search": (results.get("search") or {}).get("other_cores"),
+             "while the final model was timed": results["final"].get("target_latency", {}).get("other_cores")}
+    busy = [f"{cores:.1f} cores {when}" for when, cores in timed.items() if cores is not None and cores >= BUSY_CORES]
+    if not busy:
+        return []
+    return ["", f"**Warning: a busy machine.** Other processes kept CPU cores busy ({'; '.join(busy)}): these "
+            "latencies hold for a machine that busy, not a quiet one, and small models slow down less than the dense "
+            "one under load (RESULTS 7.12). For a latency or speed-up target, run on a quiet machine."]
+
+
 def key_results_markdown(results: dict) -> str:
     """The seed's Key Results table: original, pruned, change."""
     d, f = results["dense"], results["final"]
@@ -358,6 +372,8 @@ def report_markdown(results: dict) -> str:
                   f"the final model runs in **{t['achieved_ms']:.3g} ms** (channel ratio found: "
                   f"{results.get('pruning_ratio', 0):.4f}; dense {search.get('dense_latency_ms', float('nan')):.3g} ms; "
                   f"timing noise measured on this machine: {100 * search.get('noise', float('nan')):.1f}%)."]
+    if t:
+        parts += busy_markdown(results)
     parts += ["", "## Key results", "", key_results_markdown(results), "",
               "Latency: fp32 forward pass in eval mode, median of timed runs after warm-up, "
               + (counted(m["torch_threads"], "CPU thread") if "torch_threads" in m else "? CPU threads")

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from .config import Config, latency_targeted
 from .errors import PrunelabError
+from .measurement import load_mark, other_cores
 from .models import ModelSpec, build
 from .prune import count_macs_params, group_roots, layer_widths, prune_once
 from .runtimes import latency
@@ -165,10 +166,12 @@ def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classe
     measured first: the dense model timed 5 times, (max - min) / median of those medians. Returns ratio, the
     latency at it (the median the search judged), whether that fits the target (False only when nothing fit and
     MAX_RATIO, within the noise of the target, is returned), the target in ms, the dense latency (and the
-    reference's, when given), the noise and the number of timings; with iterations=0, only checks that the target
-    is within reach. Raises PrunelabError when the target is not below the dense latency, or when even pruning
+    reference's, when given), the noise, the number of timings and the CPU cores other processes kept busy
+    meanwhile (measurement.other_cores: timings on a busy machine do not hold on a quiet one); with iterations=0,
+    only checks that the target is within reach. Raises PrunelabError when the target is not below the dense latency, or when even pruning
     MAX_RATIO of the channels is too slow (saying how fast that is)."""
     where = f"{cfg.latency_runtime}, batch {cfg.latency_batch_size}"
+    mark = load_mark()
     with tempfile.TemporaryDirectory() as tmp:
         count = [0]
 
@@ -202,7 +205,8 @@ def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classe
             else MAX_RATIO
     ms = _median(timed[ratio])
     return {"ratio": ratio, "latency_ms": ms, "fits": ms <= target, "target_ms": target, "dense_latency_ms": dense,
-            **({"reference_latency_ms": ref} if timed_reference else {}), "noise": noise, "timings": count[0]}
+            **({"reference_latency_ms": ref} if timed_reference else {}), "noise": noise, "timings": count[0],
+            "other_cores": other_cores(mark)}
 
 
 def _dense_name(dropped_blocks) -> str:
@@ -309,9 +313,10 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
     ms once, by timing `reference` (default `model`: see ratio_for_latency) before the first candidate; each row
     records the target it was scaled to, and a resumed search takes it from the rows done (so a killed search
     resumes to the same widths however the machine's speed has moved). Returns the best row
-    (candidate 0, uniform, wins ties) with every row under "candidates"."""
+    (candidate 0, uniform, wins ties) with every row under "candidates" (and, for a latency target, the CPU cores
+    other processes kept busy during this search: "other_cores")."""
     roots = group_roots(model, cfg, image_size, num_classes)
-    rows = list(done or [])
+    rows, mark = list(done or []), load_mark()
     target_ms = cfg.target_latency_ms
     recorded = [r["target_ms"] for r in rows if "target_ms" in r]
     if cfg.target_speedup and recorded:  # a resumed search keeps the target its first candidates were scaled to
@@ -341,7 +346,8 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
     if not feasible:
         raise PrunelabError("no width candidate meets the target; raise the target")
     best = max(feasible, key=lambda r: (r["proxy_accuracy"], -r["index"]))
-    return {**best, "group_channels": roots, "candidates": rows, "seconds": sum(r["seconds"] for r in rows)}
+    return {**best, "group_channels": roots, "candidates": rows, "seconds": sum(r["seconds"] for r in rows),
+            **({"other_cores": other_cores(mark)} if latency_targeted(cfg) else {})}
 
 
 def _size_budget(cfg: Config) -> dict:
