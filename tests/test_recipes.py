@@ -266,3 +266,37 @@ def test_early_images_train_the_early_stages_on_a_subset_and_the_final_fine_tune
     code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path, "--name", "early-kd", "--early-images", 100,
                        "--distill", "--distill-cached", "--no-progress", "--precision", "fp32", "--no-export-onnx")
     assert code == 0, err
+
+
+def test_cutout_blanks_one_clipped_square_per_image_and_changes_training_only_when_asked():
+    """--cutout-px: each image loses one square of that side (fewer pixels where it meets the border) to 0, the
+    mean colour after normalisation; the draws repeat with the generator; off, the epoch is the one it always was
+    (no draw taken from the augmentation's generator)."""
+    import dataclasses
+
+    from prunelab.config import to_dict
+    from prunelab.data import cutout
+    from prunelab.report import recipe_sentence
+    x = torch.ones(64, 3, 32, 32)
+    out = cutout(x, 8, torch.Generator().manual_seed(0))
+    blank = (out == 0).all(1)  # n x h x w: every channel zeroed together
+    assert torch.equal(out, cutout(x, 8, torch.Generator().manual_seed(0)))
+    per_image = blank.sum((1, 2))
+    assert per_image.max() == 64 and per_image.min() >= 16 and (per_image < 64).any()  # clipped at a border
+    for square in blank:  # one axis-aligned rectangle: its rows and columns span it exactly
+        rows, cols = square.any(1).nonzero().flatten(), square.any(0).nonzero().flatten()
+        assert square.sum() == len(rows) * len(cols) and rows.max() - rows.min() + 1 == len(rows) <= 8
+    assert ((out == 0) | (out == 1)).all()
+
+    cfg = make_config("tiny", {"progress": False, "precision": "fp32", "batch_size": 64})
+    split = load_data(cfg).train
+
+    def epoch(cutout_px: int) -> float:
+        trainer = dataclasses.replace(Trainer.from_config(cfg, torch.device("cpu")), cutout_px=cutout_px)
+        torch.manual_seed(0)
+        model = build_model("resnet18_cifar").to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return train_epoch(model, split, opt, None, trainer, torch.Generator().manual_seed(1))["loss"]
+
+    assert epoch(0) == epoch(0) and epoch(8) != epoch(0)
+    assert "; cutout 8 px" in recipe_sentence(to_dict(make_config("tiny", {"cutout_px": 8})))

@@ -120,6 +120,9 @@ class Config:
                                    "(the seed's random crop with zero padding) | resized-crop (random-resized-crop) | none")
     crop_padding_px: int = _f(4, "pad-crop padding in pixels (0 = no crop augmentation)")
     flip: bool = _f(True, "random horizontal flip")
+    cutout_px: int = _f(0, "cutout: in every training image one random square of this side (clipped at the border) "
+                           "set to the mean colour, after crop and flip (DeVries & Taylor 2017 used 16 at 32 px; "
+                           "0 = off)")
 
     # --- model ---
     model: str = _f("resnet18_cifar", "model: resnet18_cifar (the seed's) | a torchvision model name (resnet50, "
@@ -547,6 +550,7 @@ def validate(cfg: Config) -> None:
     need(cfg.augmentation in AUGMENTATIONS, f"unknown augmentation '{cfg.augmentation}'; choose one of: "
          f"{', '.join(AUGMENTATIONS)}")
     need(cfg.crop_padding_px >= 0, f"crop_padding_px must be 0 or more, got {cfg.crop_padding_px}")
+    need(cfg.cutout_px >= 0, f"cutout_px must be 0 (off) or more, got {cfg.cutout_px}")
     need(len(cfg.latency_batch_sizes) >= 1 and all(b >= 1 for b in cfg.latency_batch_sizes),
          f"latency_batch_sizes must be positive integers, got {cfg.latency_batch_sizes}")
     need(cfg.latency_warmup >= 0 and cfg.latency_min_reps >= 1 and cfg.latency_min_seconds >= 0,

@@ -555,6 +555,19 @@ def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Gen
     return images
 
 
+def cutout(x: torch.Tensor, side: int, generator: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries & Taylor, 2017) for a whole normalised batch: in each image one square of `side` pixels,
+    centred on a uniformly drawn pixel and clipped at the border, set to 0 (the data's mean colour, after
+    normalisation). Random numbers come from `generator` (CPU)."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1), generator=generator).to(x.device)
+    cx = torch.randint(0, w, (n, 1), generator=generator).to(x.device)
+    rows = torch.arange(h, device=x.device) - cy + side // 2  # n x h: in the square where in [0, side)
+    cols = torch.arange(w, device=x.device) - cx + side // 2
+    inside = ((rows >= 0) & (rows < side))[:, :, None] & ((cols >= 0) & (cols < side))[:, None, :]
+    return x * (~inside)[:, None].to(x.dtype)
+
+
 def random_resized_crop(images: torch.Tensor, generator: torch.Generator, scale=(0.25, 1.0),
                         ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
     """torchvision's RandomResizedCrop for a whole uint8 batch at once: each image gets its own random box (area

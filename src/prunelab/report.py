@@ -266,6 +266,7 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
                if c.get("bn_reestimate_images") else "")
             + f"{counted(c['finetune_epochs_per_step'], 'fine-tune epoch')} per step{early} (lr {c.get('finetune_lr', 0.1)}), "
             f"{counted(c['final_finetune_epochs'], 'final epoch')} (lr {final_lr(c)}); batch {c['batch_size']}, {per_unit}"
+            + (f"; cutout {c['cutout_px']} px" if c.get("cutout_px") else "")
             + (f"; distillation T={c['distill_temperature']} w={c['distill_weight']}" if c.get("distill") else "")
             + (f" from teacher {c['teacher']}" if c.get("teacher") else ""))
 

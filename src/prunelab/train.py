@@ -17,7 +17,7 @@ from .config import Config
 
 from .errors import PrunelabError
 from .data import (InputSpec, Normalizer, Split, augmentation_for, batches_per_epoch, eval_batches,
-                   resolve_normalization, train_batches)
+                   cutout, resolve_normalization, train_batches)
 from . import distributed
 from .distributed import log, sum_all
 from .measurement import cpu_has_bf16
@@ -67,6 +67,7 @@ class Trainer:
     nesterov: bool = False
     lr_per_batch: bool = False  # the cosine schedule steps per batch (else per epoch)
     seed: int = 0  # with the stage and epoch, seeds each epoch's data order and augmentation
+    cutout_px: int = 0  # cutout's square side after the augmentation (0 = off)
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device, inputs: InputSpec | None = None) -> "Trainer":
@@ -80,7 +81,7 @@ class Trainer:
                    augmentation=augmentation_for(cfg.augmentation, inputs.image_size if inputs else 32),
                    label_smoothing=cfg.label_smoothing, progress=cfg.progress, channels_last=cfg.channels_last,
                    momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
-                   lr_per_batch=cfg.lr_schedule_unit == "batch", seed=cfg.seed)
+                   lr_per_batch=cfg.lr_schedule_unit == "batch", seed=cfg.seed, cutout_px=cfg.cutout_px)
 
 
 @contextlib.contextmanager
@@ -199,6 +200,8 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
                                                              trainer.crop_padding_px, trainer.flip, with_index=True,
                                                              kind=trainer.augmentation)):
         x = trainer.normalizer(images)
+        if trainer.cutout_px:  # (draws nothing when off: runs without it make the draws they always made)
+            x = cutout(x, trainer.cutout_px, generator)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
             logits = model(x)
             loss = (distill.loss(logits, x, labels, idx, trainer.label_smoothing) if distill is not None
