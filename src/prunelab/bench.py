@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .errors import PrunelabError
-from .measurement import (ATOL, BUSY_CORES, RTOL, cuda_graph_latency_ms, file_size_bytes, find_latency, latency_ms,
+from .measurement import (ATOL, RTOL, busy_warning, cuda_graph_latency_ms, file_size_bytes, find_latency, latency_ms,
                           load_mark, machine, other_cores)
 from .modelfile import load
 from .prune import count_macs_params
@@ -163,10 +163,9 @@ def bench_table(result: dict) -> str:
                      f"{names.get(f['runtime'], f['runtime'])} {f['median_ms']:.3f} ms"
                      + (f" ({f['speedup_vs_first_eager']:.1f}x the first model in eager PyTorch)"
                         if f.get("speedup_vs_first_eager") else ""))
-    busy = result.get("other_cores")
-    if busy is not None and busy >= BUSY_CORES:
-        lines.append(f"- warning: other processes kept {busy:.1f} CPU cores busy while this ran: under load a large "
-                     "model slows more than a small one, so these speed-ups are not a quiet machine's (RESULTS 7.12)")
+    busy = busy_warning(result.get("other_cores"), "this ran")
+    if busy:
+        lines.append(f"- warning: {busy}")
     for row in result["models"]:
         for r in row["latency"]:
             t = r.get("session_medians_ms") or []

@@ -68,6 +68,15 @@ def other_cores(mark: tuple[float, float, float] | None) -> float | None:
     return max(0.0, ((now[1] - mark[1]) - (now[2] - mark[2])) / (now[0] - mark[0]))
 
 
+def busy_warning(cores: float | None, when: str) -> str | None:
+    """The one warning for latencies timed while other processes kept `cores` CPU cores busy (`other_cores`), from
+    BUSY_CORES up; None below it or when unmeasured."""
+    if cores is None or cores < BUSY_CORES:
+        return None
+    return (f"other processes kept {cores:.1f} CPU cores busy while {when}: under load a large model slows more than "
+            "a small one, so these latencies and speed-ups are not a quiet machine's (RESULTS 7.12)")
+
+
 def _cuda_ms(fn, device: torch.device) -> float:
     """ms of fn() on the GPU, by CUDA events after synchronising, so queued work is not missed."""
     torch.cuda.synchronize(device)

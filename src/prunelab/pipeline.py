@@ -28,7 +28,7 @@ from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
 from .errors import PrunelabError
 from .export import export_onnx
-from .measurement import (BUSY_CORES, file_size_bytes, latency_devices, load_mark, machine, measure_model,
+from .measurement import (busy_warning, file_size_bytes, latency_devices, load_mark, machine, measure_model,
                           other_cores)
 from .models import ModelSpec, build, check_drop_blocks, check_name, drop_blocks, num_outputs, pretrained_weights
 from .prune import build_pruner, build_sparsifier, check_prunable, history, is_global, prune_step, restore, step_ratio
@@ -177,11 +177,10 @@ def check_same_test_images(rd: RunDir, data: Data) -> None:
 
 
 def warn_if_busy(cores: float | None, when: str) -> None:
-    """A warning line when other processes kept at least BUSY_CORES CPU cores busy while `when` (latency timings):
-    a latency target then holds for a machine that busy, not for a quiet one (RESULTS 7.12)."""
-    if cores is not None and cores >= BUSY_CORES:
-        log(f"warning: other processes kept {cores:.1f} CPU cores busy while {when}: the latencies hold for a machine "
-            "this busy, not a quiet one (RESULTS 7.12); for a latency or speed-up target, time on a quiet machine")
+    """measurement.busy_warning as a log line, with what to do about it."""
+    warning = busy_warning(cores, when)
+    if warning:
+        log(f"warning: {warning}; for a latency or speed-up target, time on a quiet machine")
 
 
 def load_teacher(cfg: Config, data: Data) -> torch.nn.Module:

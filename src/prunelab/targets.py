@@ -161,15 +161,16 @@ def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classe
     """The smallest channel ratio whose one-shot pruning of (a copy of) `model` runs one batch of
     cfg.latency_batch_size in at most the target in cfg.latency_runtime on this machine: cfg.target_latency_ms, or
     the latency of `reference` (the dense model as the user has it, when `model` is it less --drop-blocks' blocks;
-    default `model`; ignored for a ms target) over cfg.target_speedup, timed first, here. A grid of `points` ratios refined by `iterations`
-    halvings and confirmed by re-timing (`smallest_fitting_ratio`), each timing in one fresh session. The noise is
+    default `model`; ignored for a ms target) over cfg.target_speedup, timed first, here. A grid of `points` ratios
+    refined by `iterations` halvings and confirmed by re-timing (`smallest_fitting_ratio`), each timing in one
+    fresh session. The noise is
     measured first: the dense model timed 5 times, (max - min) / median of those medians. Returns ratio, the
     latency at it (the median the search judged), whether that fits the target (False only when nothing fit and
     MAX_RATIO, within the noise of the target, is returned), the target in ms, the dense latency (and the
     reference's, when given), the noise, the number of timings and the CPU cores other processes kept busy
     meanwhile (measurement.other_cores: timings on a busy machine do not hold on a quiet one); with iterations=0,
-    only checks that the target is within reach. Raises PrunelabError when the target is not below the dense latency, or when even pruning
-    MAX_RATIO of the channels is too slow (saying how fast that is)."""
+    only checks that the target is within reach. Raises PrunelabError when the target is not below the dense
+    latency, or when even pruning MAX_RATIO of the channels is too slow (saying how fast that is)."""
     where = f"{cfg.latency_runtime}, batch {cfg.latency_batch_size}"
     mark = load_mark()
     with tempfile.TemporaryDirectory() as tmp:
