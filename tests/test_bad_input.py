@@ -105,6 +105,7 @@ CASES = [  # (case, extra CLI arguments, text the one-line message must contain)
     ("negative steps", ["--iterative-steps", "-3"], "iterative_steps must be at least 1"),
     ("negative fine-tune epochs", ["--final-finetune-epochs", "-1"], "final_finetune_epochs must be 0 or more"),
     ("negative cutout", ["--cutout-px", "-4"], "cutout_px must be 0 (off) or more"),
+    ("cutout as large as the images", ["--cutout-px", "64"], "cutout_px 64 is not below the data's"),
     ("text where a number belongs", ["--batch-size", "many"], "'batch_size' must be a int"),
     ("negative learning rate", ["--lr", "-0.1"], "must be positive"),
     ("fp16 on a CPU", ["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),

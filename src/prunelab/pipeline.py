@@ -95,6 +95,9 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
                 f"{list(was.std)}; this run uses {list(data.inputs.mean)} and {list(data.inputs.std)} (--mean/--std)")
     teacher = load_teacher(cfg, data) if cfg.teacher else None
     pruned_spec = dataclasses.replace(spec, dropped_blocks=tuple(cfg.drop_blocks))  # what the pruned models are
+    if cfg.cutout_px >= data.inputs.image_size:
+        raise PrunelabError(f"cutout_px {cfg.cutout_px} is not below the data's {data.inputs.image_size} px images (it "
+                            f"would blank most of every image); use a smaller square, e.g. {data.inputs.image_size // 2}")
     if not resume_dir:
         first = baseline if baseline is not None else start[0] if start else build(spec)
         check_drop_blocks(first, cfg.drop_blocks, data.inputs.image_size)
