@@ -61,14 +61,18 @@ def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(t
     before = (run_dir / "controls" / "scratch" / "results.json").stat().st_mtime_ns
     code, out, _ = cli("control", run_dir, "--kind", "scratch")
     assert code == 0 and (run_dir / "controls" / "scratch" / "results.json").stat().st_mtime_ns == before
+    # the run named another way (relative to another folder): the finished random control is read, not redone
+    code, _, err = cli("control", run_dir.relative_to(tmp_path), "--kind", "random", cwd=tmp_path)
+    assert code == 0, err
 
 
 def test_the_long_scratch_control_also_counts_the_dense_training_images(tmp_path):
     run_dir = prunelab.run(_cfg(tmp_path, name="r"))
-    code, out, err = cli("control", run_dir, "--kind", "scratch-long")
+    n_train = json.loads((run_dir / "results.json").read_text())["data"]["train_images"]
+    # --baseline-images counts a --baseline's training; this run trained its own dense model, counted already
+    code, out, err = cli("control", run_dir, "--kind", "scratch-long", "--baseline-images", str(5 * n_train))
     assert code == 0, err
     results = json.loads((run_dir / "results.json").read_text())
-    n_train = results["data"]["train_images"]
     row = {c["control"]: c for c in results["controls"]}["scratch-long"]
     # the dense stage (1 epoch) + the prune-and-fine-tune phase (2 steps x 1 + 1 final), in its own directory
     assert row["budget"] == "dense+images" and row["budget_images"] == 4 * n_train and row["epochs"] == 4

@@ -155,11 +155,14 @@ def test_users_builder_by_module_function_through_the_cli_and_a_fresh_process(tm
     assert desc["spec"] == {"builder": "user_nets:build_net", "num_classes": 10, "kwargs": {"width": 12},
                             "small_input_stem": False}
     r = subprocess.run([sys.executable, "-m", "prunelab", "eval", str(tmp_path / "u")], capture_output=True,
-                       text=True, env=_env())
+                       text=True, env=_env())  # a file naming Python code is built only when trusted
+    assert r.returncode == 2 and "--trust-code" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "prunelab", "eval", str(tmp_path / "u"), "--trust-code"],
+                       capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["accuracy"] == got["recorded_accuracy"]
-    r = run_cli("eval", tmp_path / "u")  # without the user's module on the path: one clear line
+    r = run_cli("eval", tmp_path / "u", "--trust-code")  # without the user's module on the path: one clear line
     assert r.returncode == 2 and "cannot import module 'user_nets'" in r.stderr
 
 

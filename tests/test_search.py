@@ -181,7 +181,8 @@ def searched(tmp_path_factory):
 
     cfg = make_config("tiny", {**FAST, "out_dir": str(out), "name": "s", "allocation": "search", "target_macs": 30e6,
                                "val_size": 64, "search_budget": 3, "bn_reestimate_images": 64, "distill": True,
-                               "teacher": str(out / "teacher.json"), "early_images": 128,
+                               "teacher": str(out / "teacher.json"), "teacher_model": "user_nets:build_net",
+                               "early_images": 128,
                                "lr_schedule_unit": "epoch"})  # the proxy's fine-tune anneals its lr all the same
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "reestimate_batchnorm", reestimate)
@@ -191,6 +192,23 @@ def searched(tmp_path_factory):
         run_dir = prunelab.run(cfg)
     data = prunelab.data.load_data(cfg)
     return run_dir, seen, data
+
+
+def test_a_finished_run_whose_teacher_file_has_moved_still_evaluates_and_resumes_as_finished(searched, tmp_path):
+    """The teacher is needed while the run trains, not after: eval and --resume of the finished run work without it."""
+    import shutil
+    run_dir = searched[0]
+    moved = [(run_dir.parent / f"teacher{suffix}", tmp_path / f"teacher{suffix}") for suffix in (".json", ".safetensors")]
+    for here, there in moved:
+        shutil.move(here, there)
+    try:
+        code, _, err = cli("eval", run_dir)
+        assert code == 0, err
+        code, out, err = cli("run", "--resume", run_dir, "--no-progress")
+        assert code == 0 and "already finished" in out + err, err
+    finally:
+        for here, there in moved:
+            shutil.move(there, here)
 
 
 def test_the_search_and_the_fresh_statistics_never_read_test_images(searched):
@@ -280,8 +298,51 @@ def test_a_damaged_teacher_or_one_of_other_classes_is_refused_before_training(tm
     teacher = prunelab.models.build_model("user_nets:build_net", 5)
     save(tmp_path / "t5", teacher, ModelSpec("user_nets:build_net", 5), [])
     code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path / "runs", "--distill", "--teacher",
-                       tmp_path / "t5.json")
+                       tmp_path / "t5.json", "--teacher-model", "user_nets:build_net")
     assert code == 2 and "has 5 classes but the data has 10" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_model_file_that_names_python_code_is_built_only_when_trusted_or_named(tmp_path):
+    """A model file's JSON names the function that builds the model; a file from elsewhere could name any function
+    (here os:makedirs, which would leave a folder behind). Nothing calls it without --trust-code, or, in a run, the
+    user naming that builder (--teacher-model); trust_code is all that stands in the way."""
+    save(tmp_path / "m", prunelab.models.build_model("user_nets:build_net", 10), ModelSpec("user_nets:build_net", 10), [])
+    desc = json.loads((tmp_path / "m.json").read_text())
+    desc["spec"].update(builder="os:makedirs", kwargs={"name": str(tmp_path / "PWNED")})
+    (tmp_path / "evil.json").write_text(json.dumps(desc))  # its weights: m.safetensors, checksum intact
+    evil, runs = tmp_path / "evil.json", tmp_path / "runs"
+    for args in (("eval", evil), ("bench", evil), ("export", evil),
+                 ("run", "--preset", "tiny", "--out-dir", runs, "--distill", "--teacher", evil)):
+        code, _, err = cli(*args)
+        assert code == 2 and "--trust-code" in err and len(err.strip().splitlines()) == 1, (args, err)
+    with pytest.raises(prunelab.PrunelabError, match="trust_code=True"):
+        prunelab.load(evil)
+    assert not (tmp_path / "PWNED").exists() and not runs.exists()
+    with pytest.raises(prunelab.PrunelabError, match="not a torch.nn.Module"):
+        prunelab.load(evil, trust_code=True)
+    assert (tmp_path / "PWNED").is_dir()  # trusted, the named function did run
+    model, _ = prunelab.load(tmp_path / "m.json", trust_code=True)  # the user's own builder, trusted
+    assert model.features[0].out_channels == 16
+
+
+def test_a_state_dict_teacher_is_built_as_the_runs_model_and_must_run_on_the_datas_images(tmp_path):
+    from safetensors.torch import save_file
+
+    from prunelab.data import load_data
+    from prunelab.pipeline import load_teacher, model_spec
+    save_file(prunelab.models.build_model("user_nets:build_net", 10, kwargs={"width": 8}).state_dict(),
+              str(tmp_path / "w8.safetensors"))
+    cfg = make_config("tiny", {"model": "user_nets:build_net", "model_kwargs": '{"width": 8}', "distill": True,
+                               "teacher": str(tmp_path / "w8.safetensors")})
+    data = load_data(cfg)
+    teacher = load_teacher(cfg, data, model_spec(cfg, len(data.classes)))  # the run's kwargs, not the builder's defaults
+    assert teacher.features[0].out_channels == 8
+    import user_nets
+    save_file(user_nets.fixed_size_net(size=32).state_dict(), str(tmp_path / "fixed32.safetensors"))
+    code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path / "runs", "--distill", "--teacher",
+                       tmp_path / "fixed32.safetensors", "--teacher-model", "user_nets:fixed_size_net")
+    assert code == 2 and "cannot run on the data's 16 px images" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()
 
 
@@ -337,6 +398,30 @@ def test_the_width_search_scales_each_candidate_to_a_latency_target_with_the_gri
     best = search_widths(model, cfg, image_size=32, num_classes=10, proxy=lambda m: 0.0)
     assert best["index"] == 0 and params_at[0.66] <= best["params"] <= params_at[0.60], best["u"]
     assert best["latency_ms"] == 0.3 and best["u"] < 0.7  # (a bisection: u >= 0.84)
+
+
+def test_a_latency_target_passed_as_within_the_noise_ends_the_search_at_uniform_max_ratio(monkeypatch):
+    """check_targets lets through a target that cutting MAX_RATIO misses by less than the timing noise (here dense
+    timings 1.0-1.2 ms: 20% noise; the 95%-cut model 0.55 ms, target 0.5). The search must then not fail after the
+    dense training with "no candidate meets the target": uniform allocation ends at MAX_RATIO, as
+    ratio_for_latency does (`targets.latency` replaced: the runtime's timing is the input here)."""
+    import prunelab.targets as targets
+    from prunelab.models import build_model
+    model = build_model("user_nets:build_net", 10)
+    dense_params = count_macs_params(model, 16)[1]
+    dense_timings = [1.0, 1.0, 1.2, 1.0, 1.0]
+
+    def timing(pruned, runtime, image_size, batch_size, work):
+        params = count_macs_params(pruned, image_size)[1]
+        return dense_timings.pop(0) if params == dense_params and dense_timings else max(0.55, params / dense_params)
+
+    monkeypatch.setattr(targets, "latency", timing)
+    cfg = make_config("tiny", {"model": "user_nets:build_net", "allocation": "search", "val_size": 8,
+                               "search_budget": 3, "target_latency_ms": 0.5})
+    targets.check_targets(cfg, ModelSpec("user_nets:build_net", 10), 16)  # passes: 0.55 <= 0.5 x 1.2
+    best = search_widths(model, cfg, image_size=16, num_classes=10, proxy=lambda m: 0.0)
+    assert best["index"] == 0 and best["u"] == targets.MAX_RATIO and best["latency_ms"] == 0.55
+    assert [c["feasible"] for c in best["candidates"]] == [True, False, False]
 
 
 def test_the_width_search_meets_a_speedup_as_the_dense_latency_timed_first_over_the_speedup(monkeypatch):

@@ -152,7 +152,7 @@ def test_a_model_transferred_with_init_from_is_pruned_and_loads_in_a_fresh_proce
     final = tmp_path / "runs" / "t" / "checkpoints" / "final.json"
     import shutil
     shutil.rmtree(tmp_path / "src")
-    probe = (f"import prunelab, torch; m, _ = prunelab.load(r'{tmp_path / 'runs' / 't'}'); "
+    probe = (f"import prunelab, torch; m, _ = prunelab.load(r'{tmp_path / 'runs' / 't'}', trust_code=True); "
              "print(m(torch.zeros(1, 3, 32, 32)).shape[1])")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}  # where the user's builder lives
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)

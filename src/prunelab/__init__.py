@@ -27,12 +27,13 @@ def run(config: Config | None = None, resume_dir=None, model=None):
     return _run(config, resume_dir, model)
 
 
-def load(path, device="cpu", trust_pickle: bool = False, model=None):
+def load(path, device="cpu", trust_pickle: bool = False, model=None, trust_code: bool = False):
     """Load a model saved by prunelab (a run directory's final model, .safetensors or .json): returns (model,
-    description)."""
+    description). trust_code: build it even if its file names a Python builder (package.module:function), which
+    is imported and called; only for files you trust."""
     from .modelfile import load as _load
     from .rundir import model_file
-    return _load(model_file(path), device, trust_pickle=trust_pickle, model=model)
+    return _load(model_file(path), device, trust_pickle=trust_pickle, model=model, trust_code=trust_code)
 
 
 def evaluate(model, config, split: str = "test") -> float:

@@ -33,7 +33,7 @@ def bench_runtimes(names: list[str] | None = None, onnx_only: bool = False) -> l
     return list(names)
 
 
-def models_to_bench(paths, trust_pickle: bool = False) -> list[tuple]:
+def models_to_bench(paths, trust_pickle: bool = False, trust_code: bool = False) -> list[tuple]:
     """(label, model, weights file, input size) for each path: a run directory stands for its dense and final
     models, a model file for itself (labelled by its name, or by the path as given when two files share a name)."""
     stems = [Path(p).stem for p in paths if not Path(p).is_dir()]
@@ -42,7 +42,7 @@ def models_to_bench(paths, trust_pickle: bool = False) -> list[tuple]:
         targets = [("dense", model_file(p, "dense")), ("final", model_file(p, "final"))] \
             if Path(p).is_dir() else [(Path(p).stem, Path(p))]
         for which, path in targets:
-            model, desc = load(path, trust_pickle=trust_pickle)
+            model, desc = load(path, trust_pickle=trust_pickle, trust_code=trust_code)
             label = f"{Path(p).name}:{which}" if Path(p).is_dir() else which if stems.count(which) == 1 else str(p)
             weights = path.with_name(desc["weights_file"]) if desc.get("weights_file") else path
             size = (desc.get("inputs") or {}).get("image_size", 32)

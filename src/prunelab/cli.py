@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="RUN_DIR_OR_MODEL")
     p.add_argument("--data-dir", help="data folder (default: the one recorded in the model's config)")
     p.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled whole model (.pt); only for files you made")
+    p.add_argument("--trust-code", action="store_true", help="build a model whose file names a Python builder "
+                   "(package.module:function): prunelab imports and calls it; only for files you trust")
 
     p = sub.add_parser("bench", help="measure models side by side: params, MACs, file size, latency (PyTorch, ONNX Runtime)",
                        description="A run directory stands for its dense and final models. Speed-ups are over the first model.")
@@ -121,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run PyTorch in channels_last (default: off; NCHW is faster at batch 1 on CPU)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--trust-pickle", action="store_true", help="allow loading pickled whole models (.pt)")
+    p.add_argument("--trust-code", action="store_true", help="build a model whose file names a Python builder "
+                   "(package.module:function): prunelab imports and calls it; only for files you trust")
 
     p = sub.add_parser("export", help="export a run's final model (or a model file) to ONNX, checked against PyTorch")
     p.add_argument("model", metavar="RUN_DIR_OR_MODEL")
@@ -129,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "this machine); openvino: model.xml + model.bin (OpenVINO IR). PyTorch eager and torch.compile "
                         "need no export: they run the model file (prunelab.load)")
     p.add_argument("--out", metavar="FILE", help="output path (default: RUN_DIR/model.onnx or beside the model)")
+    p.add_argument("--trust-code", action="store_true", help="build a model whose file names a Python builder "
+                   "(package.module:function): prunelab imports and calls it; only for files you trust")
     return parser
 
 
@@ -205,7 +211,7 @@ def cmd_eval(args) -> None:
 
     from . import evaluate, load
 
-    model, desc = load(args.model, trust_pickle=args.trust_pickle)
+    model, desc = load(args.model, trust_pickle=args.trust_pickle, trust_code=args.trust_code)
     if not desc.get("config"):
         raise PrunelabError(f"{args.model} records no data settings; evaluate it from Python with prunelab.evaluate")
     cfg = make_config("seed", {**desc["config"], **({"data_dir": args.data_dir} if args.data_dir else {}),
@@ -233,7 +239,7 @@ def cmd_bench(args) -> None:
         raise PrunelabError("--batch-sizes must be positive integers")
     devices = latency_devices(resolve_device(args.device))
     runtimes = bench_runtimes(args.runtimes, onnx_only=args.onnx)
-    result = bench(models_to_bench(args.models, args.trust_pickle), args.batch_sizes, devices, warmup=args.warmup, min_reps=args.min_reps,
+    result = bench(models_to_bench(args.models, args.trust_pickle, args.trust_code), args.batch_sizes, devices, warmup=args.warmup, min_reps=args.min_reps,
                    min_seconds=args.min_seconds, runtimes=runtimes, channels_last=args.channels_last)
     print(bench_table(result))
     if args.json:
@@ -246,7 +252,7 @@ def cmd_export(args) -> None:
     from .export import export_onnx
     from .rundir import RunDir
     from .runtimes import export_for
-    model, desc = load(args.model)
+    model, desc = load(args.model, trust_code=args.trust_code)
     src = Path(args.model)
     out = Path(args.out) if args.out else (RunDir(src).onnx if src.is_dir() else src.with_suffix(".onnx"))
     size = (desc.get("inputs") or {}).get("image_size", 32)

@@ -225,7 +225,9 @@ class Config:
     teacher: str = _f("", "with distill: the model to distil from instead of the run's dense model: a prunelab model file "
                           "(.json or .safetensors, any architecture, pruned or not) or a safetensors state dict of "
                           "--teacher-model; evaluated once at the start (its accuracy in the report)")
-    teacher_model: str = _f("", "builder of a --teacher given as a plain state dict (default: --model), e.g. resnet50")
+    teacher_model: str = _f("", "builder of a --teacher given as a plain state dict (default: --model, with its "
+                                "--model-kwargs), e.g. resnet50; naming a teacher file's own package.module:function "
+                                "builder lets prunelab call it")
     distill_temperature: float = _f(4.0, "distillation softmax temperature")
     distill_weight: float = _f(0.5, "share of the soft-target (KL) term in the fine-tune loss, in [0, 1]")
 
@@ -502,9 +504,6 @@ def validate(cfg: Config) -> None:
          "or drop --distill-cached")
     need(cfg.distill or not cfg.teacher, "--teacher names the model to distil from; add --distill (or drop --teacher)")
     need(cfg.teacher or not cfg.teacher_model, "--teacher-model says how to build a --teacher state dict; add --teacher")
-    if cfg.teacher:
-        need(Path(cfg.teacher).is_file(), f"teacher file not found: {cfg.teacher}; pass a prunelab model file or a "
-             ".safetensors state dict")
     need(cfg.distill_temperature > 0, f"distill_temperature must be positive, got {cfg.distill_temperature}")
     need(0.0 <= cfg.distill_weight <= 1.0, f"distill_weight must be in [0, 1], got {cfg.distill_weight}")
     need(cfg.warmup_epochs >= 0, f"warmup_epochs must be 0 or more, got {cfg.warmup_epochs}")

@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -71,10 +72,17 @@ def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, mode
 def random_criterion(rd: RunDir, cfg: Config, model: torch.nn.Module | None = None) -> dict:
     """The run again with the random importance, from the run's own dense checkpoint."""
     out = rd.control("random")
+    if out.finished:
+        return report.control_row(out)
     control = from_dense_checkpoint(dataclasses.replace(cfg, name=out.path.name, out_dir=str(out.path.parent),
                                                         importance="random", controls=[], seeds=[], int8=False),
-                                    rd.checkpoint_named("dense").with_suffix(".safetensors"))
-    run(control, existing_run(control), model=model)
+                                    rd.checkpoint_named("dense").with_suffix(".safetensors").resolve())
+    existing = existing_run(control)
+    if existing is not None:  # started before: its baseline is this run's dense checkpoint, however it was typed
+        saved = open_existing(existing)[1].baseline
+        if Path(saved).is_file() and os.path.samefile(saved, control.baseline):
+            control = dataclasses.replace(control, baseline=saved)
+    run(control, existing, model=model)
     return report.control_row(out)
 
 
@@ -96,10 +104,10 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
     row (also its results.json). `budget`: time, images, or dense+images (the scratch-long control)."""
     crd = rd.control(kind)
     if crd.finished:
-        log(f"control scratch: {crd.path} already finished")
+        log(f"control {kind}: {crd.path} already finished")
         return report.control_row(crd)
     trainer = Trainer.from_config(cfg, resolve_device(cfg.device), data.inputs)
-    model, desc = modelfile.load(rd.model_file("final"), model=given)
+    model, desc = modelfile.load(rd.model_file("final"), model=given, named=cfg.model)
     model = prepare_model(reinitialise(model, cfg.seed + 7919), trainer)
     spec = modelfile.specs(desc)[0]
     control = dataclasses.replace(cfg, name=crd.path.name, out_dir=str(crd.path.parent), controls=[], seeds=[],
@@ -112,7 +120,7 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
     else:
         seconds, images, dense_images = _budget(rd)
         if budget == "dense+images":
-            images += dense_images + cfg.baseline_images
+            images += dense_images + (cfg.baseline_images if cfg.baseline else 0)  # a run's own dense: counted
         if budget in ("images", "dense+images"):
             epochs, per_epoch = max(1, round(images / len(train))), None
         else:

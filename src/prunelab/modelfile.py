@@ -3,8 +3,9 @@
 `<stem>.safetensors` holds the state dict; `<stem>.json` holds the model spec (builder, its kwargs, classes,
 stem, dropped blocks: models.ModelSpec), the input spec (image size, mean/std, class names: data.InputSpec), the
 pruning history that turns the dense model (less its dropped blocks) into the pruned structure, the SHA-256 of the
-weights, and provenance (config, metrics, versions). A spec whose builder is a user's `module:function` imports that module when
-loaded: it is the user's code, not a pickle. A spec with builder "module" (an nn.Module handed to the API)
+weights, and provenance (config, metrics, versions). A spec whose builder is a user's `module:function` imports that module and
+calls it when loaded, so it is built only when the caller trusts the file (trust_code) or names that builder itself: a
+file from elsewhere could name any function. A spec with builder "module" (an nn.Module handed to the API)
 needs the same dense module passed to `load(..., model=)`. Loading: read the description -> build the dense model -> replay the history -> check every
 shape and load the weights. `load` is the one place that does this, for users and for resumed runs.
 """
@@ -24,7 +25,7 @@ from . import __version__
 from .errors import PrunelabError
 from .config import NORMALIZATIONS
 from .files import write_atomic, write_json
-from .models import InputSpec, ModelSpec, build, drop_blocks, num_outputs
+from .models import InputSpec, ModelSpec, build, drop_blocks, num_outputs, user_code
 from .prune import layer_widths, replay_structure
 
 FORMAT = "prunelab-model"
@@ -114,14 +115,17 @@ def describe(path: str | Path) -> tuple[dict, Path]:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", trust_pickle: bool = False,
-         replay: Callable[[nn.Module, list], None] | None = None, model: nn.Module | None = None
-         ) -> tuple[nn.Module, dict]:
+         replay: Callable[[nn.Module, list], None] | None = None, model: nn.Module | None = None,
+         trust_code: bool = False, named: str = "") -> tuple[nn.Module, dict]:
     """Rebuild a saved model in any process: returns (model in eval mode, its JSON description).
     `path` is a .safetensors or a .json file (rundir.model_file finds one in a run directory). `replay(model, history)`
     turns the freshly built dense model into the pruned structure (a resumed run passes one that also
     restores its pruner). `model`: the dense nn.Module to start from, needed when the file was made from a
     module handed to the API (its builder is "module"); it is copied, not changed. A whole-model pickle
-    (.pt/.pth) is loaded only with trust_pickle=True, since unpickling can run arbitrary code."""
+    (.pt/.pth) is loaded only with trust_pickle=True, since unpickling can run arbitrary code. A description whose
+    builder is Python code (package.module:function, imported and called to build the model) is built only with
+    trust_code=True or when the caller `named` that same builder (--model, --teacher-model): a file from elsewhere
+    could name any function."""
     path = Path(path)
     if path.is_dir():
         raise PrunelabError(f"{path} is a folder; pass a model file (.json or .safetensors), or load a run "
@@ -145,6 +149,11 @@ def load(path: str | Path, device: str | torch.device = "cpu", trust_pickle: boo
         raise PrunelabError(f"{path} was made from an nn.Module given to prunelab.run, so prunelab cannot build it: "
                             "pass the same dense module, prunelab.load(path, model=MyNet())")
     else:
+        if user_code(spec.builder) and not trust_code and spec.builder != named:
+            raise PrunelabError(f"{path} builds its model by calling {spec.builder}, Python code named in the file; "
+                                "prunelab calls it only for a file you trust: pass --trust-code (prunelab.load(..., "
+                                f"trust_code=True)), or for a run's --teacher or --baseline name it yourself "
+                                f"(--teacher-model or --model {spec.builder})")
         net = build(spec)
     if replay is None:
         replay_structure(net, desc.get("pruning_history") or [], inputs.image_size)
@@ -199,19 +208,20 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
     model.load_state_dict(state)
 
 
-def load_any(path: str | Path, builder: str, num_classes: int) -> tuple[nn.Module, InputSpec | None]:
-    """A model to run (a teacher): a prunelab model file (any architecture, pruned or not; its input spec too), or a
-    plain safetensors state dict of `builder` with `num_classes` outputs (no input spec: None)."""
+def load_any(path: str | Path, spec: ModelSpec) -> tuple[nn.Module, InputSpec | None]:
+    """A model to run (a teacher): a prunelab model file (any architecture, pruned or not; its input spec too; a
+    user's builder only if it is `spec`'s), or a plain safetensors state dict of the network `spec` describes (no
+    input spec: None)."""
     p = Path(path)
     if p.suffix in PICKLE_SUFFIXES:
         raise PrunelabError(f"{p} looks like a pickle, which can run code when loaded; pass a .safetensors file or a "
                             "prunelab model file")
     if p.suffix == ".json" or p.with_suffix(".json").is_file():
-        net, desc = load(p)
+        net, desc = load(p, named=spec.builder)
         return net, specs(desc)[1]
     if p.suffix != ".safetensors":
         raise PrunelabError(f"{p} is neither a prunelab model file (.json) nor a .safetensors state dict")
-    net = build(ModelSpec(builder=builder, num_classes=num_classes))
+    net = build(spec)
     load_weights(net, p)
     return net.eval(), None
 
@@ -228,7 +238,7 @@ def load_dense_baseline(path: str | Path, spec: ModelSpec | str, num_classes: in
         raise PrunelabError(f"baseline {p} must be a .safetensors state dict (pickled .pt files are refused; convert "
                             "with safetensors.torch.save_file(torch.load(f), 'dense.safetensors') if you trust it)")
     if p.with_suffix(".json").is_file():
-        net, desc = load(p, model=model)
+        net, desc = load(p, model=model, named=spec.builder)
         if desc.get("pruning_history") or specs(desc)[0].dropped_blocks:
             raise PrunelabError(f"baseline {p} is already pruned; pass a dense model to --baseline")
         return net

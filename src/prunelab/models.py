@@ -102,6 +102,11 @@ def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     return small_input_stem(torchvision.models.resnet18(num_classes=num_classes))
 
 
+def user_code(name: str) -> bool:
+    """Whether building `name` imports and calls the user's Python code (package.module:function)."""
+    return ":" in name and not name.startswith("timm:")
+
+
 def check_name(name: str) -> None:
     """Refuse, before any data is read, a model name that names nothing (with suggestions) or a family that
     Torch-Pruning cannot prune structurally (UNPRUNABLE)."""

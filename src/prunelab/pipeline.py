@@ -74,6 +74,10 @@ def check_available(cfg: Config) -> None:
 
 def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     check_available(cfg)
+    finished = bool(resume_dir) and RunDir(resume_dir).results.is_file()
+    if cfg.teacher and not finished and not Path(cfg.teacher).is_file():  # (a finished run no longer needs it)
+        raise PrunelabError(f"teacher file not found: {cfg.teacher}; pass a prunelab model file or a .safetensors "
+                            "state dict")
     world, rank_device = distributed.init(cfg.device)  # a no-op unless started by torchrun
     device = rank_device or resolve_device(cfg.device)
     autocast_dtype(cfg.precision, device)  # validates precision for the device
@@ -93,7 +97,7 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
         if was is not None and (was.mean, was.std) != (data.inputs.mean, data.inputs.std):
             log(f"note: {cfg.init_from} was trained on inputs normalised with mean {list(was.mean)} and std "
                 f"{list(was.std)}; this run uses {list(data.inputs.mean)} and {list(data.inputs.std)} (--mean/--std)")
-    teacher = load_teacher(cfg, data) if cfg.teacher else None
+    teacher = load_teacher(cfg, data, spec) if cfg.teacher and not finished else None
     pruned_spec = dataclasses.replace(spec, dropped_blocks=tuple(cfg.drop_blocks))  # what the pruned models are
     if cfg.cutout_px >= data.inputs.image_size:
         raise PrunelabError(f"cutout_px {cfg.cutout_px} is not below the data's {data.inputs.image_size} px images (it "
@@ -156,7 +160,7 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     if not world.main:
         return rd.path
     if cfg.export_onnx:
-        _export_onnx(rd, n, given)
+        _export_onnx(rd, n, given, cfg.model)
     results = report.refresh(rd.path)  # results.json last: its presence means the run is complete
     log("\n" + report.key_results_markdown(results))
     files = [rd.results, rd.report, rd.results_plot, rd.curves_plot, rd.filters_plot, rd.onnx,
@@ -186,13 +190,29 @@ def warn_if_busy(cores: float | None, when: str) -> None:
         log(f"warning: {warning}; for a latency or speed-up target, time on a quiet machine")
 
 
-def load_teacher(cfg: Config, data: Data) -> torch.nn.Module:
-    """The --teacher model, checked against the data (classes, image size, normalisation) before any training."""
-    teacher, inputs = modelfile.load_any(cfg.teacher, cfg.teacher_model or cfg.model, len(data.classes))
+def load_teacher(cfg: Config, data: Data, spec: ModelSpec) -> torch.nn.Module:
+    """The --teacher model, checked against the data (classes, image size, normalisation; one image through it) before
+    any training. A plain state dict is of --teacher-model, or else of the run's own network `spec`."""
+    teacher_spec = ModelSpec(builder=cfg.teacher_model, num_classes=len(data.classes)) if cfg.teacher_model else spec
+    if teacher_spec.builder == "module" and not Path(cfg.teacher).with_suffix(".json").is_file():
+        raise PrunelabError(f"teacher {cfg.teacher} is a plain state dict and this run's model is an nn.Module prunelab "
+                            "cannot rebuild; name the teacher's network with teacher_model (e.g. 'resnet18_cifar'), or "
+                            "pass a prunelab model file")
+    teacher, inputs = modelfile.load_any(cfg.teacher, teacher_spec)
     n = num_outputs(teacher)
     if n != len(data.classes):
         raise PrunelabError(f"teacher {cfg.teacher} has {n} classes but the data has {len(data.classes)}; distil from "
                             "a model trained on these classes")
+    size = data.inputs.image_size
+    try:
+        with torch.no_grad():
+            shape = tuple(copy.deepcopy(teacher).float().cpu().eval()(torch.zeros(1, 3, size, size)).shape)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise PrunelabError(f"teacher {cfg.teacher} cannot run on the data's {size} px images ({str(e).splitlines()[0][:120]}); "
+                            "distil from a model made for this image size, or set --image-size to the teacher's")
+    if shape != (1, len(data.classes)):
+        raise PrunelabError(f"teacher {cfg.teacher} gives outputs of shape {list(shape)} for one {size} px image, not "
+                            f"[1, {len(data.classes)}]; distil from a classifier of these classes")
     if inputs is not None and (inputs.image_size != data.inputs.image_size or
                                any(abs(a - b) > 1e-6 for a, b in zip((*inputs.mean, *inputs.std),
                                                                       (*data.inputs.mean, *data.inputs.std)))):
@@ -230,11 +250,11 @@ def model_spec(cfg: Config, data_classes: int, given: torch.nn.Module | None = N
     return spec
 
 
-def _export_onnx(rd: RunDir, n: int, given: torch.nn.Module | None) -> None:
+def _export_onnx(rd: RunDir, n: int, given: torch.nn.Module | None, builder: str) -> None:
     if missing("onnxruntime"):
         log("ONNX export skipped: install onnx and onnxruntime (pip install 'prunelab[onnx]'), then `prunelab export`")
         return
-    model, desc = modelfile.load(rd.checkpoint(n + 1, n).with_suffix(".json"), model=given)
+    model, desc = modelfile.load(rd.checkpoint(n + 1, n).with_suffix(".json"), model=given, named=builder)
     try:
         export_onnx(model, rd.onnx, input_size=modelfile.specs(desc)[1].image_size)
     except PrunelabError as e:  # the run's results stand without it; say why it is missing
@@ -464,7 +484,8 @@ class _Stages:
         cfg = self.cfg
         stem = self.rd.checkpoint_named("sparse")
         if stem.with_suffix(".json").is_file():  # (its summary line, if a crash lost it: RunDir.prepare_resume)
-            return self._prepare_model(modelfile.load(stem.with_suffix(".json"), model=self.given)[0])
+            return self._prepare_model(modelfile.load(stem.with_suffix(".json"), model=self.given,
+                                                      named=self.cfg.model)[0])
         start = time.perf_counter()
         log(f"sparse training: {report.counted(cfg.sparse_epochs, 'epoch')}, group-norm regularisation {cfg.sparse_reg:g}")
         sparsifier = build_sparsifier(model, cfg, self.inputs.image_size, self.spec.num_classes)
@@ -483,7 +504,8 @@ class _Stages:
 
     def load_dense(self):
         """The dense stage's result on resume: its model, and the ratio it chose."""
-        model, desc = modelfile.load(self.rd.checkpoint(0, self.n).with_suffix(".json"), model=self.given)
+        model, desc = modelfile.load(self.rd.checkpoint(0, self.n).with_suffix(".json"), model=self.given,
+                                     named=self.cfg.model)
         self.pruning_ratio = desc["metrics"]["pruning_ratio"]
         self.group_ratios = desc["metrics"].get("group_ratios")  # (a filled budget; a search's come from search.json)
         return self._prepare_model(model)
@@ -509,7 +531,7 @@ class _Stages:
             pruners.append(pruner)
 
         model, desc = modelfile.load(self.rd.checkpoint(stage, self.n).with_suffix(".json"), replay=replay,
-                                     model=self.given)
+                                     model=self.given, named=self.cfg.model)
         self.step_accuracy = (desc.get("metrics") or {}).get("accuracy")
         return self._prepare_model(model), pruners[0]
 
@@ -568,7 +590,8 @@ class _Stages:
             if not cfg.target_speedup:
                 out |= {"target_ms": cfg.target_latency_ms, "achieved_ms": timed(model, "final")}
             else:
-                dense = modelfile.load(self.rd.checkpoint(0, self.n).with_suffix(".json"), model=self.given)[0].eval()
+                dense = modelfile.load(self.rd.checkpoint(0, self.n).with_suffix(".json"), model=self.given,
+                                       named=self.cfg.model)[0].eval()
                 pairs = [(timed(dense, f"dense{i}"), timed(model, f"final{i}")) for i in range(rounds)]
                 dense_ms, final_ms = (sorted(p[k] for p in pairs)[(rounds - 1) // 2] for k in (0, 1))
                 out |= {"target_speedup": cfg.target_speedup, "dense_ms": dense_ms, "achieved_ms": final_ms,

@@ -72,7 +72,7 @@ def quantize_run(run_dir: str | Path, calibration_images: int = 300, batch_sizes
     data = load_data(cfg)  # missing data: a one-line error here, before anything is written
     if len(data.train) == 0:
         raise PrunelabError("no training images to calibrate INT8 on; point --data-dir at the run's data")
-    model, desc = modelfile.load(rd.model_file("final"))
+    model, desc = modelfile.load(rd.model_file("final"), named=cfg.model)  # the run names its builder
     inputs = data.inputs
     normalise = Normalizer(inputs.mean, inputs.std, "cpu", channels_last=False)
     out = rd.int8_dir

@@ -268,12 +268,14 @@ def draw_multipliers(roots: dict[str, int], index: int, seed: int, spread: float
 
 def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multipliers: dict[str, float], *,
                     image_size: int, num_classes: int, iterations: int = 10,
-                    target_ms: float = 0.0) -> tuple[float, nn.Module, float | None] | None:
+                    target_ms: float = 0.0, fallback: bool = False) -> tuple[float, nn.Module, float | None] | None:
     """The candidate `multipliers` (one per group root) scaled until its one-shot pruning of `model` just meets
     cfg's target: (u, the pruned copy, its latency in ms or None), or None where even MAX_RATIO does not meet it.
     MACs and parameters by a bisection of `iterations` halvings (counts fall steadily as u grows); latency (of at
     most `target_ms`, default cfg.target_latency_ms) by the grid and re-timing of `smallest_fitting_ratio`, as
-    `ratio_for_latency` (timings do not fall steadily)."""
+    `ratio_for_latency` (timings do not fall steadily). `fallback`: for a latency target that even MAX_RATIO misses,
+    return MAX_RATIO rather than None (check_targets let it through as within the timing noise: the uniform candidate
+    then ends where ratio_for_latency would)."""
     target_ms = target_ms or cfg.target_latency_ms
 
     def pruned_at(u: float) -> nn.Module:
@@ -287,7 +289,7 @@ def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multip
 
         timed = {MAX_RATIO: [time_at(MAX_RATIO)]}
         if timed[MAX_RATIO][0] > target_ms:
-            return None
+            return (MAX_RATIO, pruned_at(MAX_RATIO), timed[MAX_RATIO][0]) if fallback else None
         u = smallest_fitting_ratio(time_at, target_ms, timed, points=LATENCY_POINTS,
                                    iterations=LATENCY_ITERATIONS)
         return u, pruned_at(u), _median(timed[u])
@@ -328,7 +330,7 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
         start = time.perf_counter()
         multipliers = draw_multipliers(roots, index, cfg.seed)
         scaled = scale_candidate(model, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
-                                 iterations=iterations, target_ms=target_ms)
+                                 iterations=iterations, target_ms=target_ms, fallback=index == 0)
         if scaled is None:  # this direction cannot reach the budget: skipped
             row = {"index": index, "feasible": False, "multipliers": multipliers,
                    **({"target_ms": target_ms} if target_ms else {})}
