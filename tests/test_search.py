@@ -211,6 +211,34 @@ def test_a_finished_run_whose_teacher_file_has_moved_still_evaluates_and_resumes
             shutil.move(there, here)
 
 
+def test_a_resumed_run_refuses_a_teacher_file_whose_weights_changed(tmp_path):
+    """The dense stage records the teacher's weights' SHA-256; a run killed after it and resumed with other weights
+    under the same name would distil its later stages from another model: refused in one line."""
+    inputs = InputSpec(make_config("tiny").image_size, (0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610),
+                       tuple(f"class{i}" for i in range(10)))
+    torch.manual_seed(0)
+    save(tmp_path / "teacher", prunelab.models.build_model("user_nets:build_net", 10), ModelSpec("user_nets:build_net", 10),
+         [], inputs=inputs)
+    cfg = make_config("tiny", {**FAST, "out_dir": str(tmp_path / "runs"), "name": "t", "iterative_steps": 1,
+                               "distill": True, "teacher": str(tmp_path / "teacher.json"),
+                               "teacher_model": "user_nets:build_net"})
+    run_dir = prunelab.run(cfg)
+    dense = next(json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(ln)["event"] == "dense")
+    assert dense["teacher"]["sha256"] == prunelab.modelfile.weights_sha256(tmp_path / "teacher.json")
+    (run_dir / "results.json").unlink()  # killed after the dense stage
+    for p in (run_dir / "checkpoints").iterdir():
+        if not p.name.startswith("dense"):
+            p.unlink()
+    (run_dir / "metrics.jsonl").write_text(json.dumps(dense) + "\n")
+    torch.manual_seed(1)
+    save(tmp_path / "teacher", prunelab.models.build_model("user_nets:build_net", 10), ModelSpec("user_nets:build_net", 10),
+         [], inputs=inputs)
+    code, _, err = cli("run", "--resume", run_dir, "--no-progress")
+    assert code == 2 and "not the file this run started distilling from" in err and len(err.strip().splitlines()) == 1, err
+    assert not (run_dir / "results.json").exists()
+
+
 def test_the_search_and_the_fresh_statistics_never_read_test_images(searched):
     run_dir, seen, data = searched
     test, val = fingerprint(data.test), fingerprint(data.val)

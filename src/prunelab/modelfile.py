@@ -41,6 +41,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_sha256(path: str | Path) -> str:
+    """The SHA-256 of a model's weights: a .safetensors file, or the one a prunelab .json description names."""
+    p = Path(path)
+    return _sha256(describe(p)[1] if p.suffix == ".json" else p)
+
+
 def versions() -> dict:
     """Versions for a model file's provenance. Torch-Pruning's from the installed package's metadata: its module
     attribute lags (torch-pruning 1.6.1 reports __version__ 1.6.0)."""

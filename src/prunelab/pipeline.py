@@ -120,6 +120,8 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     done = rd.last_checkpoint(n)
     if done >= 0:
         check_same_test_images(rd, data)
+        if teacher is not None:
+            check_same_teacher(rd, cfg.teacher)
     if world.main:
         rd.prepare_resume(done, n)
         if cfg.tensorboard:
@@ -181,6 +183,16 @@ def check_same_test_images(rd: RunDir, data: Data) -> None:
         raise PrunelabError(f"{rd.path} was scored on other test images (fingerprint {recorded}, "
                             f"{desc['metrics'].get('test_images')} images; this data gives {now}, {len(data.test)}): "
                             "resume with the data (--data-dir) and prunelab version it started with, or start a new run")
+
+
+def check_same_teacher(rd: RunDir, teacher: str) -> None:
+    """A resumed run distils from the teacher its finished stages distilled from (the weights' SHA-256, recorded
+    with the dense stage; older runs recorded none and are not checked)."""
+    dense = next((r for r in read_jsonl(rd.metrics) if r.get("event") == "dense"), {})
+    recorded = (dense.get("teacher") or {}).get("sha256")
+    if recorded and recorded != modelfile.weights_sha256(teacher):
+        raise PrunelabError(f"teacher {teacher} is not the file this run started distilling from (its weights' "
+                            "SHA-256 differs); put that file back, or start a new run")
 
 
 def warn_if_busy(cores: float | None, when: str) -> None:
@@ -466,8 +478,9 @@ class _Stages:
                     "Runtime at batch 1 it fit 1.7x the MACs, and 1.8 more points, in the same latency (RESULTS 7.10)")
         taught = {}
         if teacher is not None:  # evaluated once, here: its accuracy goes into the report
-            taught["teacher"] = {"file": cfg.teacher, "accuracy": self._accuracy(
-                prepare_model(copy.deepcopy(teacher), self.trainer), self.test)}
+            taught["teacher"] = {"file": cfg.teacher, "sha256": modelfile.weights_sha256(cfg.teacher),
+                                 "accuracy": self._accuracy(prepare_model(copy.deepcopy(teacher), self.trainer),
+                                                            self.test)}
             self._prepare_model(model)  # (the normalizer follows the model trained here)
         row = {"event": "dense", "stage": 0, "ratio": 0.0, "pruning_ratio": self.pruning_ratio,
                **({"group_ratios": self.group_ratios} if self.group_ratios else {}),
