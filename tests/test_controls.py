@@ -59,8 +59,9 @@ def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(t
     assert f"{s['train_images']:,} images for a budget of {s['budget_images']:,}" in report
     # run again: nothing is redone
     before = (run_dir / "controls" / "scratch" / "results.json").stat().st_mtime_ns
-    code, out, _ = cli("control", run_dir, "--kind", "scratch")
+    code, out, err = cli("control", run_dir, "--kind", "scratch")  # (the default budget, time: said, not redone)
     assert code == 0 and (run_dir / "controls" / "scratch" / "results.json").stat().st_mtime_ns == before
+    assert "keeps the images budget it was planned with, not time" in out + err
     # the run named another way (relative to another folder): the finished random control is read, not redone
     code, _, err = cli("control", run_dir.relative_to(tmp_path), "--kind", "random", cwd=tmp_path)
     assert code == 0, err

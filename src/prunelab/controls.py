@@ -103,6 +103,10 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
     """The final architecture, re-initialised and trained from scratch on `data` (the run's); returns its result
     row (also its results.json). `budget`: time, images, or dense+images (the scratch-long control)."""
     crd = rd.control(kind)
+    planned = json.loads(crd.plan.read_text()).get("budget") if crd.plan.is_file() else None
+    if planned and planned != budget:  # a control keeps the budget it started with
+        log(f"control {kind}: keeps the {planned} budget it was planned with, not {budget}; delete {crd.path} to "
+            "redo it")
     if crd.finished:
         log(f"control {kind}: {crd.path} already finished")
         return report.control_row(crd)
