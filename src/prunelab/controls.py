@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -77,12 +76,7 @@ def random_criterion(rd: RunDir, cfg: Config, model: torch.nn.Module | None = No
     control = from_dense_checkpoint(dataclasses.replace(cfg, name=out.path.name, out_dir=str(out.path.parent),
                                                         importance="random", controls=[], seeds=[], int8=False),
                                     rd.checkpoint_named("dense").with_suffix(".safetensors").resolve())
-    existing = existing_run(control)
-    if existing is not None:  # started before: its baseline is this run's dense checkpoint, however it was typed
-        saved = open_existing(existing)[1].baseline
-        if Path(saved).is_file() and os.path.samefile(saved, control.baseline):
-            control = dataclasses.replace(control, baseline=saved)
-    run(control, existing, model=model)
+    run(control, existing_run(control), model=model)
     return report.control_row(out)
 
 

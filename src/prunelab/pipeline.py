@@ -215,16 +215,6 @@ def load_teacher(cfg: Config, data: Data, spec: ModelSpec) -> torch.nn.Module:
     if n != len(data.classes):
         raise PrunelabError(f"teacher {cfg.teacher} has {n} classes but the data has {len(data.classes)}; distil from "
                             "a model trained on these classes")
-    size = data.inputs.image_size
-    try:
-        with torch.no_grad():
-            shape = tuple(copy.deepcopy(teacher).float().cpu().eval()(torch.zeros(1, 3, size, size)).shape)
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise PrunelabError(f"teacher {cfg.teacher} cannot run on the data's {size} px images ({str(e).splitlines()[0][:120]}); "
-                            "distil from a model made for this image size, or set --image-size to the teacher's")
-    if shape != (1, len(data.classes)):
-        raise PrunelabError(f"teacher {cfg.teacher} gives outputs of shape {list(shape)} for one {size} px image, not "
-                            f"[1, {len(data.classes)}]; distil from a classifier of these classes")
     if inputs is not None and (inputs.image_size != data.inputs.image_size or
                                any(abs(a - b) > 1e-6 for a, b in zip((*inputs.mean, *inputs.std),
                                                                       (*data.inputs.mean, *data.inputs.std)))):
@@ -232,6 +222,13 @@ def load_teacher(cfg: Config, data: Data, spec: ModelSpec) -> torch.nn.Module:
                             f"{list(inputs.mean)} and std {list(inputs.std)}, the run feeds {data.inputs.image_size} px "
                             f"with {list(data.inputs.mean)} and {list(data.inputs.std)}; set --image-size/--mean/--std "
                             "to the teacher's")
+    size = data.inputs.image_size
+    try:  # (loaded on the CPU in eval mode: one zero image, no gradient)
+        with torch.no_grad():
+            teacher(torch.zeros(1, 3, size, size))
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise PrunelabError(f"teacher {cfg.teacher} cannot run on the data's {size} px images ({str(e).splitlines()[0][:120]}); "
+                            "distil from a model made for this image size, or set --image-size to the teacher's")
     return teacher
 
 
