@@ -11,7 +11,8 @@ from prunelab.models import build_model
 from prunelab.prune import build_pruner, count_macs_params, geometric_scheduler, prune_step
 from prunelab.targets import ratio_for_target
 from prunelab.data import Split, load_data
-from prunelab.train import Distillation, Trainer, cosine_schedule, distillation_loss, soft_targets, train_epoch
+from prunelab.train import (Distillation, Trainer, cosine_schedule, distillation_loss, soft_targets, train_epoch,
+                            view_targets)
 
 
 def test_distillation_loss_is_cross_entropy_at_weight_0_and_zero_kl_when_student_equals_teacher():
@@ -67,6 +68,57 @@ def test_training_on_cached_targets_uses_the_row_of_each_image():
     with torch.inference_mode():
         predicted = model(trainer.normalizer(split.images)).argmax(1)
     assert (predicted == classes).float().mean() > 0.8
+
+
+def test_replayed_views_pair_every_training_image_with_the_teacher_output_of_the_view_it_is_shown_as():
+    """--distill-views: the targets are the teacher's outputs on fixed crops and flips of each image; training
+    shows each image as one of those views and looks up that view's target. The teacher run on the batch it is
+    shown must give exactly the target row the loss uses, for every image of every batch; fresh crops would not."""
+    from prunelab.data import apply_views, draw_views, train_batches
+    cfg = make_config("tiny", {"progress": False, "precision": "fp32", "batch_size": 32})
+    split = load_data(cfg).train
+    trainer = Trainer.from_config(cfg, torch.device("cpu"))
+    views = draw_views(len(split), 3, 4, True, torch.Generator().manual_seed(0))
+    assert views.shape == (len(split), 3, 3) and set(views[..., 2].unique().tolist()) == {0, 1}
+    assert views[..., :2].min() >= 0 and views[..., :2].max() == 8  # offsets in [0, 2 * padding]
+    torch.manual_seed(0)
+    teacher = build_model("resnet18_cifar").eval()
+    targets = view_targets(teacher, split, trainer, views)
+    assert targets.shape == (len(split), 3, 10)
+    assert not torch.allclose(targets[:, 0], targets[:, 1])  # the views differ, and so do their outputs
+    shown = set()
+    for images, labels, idx in train_batches(split, 32, torch.Generator().manual_seed(1), 4, True, with_index=True,
+                                             views=views):
+        image, view = idx // 3, idx % 3
+        shown.update(view.tolist())
+        assert torch.equal(labels, split.labels[image])
+        assert torch.equal(images, apply_views(split.images[image], views[image, view], 4))
+        with torch.inference_mode():
+            direct = teacher(trainer.normalizer(images)).float()
+        assert torch.allclose(direct, targets.flatten(0, 1)[idx], atol=1e-4)
+    assert shown == {0, 1, 2}
+    # the same batch with a fresh crop (no views) is another image, and the early stages' rows follow their images
+    assert torch.equal(apply_views(split.images[:2], torch.tensor([[4, 4, 0], [4, 4, 1]]), 4),
+                       torch.stack([split.images[0], split.images[1].flip(2)]))
+    part = Distillation(4.0, 0.5, targets=targets, views=views).subset(torch.tensor([5, 2]))
+    assert torch.equal(part.targets, targets[[5, 2]]) and torch.equal(part.views, views[[5, 2]])
+
+
+def test_run_with_replayed_views_computes_them_once_and_refuses_what_cannot_replay(tmp_path):
+    r = run_cli("run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "t", "--distill",
+                "--distill-cached", "--distill-views", "2", "--no-export-onnx")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("distillation targets for 256 images x 2 views") == 1
+    assert "its outputs on 2 fixed views per image replayed" in r.stdout  # the recipe line says how it distilled
+    for args, message in ((["--distill", "--distill-views", "2"], "add --distill --distill-cached"),
+                          (["--distill", "--distill-cached", "--distill-views", "-1"], "distill_views must be 0"),
+                          (["--distill", "--distill-cached", "--distill-views", "2", "--augmentation", "resized-crop"],
+                           "drop --distill-views"),
+                          (["--distill", "--distill-cached", "--distill-views", "2", "--image-size", "96"],
+                           "add --augmentation pad-crop")):
+        bad = run_cli("run", "--preset", "tiny", *args, "--out-dir", tmp_path / "bad", "--name", "b")
+        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert not (tmp_path / "bad" / "b" / "config.json").exists()
 
 
 def test_distillation_loss_scales_the_soft_term_by_temperature_squared():

@@ -222,6 +222,10 @@ class Config:
     distill_cached: bool = _f(False, "with distill: compute the dense model's outputs once per training image (mean over "
                                      "the image and its mirror) instead of on every augmented batch; far cheaper, "
                                      "but the soft targets ignore the random crop")
+    distill_views: int = _f(0, "with distill_cached: the teacher's outputs on this many fixed random crops (and flips) of "
+                               "every training image, computed once (that many teacher passes per image); training "
+                               "shows each image as one of its views, so the soft targets match what the student sees "
+                               "(FKD's replay). 0 = one output per image that ignores the crop. Pad-and-crop only")
     teacher: str = _f("", "with distill: the model to distil from instead of the run's dense model: a prunelab model file "
                           "(.json or .safetensors, any architecture, pruned or not) or a safetensors state dict of "
                           "--teacher-model; evaluated once at the start (its accuracy in the report)")
@@ -502,6 +506,11 @@ def validate(cfg: Config) -> None:
          "would compile every candidate model (minutes each); use pytorch, pytorch-fused, onnxruntime or openvino")
     need(cfg.distill or not cfg.distill_cached, "distill_cached only changes how distillation is done; add --distill "
          "or drop --distill-cached")
+    need(cfg.distill_views >= 0, f"distill_views must be 0 (off) or a number of views per image, got {cfg.distill_views}")
+    need(cfg.distill_cached or not cfg.distill_views, "distill_views replays cached teacher outputs; add --distill "
+         "--distill-cached, or drop --distill-views")
+    need(cfg.augmentation != "resized-crop" or not cfg.distill_views, "distill_views replays pad-and-crop views; "
+         "under augmentation resized-crop drop --distill-views")
     need(cfg.distill or not cfg.teacher, "--teacher names the model to distil from; add --distill (or drop --teacher)")
     need(cfg.teacher or not cfg.teacher_model, "--teacher-model says how to build a --teacher state dict; add --teacher")
     need(cfg.distill_temperature > 0, f"distill_temperature must be positive, got {cfg.distill_temperature}")

@@ -540,19 +540,42 @@ class Normalizer:
 def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding (torchvision RandomCrop(size, padding)) and horizontal flip, for a
     whole uint8 batch at once. Random numbers come from `generator` (CPU) so runs are reproducible."""
-    n, _, h, w = images.shape
+    n = images.shape[0]
     if padding:
-        padded = F.pad(images, (padding, padding, padding, padding))
         dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
         dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
-        rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]  # n x h x 1
-        cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, :]  # n x 1 x w
-        batch = torch.arange(n, device=images.device)[:, None, None]
-        images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # n x 3 x h x w
+        images = _crop(images, dy, dx, padding)
     if flip:
         mask = (torch.rand(n, generator=generator) < 0.5).to(images.device)
         images = torch.where(mask[:, None, None, None], images.flip(3), images)
     return images
+
+
+def _crop(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
+    """Each image zero-padded by `padding` on every side, then cropped back to its size at offset (dy, dx)."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]  # n x h x 1
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, :]  # n x 1 x w
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # n x 3 x h x w
+
+
+def draw_views(n: int, k: int, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """`k` fixed pad-and-crop views of each of `n` images, as an n x k x 3 int64 tensor of (dy, dx, flipped): the
+    views whose teacher outputs replayed distillation computes once and trains on (--distill-views)."""
+    dy = torch.randint(0, 2 * padding + 1, (n, k), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n, k), generator=generator)
+    flipped = (torch.rand(n, k, generator=generator) < 0.5).long() if flip else torch.zeros(n, k, dtype=torch.long)
+    return torch.stack([dy, dx, flipped], 2)
+
+
+def apply_views(images: torch.Tensor, views: torch.Tensor, padding: int) -> torch.Tensor:
+    """`images` cropped and flipped as `views` (one row of draw_views() per image: dy, dx, flipped) say."""
+    views = views.to(images.device)
+    if padding:
+        images = _crop(images, views[:, 0], views[:, 1], padding)
+    return torch.where(views[:, 2, None, None, None].bool(), images.flip(3), images)
 
 
 def cutout(x: torch.Tensor, side: int, generator: torch.Generator) -> torch.Tensor:
@@ -601,16 +624,24 @@ def augmentation_for(kind: str, image_side: int) -> str:
 
 
 def train_batches(split: Split | FileSplit, batch_size: int, generator: torch.Generator, padding: int, flip: bool,
-                  with_index: bool = False, kind: str = "pad-crop"):
+                  with_index: bool = False, kind: str = "pad-crop", views: torch.Tensor | None = None):
     """One epoch: shuffled batches of augmented uint8 images (on the split's device) and labels (and, with
     `with_index`, the images' indices in `split`). Under torchrun every rank draws the same permutation and
     keeps its own shard of it (DistributedSampler's rule). The random numbers are drawn in the same order
-    whether the split is in memory or streamed, so both give the same batches."""
+    whether the split is in memory or streamed, so both give the same batches.
+    With `views` (draw_views() for the split's images, n x k x 3), every image is shown as one of its k views, drawn
+    at random each time, instead of a fresh crop, and the index yielded is image * k + view."""
     perm = shard(torch.randperm(len(split), generator=generator)).to(split.labels.device)
     index_batches = [perm[start:start + batch_size] for start in range(0, len(perm), batch_size)]
     for idx, (images, labels) in zip(index_batches, split.batches(index_batches)):
-        batch = augment_batch(images, kind, padding, flip, generator), labels
-        yield (*batch, idx) if with_index else batch
+        if views is None:
+            images = augment_batch(images, kind, padding, flip, generator)
+        else:
+            k = views.shape[1]
+            v = torch.randint(0, k, (len(idx),), generator=generator)
+            images = apply_views(images, views[idx.cpu(), v], padding if kind == "pad-crop" else 0)
+            idx = idx * k + v.to(idx.device)
+        yield (images, labels, idx) if with_index else (images, labels)
 
 
 def batches_per_epoch(n_images: int, batch_size: int) -> int:

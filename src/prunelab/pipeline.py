@@ -23,7 +23,7 @@ import torch
 
 from . import distributed, modelfile, report, transfer
 from .config import Config, final_lr, latency_targeted, resumed_config, to_dict
-from .data import Data, eval_batches, fingerprint, load_data
+from .data import Data, draw_views, eval_batches, fingerprint, load_data
 from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
 from .errors import PrunelabError
@@ -36,7 +36,7 @@ from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, 
 from .runtimes import latency, missing
 from .targets import check_targets, fill_budget, ratio_for_latency, ratio_for_target, search_widths
 from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, reestimate_batchnorm, resolve_device,
-                    score, soft_targets, stage_bn_images, torch_threads)
+                    score, soft_targets, stage_bn_images, torch_threads, view_padding, view_targets)
 
 
 def run(cfg: Config | None = None, resume_dir: str | Path | None = None, model: torch.nn.Module | None = None) -> Path:
@@ -102,6 +102,10 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     if cfg.cutout_px >= data.inputs.image_size:
         raise PrunelabError(f"cutout_px {cfg.cutout_px} is not below the data's {data.inputs.image_size} px images (it "
                             f"would blank most of every image); use a smaller square, e.g. {data.inputs.image_size // 2}")
+    if cfg.distill_views and trainer.augmentation == "resized-crop":
+        raise PrunelabError(f"--distill-views replays pad-and-crop views, but this data's {data.inputs.image_size} px "
+                            f"images train with resized crops (augmentation auto); add --augmentation pad-crop or drop "
+                            f"--distill-views")
     if not resume_dir:
         first = baseline if baseline is not None else start[0] if start else build(spec)
         check_drop_blocks(first, cfg.drop_blocks, data.inputs.image_size)
@@ -380,8 +384,7 @@ class _Stages:
         split = self.early if split is None else split
         distill = self._distillation() if stage > 0 else None
         if distill is not None and distill.targets is not None and split is self.early and self.early_idx is not None:
-            distill = Distillation(distill.temperature, distill.weight,  # cached rows of the early images
-                                   targets=distill.targets[self.early_idx.to(distill.targets.device)])
+            distill = distill.subset(self.early_idx)  # cached rows of the early images
         fit(model, split, epochs, lr, trainer=self.trainer, stage=stage, phase=phase, warmup_epochs=warmup_epochs,
             val=self.val, distill=distill, sparsifier=sparsifier, run_dir=self.rd, head_lr=head_lr,
             bn_images=stage_bn_images(model, self.cfg.bn_reestimate_images))
@@ -390,11 +393,16 @@ class _Stages:
         """The fine-tunes' distillation; with cached targets, they are computed once, inside the first
         fine-tune's time, and the teacher is dropped."""
         if self.distill is not None and self.distill.teacher is not None and self.cfg.distill_cached:
-            start = time.perf_counter()
-            targets = soft_targets(self.distill.teacher, self.train, self.trainer)
-            self.distill = Distillation(self.distill.temperature, self.distill.weight, targets=targets)
-            log(f"  distillation targets for {len(targets)} images (and their mirrors) in "
-                f"{time.perf_counter() - start:.0f} s")
+            start, k = time.perf_counter(), self.cfg.distill_views
+            if k:  # fixed views, drawn from the run's seed alone: a resumed run replays the same ones
+                views = draw_views(len(self.train), k, view_padding(self.trainer), self.trainer.flip,
+                                   torch.Generator().manual_seed(self.cfg.seed))
+                targets = view_targets(self.distill.teacher, self.train, self.trainer, views)
+            else:
+                views, targets = None, soft_targets(self.distill.teacher, self.train, self.trainer)
+            self.distill = Distillation(self.distill.temperature, self.distill.weight, targets=targets, views=views)
+            log(f"  distillation targets for {len(targets)} images " + (f"x {k} views" if k else "(and their mirrors)")
+                + f" in {time.perf_counter() - start:.0f} s")
         return self.distill
 
     def _accuracy(self, model, split) -> float:

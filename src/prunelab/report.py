@@ -268,7 +268,9 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
             f"{counted(c['final_finetune_epochs'], 'final epoch')} (lr {final_lr(c)}); batch {c['batch_size']}, {per_unit}"
             + (f"; cutout {c['cutout_px']} px" if c.get("cutout_px") else "")
             + (f"; distillation T={c['distill_temperature']} w={c['distill_weight']}" if c.get("distill") else "")
-            + (f" from teacher {c['teacher']}" if c.get("teacher") else ""))
+            + (f" from teacher {c['teacher']}" if c.get("teacher") else "")
+            + ((f", its outputs on {c['distill_views']} fixed views per image replayed" if c.get("distill_views")
+                else ", its outputs cached once per image") if c.get("distill") and c.get("distill_cached") else ""))
 
 
 def _fmt_count(n: float, unit: str = "") -> str:

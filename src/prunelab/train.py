@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .config import Config
 
 from .errors import PrunelabError
-from .data import (InputSpec, Normalizer, Split, augmentation_for, batches_per_epoch, eval_batches,
+from .data import (InputSpec, Normalizer, Split, apply_views, augmentation_for, batches_per_epoch, eval_batches,
                    cutout, resolve_normalization, train_batches)
 from . import distributed
 from .distributed import log, sum_all
@@ -138,19 +138,29 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
 
 
 class Distillation:
-    """The soft targets of knowledge distillation, from one of two sources: a frozen teacher run on every
-    augmented batch, or `targets` computed once per training image (soft_targets(); row i for image i)."""
+    """The soft targets of knowledge distillation, from one of three sources: a frozen teacher run on every
+    augmented batch; `targets` computed once per training image (soft_targets(); row i for image i); or, with
+    `views` (data.draw_views(), n x k x 3), computed once per fixed view of every image (view_targets(); n x k x
+    classes), which training then shows in place of fresh crops (FKD's replay: Shen & Xing, ECCV 2022)."""
 
     def __init__(self, temperature: float, weight: float, *, teacher: nn.Module | None = None,
-                 targets: torch.Tensor | None = None):
+                 targets: torch.Tensor | None = None, views: torch.Tensor | None = None):
         if (teacher is None) == (targets is None):
             raise ValueError("Distillation needs a teacher or cached targets, not both")
+        if views is not None and (targets is None or targets.shape[:2] != views.shape[:2]):
+            raise ValueError("Distillation's views need cached targets, one row per image and view")
         self.temperature, self.weight, self.teacher, self.targets = temperature, weight, teacher, targets
+        self.views = views
+
+    def subset(self, idx: torch.Tensor) -> "Distillation":
+        """The cached targets (and views) of the images `idx` of the split they were computed for."""
+        return Distillation(self.temperature, self.weight, targets=self.targets[idx.to(self.targets.device)],
+                            views=None if self.views is None else self.views[idx.cpu()])
 
     def loss(self, logits: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor,
              label_smoothing: float) -> torch.Tensor:
-        if self.targets is not None:
-            teacher_logits = self.targets[idx]
+        if self.targets is not None:  # (with views, train_batches' index is image * k + view)
+            teacher_logits = (self.targets if self.views is None else self.targets.flatten(0, 1))[idx]
         else:  # the teacher is in eval mode from the start (set_teacher); only the student is put in train mode
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
@@ -181,6 +191,28 @@ def soft_targets(teacher: nn.Module, split: Split, trainer: Trainer) -> torch.Te
     return torch.cat(out)
 
 
+@torch.inference_mode()
+def view_targets(teacher: nn.Module, split: Split, trainer: Trainer, views: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits for every view of every image of `split` (`views`: data.draw_views() for them, drawn
+    with view_padding()), as an n x k x classes fp32 tensor: k teacher passes per image, once."""
+    teacher.eval()
+    out, start = [], 0
+    for images, _ in eval_batches(split, trainer.eval_batch_size):
+        rows = []
+        for v in range(views.shape[1]):
+            x = trainer.normalizer(apply_views(images, views[start:start + len(images), v], view_padding(trainer)))
+            with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
+                rows.append(teacher(x).float())
+        out.append(torch.stack(rows, 1))
+        start += len(images)
+    return torch.cat(out)
+
+
+def view_padding(trainer: Trainer) -> int:
+    """The crop padding of replayed views: the run's pad-and-crop padding, or none under augmentation none."""
+    return trainer.crop_padding_px if trainer.augmentation == "pad-crop" else 0
+
+
 def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer,
                 generator: torch.Generator, desc: str = "train", distill: Distillation | None = None,
                 regularize=None) -> dict:
@@ -198,7 +230,8 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
     bar = tqdm(total=n_batches, desc=desc, unit="batch", disable=not trainer.progress, leave=False, dynamic_ncols=True)
     for i, (images, labels, idx) in enumerate(train_batches(split, trainer.batch_size, generator,
                                                              trainer.crop_padding_px, trainer.flip, with_index=True,
-                                                             kind=trainer.augmentation)):
+                                                             kind=trainer.augmentation,
+                                                             views=distill.views if distill is not None else None)):
         x = trainer.normalizer(images)
         if trainer.cutout_px:  # (draws nothing when off: runs without it make the draws they always made)
             x = cutout(x, trainer.cutout_px, generator)
