@@ -23,7 +23,7 @@ import torch
 
 from . import distributed, modelfile, report, transfer
 from .config import Config, final_lr, latency_targeted, resumed_config, to_dict
-from .data import Data, draw_views, eval_batches, fingerprint, load_data
+from .data import Data, draw_views, eval_batches, fingerprint, load_data, memory_budget_bytes
 from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
 from .errors import PrunelabError
@@ -106,6 +106,11 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
         raise PrunelabError(f"--distill-views replays pad-and-crop views, but this data's {data.inputs.image_size} px "
                             f"images train with resized crops (augmentation auto); add --augmentation pad-crop or drop "
                             f"--distill-views")
+    views_bytes = len(data.train) * cfg.distill_views * spec.num_classes * 4
+    if views_bytes > memory_budget_bytes(cfg):
+        raise PrunelabError(f"--distill-views {cfg.distill_views} would hold {views_bytes / 1e9:.1f} GB of teacher outputs "
+                            f"({len(data.train):,} images x {cfg.distill_views} views x {spec.num_classes} classes), "
+                            f"over the memory budget of {memory_budget_bytes(cfg) / 1e9:.1f} GB; use fewer views")
     if not resume_dir:
         first = baseline if baseline is not None else start[0] if start else build(spec)
         check_drop_blocks(first, cfg.drop_blocks, data.inputs.image_size)
