@@ -116,8 +116,10 @@ def test_run_with_replayed_views_computes_them_once_and_refuses_what_cannot_repl
                            "drop --distill-views"),
                           (["--distill", "--distill-cached", "--distill-views", "2", "--image-size", "96"],
                            "add --augmentation pad-crop"),
-                          (["--distill", "--distill-cached", "--distill-views", "1000", "--memory-budget-gb", "0.001"],
-                           "use fewer views")):
+                          (["--distill", "--distill-cached", "--distill-views", "40", "--memory-budget-gb", "0.0001"],
+                           "use fewer views"),
+                          (["--distill", "--distill-cached", "--distill-views", "3", "--crop-padding-px", "0",
+                            "--no-flip"], "only 1 different views")):
         bad = run_cli("run", "--preset", "tiny", *args, "--out-dir", tmp_path / "bad", "--name", "b")
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert not (tmp_path / "bad" / "b" / "config.json").exists()

@@ -562,17 +562,22 @@ def _crop(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int
 
 
 def draw_views(n: int, k: int, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """`k` fixed pad-and-crop views of each of `n` images, as an n x k x 3 int64 tensor of (dy, dx, flipped): the
+    """`k` fixed pad-and-crop views of each of `n` images, as an n x k x 3 integer tensor of (dy, dx, flipped): the
     views whose teacher outputs replayed distillation computes once and trains on (--distill-views)."""
     dy = torch.randint(0, 2 * padding + 1, (n, k), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n, k), generator=generator)
     flipped = (torch.rand(n, k, generator=generator) < 0.5).long() if flip else torch.zeros(n, k, dtype=torch.long)
-    return torch.stack([dy, dx, flipped], 2)
+    return torch.stack([dy, dx, flipped], 2).to(torch.int16)  # (int16: 6 bytes a view, for millions of images)
+
+
+def distinct_views(padding: int, flip: bool) -> int:
+    """How many different pad-and-crop views (and mirrors) an image has."""
+    return (2 * padding + 1) ** 2 * (2 if flip else 1)
 
 
 def apply_views(images: torch.Tensor, views: torch.Tensor, padding: int) -> torch.Tensor:
     """`images` cropped and flipped as `views` (one row of draw_views() per image: dy, dx, flipped) say."""
-    views = views.to(images.device)
+    views = views.to(images.device, torch.long)
     if padding:
         images = _crop(images, views[:, 0], views[:, 1], padding)
     return torch.where(views[:, 2, None, None, None].bool(), images.flip(3), images)

@@ -23,7 +23,7 @@ import torch
 
 from . import distributed, modelfile, report, transfer
 from .config import Config, final_lr, latency_targeted, resumed_config, to_dict
-from .data import Data, draw_views, eval_batches, fingerprint, load_data, memory_budget_bytes
+from .data import Data, distinct_views, draw_views, eval_batches, fingerprint, load_data, memory_budget_bytes
 from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
 from .errors import PrunelabError
@@ -106,11 +106,8 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
         raise PrunelabError(f"--distill-views replays pad-and-crop views, but this data's {data.inputs.image_size} px "
                             f"images train with resized crops (augmentation auto); add --augmentation pad-crop or drop "
                             f"--distill-views")
-    views_bytes = len(data.train) * cfg.distill_views * spec.num_classes * 4
-    if views_bytes > memory_budget_bytes(cfg):
-        raise PrunelabError(f"--distill-views {cfg.distill_views} would hold {views_bytes / 1e9:.1f} GB of teacher outputs "
-                            f"({len(data.train):,} images x {cfg.distill_views} views x {spec.num_classes} classes), "
-                            f"over the memory budget of {memory_budget_bytes(cfg) / 1e9:.1f} GB; use fewer views")
+    if cfg.distill_views:
+        check_views(cfg, trainer, len(data.train), spec.num_classes)
     if not resume_dir:
         first = baseline if baseline is not None else start[0] if start else build(spec)
         check_drop_blocks(first, cfg.drop_blocks, data.inputs.image_size)
@@ -192,6 +189,24 @@ def check_same_test_images(rd: RunDir, data: Data) -> None:
         raise PrunelabError(f"{rd.path} was scored on other test images (fingerprint {recorded}, "
                             f"{desc['metrics'].get('test_images')} images; this data gives {now}, {len(data.test)}): "
                             "resume with the data (--data-dir) and prunelab version it started with, or start a new run")
+
+
+def check_views(cfg: Config, trainer: Trainer, n_images: int, num_classes: int) -> None:
+    """--distill-views: no more views than an image has, and their teacher outputs (on the training device) inside
+    the memory budget, or half the GPU's memory when training on one."""
+    distinct = distinct_views(view_padding(trainer), trainer.flip)
+    if cfg.distill_views > distinct:
+        raise PrunelabError(f"--distill-views {cfg.distill_views}: an image has only {distinct} different views with crop "
+                            f"padding {view_padding(trainer)} and flip {'on' if trainer.flip else 'off'}; use at most "
+                            f"{distinct} views")
+    need = n_images * cfg.distill_views * (num_classes * 4 + 6)
+    budget = memory_budget_bytes(cfg)
+    if trainer.device.type == "cuda":
+        budget = min(budget, torch.cuda.get_device_properties(trainer.device).total_memory // 2)
+    if need > budget:
+        raise PrunelabError(f"--distill-views {cfg.distill_views} would hold {need / 1e9:.1f} GB of teacher outputs "
+                            f"({n_images:,} images x {cfg.distill_views} views x {num_classes} classes), over the memory "
+                            f"budget of {budget / 1e9:.1f} GB; use fewer views")
 
 
 def check_same_teacher(rd: RunDir, teacher: str) -> None:

@@ -196,16 +196,17 @@ def view_targets(teacher: nn.Module, split: Split, trainer: Trainer, views: torc
     """The teacher's logits for every view of every image of `split` (`views`: data.draw_views() for them, drawn
     with view_padding()), as an n x k x classes fp32 tensor: k teacher passes per image, once."""
     teacher.eval()
-    out, start = [], 0
+    out, start = None, 0
     for images, _ in eval_batches(split, trainer.eval_batch_size):
-        rows = []
         for v in range(views.shape[1]):
             x = trainer.normalizer(apply_views(images, views[start:start + len(images), v], view_padding(trainer)))
             with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
-                rows.append(teacher(x).float())
-        out.append(torch.stack(rows, 1))
+                logits = teacher(x).float()
+            if out is None:  # filled in place: no second copy at the end
+                out = torch.empty(len(split), views.shape[1], logits.shape[1], device=logits.device)
+            out[start:start + len(images), v] = logits
         start += len(images)
-    return torch.cat(out)
+    return out
 
 
 def view_padding(trainer: Trainer) -> int:
