@@ -105,11 +105,11 @@ def test_replayed_views_pair_every_training_image_with_the_teacher_output_of_the
 
 
 def test_run_with_replayed_views_computes_them_once_and_refuses_what_cannot_replay(tmp_path):
-    r = run_cli("run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "t", "--distill",
-                "--distill-cached", "--distill-views", "2", "--no-export-onnx")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.count("distillation targets for 256 images x 2 views") == 1
-    assert "its outputs on 2 fixed views per image replayed" in r.stdout  # the recipe line says how it distilled
+    code, out, err = cli("run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "t", "--distill",
+                         "--distill-cached", "--distill-views", "2", "--no-export-onnx")
+    assert code == 0, err
+    assert out.count("distillation targets for 256 images x 2 views") == 1
+    assert "its outputs on 2 fixed views per image replayed" in out  # the recipe line says how it distilled
     for args, message in ((["--distill", "--distill-views", "2"], "add --distill --distill-cached"),
                           (["--distill", "--distill-cached", "--distill-views", "-1"], "distill_views must be 0"),
                           (["--distill", "--distill-cached", "--distill-views", "2", "--augmentation", "resized-crop"],
@@ -120,8 +120,8 @@ def test_run_with_replayed_views_computes_them_once_and_refuses_what_cannot_repl
                            "use fewer views"),
                           (["--distill", "--distill-cached", "--distill-views", "3", "--crop-padding-px", "0",
                             "--no-flip"], "only 1 different views")):
-        bad = run_cli("run", "--preset", "tiny", *args, "--out-dir", tmp_path / "bad", "--name", "b")
-        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        code, _, err = cli("run", "--preset", "tiny", *args, "--out-dir", tmp_path / "bad", "--name", "b")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "bad" / "b" / "config.json").exists()
 
 
