@@ -226,7 +226,8 @@ class Config:
                                "every training image, computed once (that many teacher passes per image); training "
                                "shows each image as one of its views, so the soft targets match what the student sees "
                                "(FKD's replay; cutout, if on, still cuts the student's input alone). 0 = one output "
-                               "per image that ignores the crop. Not with resized-crop augmentation")
+                               "per image that ignores the crop. Not with resized-crop augmentation. Few views over many epochs overfit "
+                               "(docs/RESULTS.md 7.15)")
     teacher: str = _f("", "with distill: the model to distil from instead of the run's dense model: a prunelab model file "
                           "(.json or .safetensors, any architecture, pruned or not) or a safetensors state dict of "
                           "--teacher-model; evaluated once at the start (its accuracy in the report)")
