@@ -570,6 +570,11 @@ def draw_views(n: int, k: int, padding: int, flip: bool, generator: torch.Genera
     return torch.stack([dy, dx, flipped], 2).to(torch.int16)  # (int16: 6 bytes a view, for millions of images)
 
 
+def view_padding(kind: str, padding: int) -> int:
+    """The crop padding of replayed views under augmentation `kind`: the pad-and-crop padding, or none under none."""
+    return padding if kind == "pad-crop" else 0
+
+
 def distinct_views(padding: int, flip: bool) -> int:
     """How many different pad-and-crop views (and mirrors) an image has."""
     return (2 * padding + 1) ** 2 * (2 if flip else 1)
@@ -643,9 +648,9 @@ def train_batches(split: Split | FileSplit, batch_size: int, generator: torch.Ge
             images = augment_batch(images, kind, padding, flip, generator)
         else:
             k = views.shape[1]
-            v = torch.randint(0, k, (len(idx),), generator=generator)
-            images = apply_views(images, views[idx.cpu(), v], padding if kind == "pad-crop" else 0)
-            idx = idx * k + v.to(idx.device)
+            v = torch.randint(0, k, (len(idx),), generator=generator).to(idx.device)
+            images = apply_views(images, views[idx.to(views.device), v.to(views.device)], view_padding(kind, padding))
+            idx = idx * k + v
         yield (images, labels, idx) if with_index else (images, labels)
 
 

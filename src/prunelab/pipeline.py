@@ -23,7 +23,8 @@ import torch
 
 from . import distributed, modelfile, report, transfer
 from .config import Config, final_lr, latency_targeted, resumed_config, to_dict
-from .data import Data, distinct_views, draw_views, eval_batches, fingerprint, load_data, memory_budget_bytes
+from .data import (Data, distinct_views, draw_views, eval_batches, fingerprint, load_data, memory_budget_bytes,
+                   view_padding)
 from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
 from .errors import PrunelabError
@@ -36,7 +37,7 @@ from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, 
 from .runtimes import latency, missing
 from .targets import check_targets, fill_budget, ratio_for_latency, ratio_for_target, search_widths
 from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, reestimate_batchnorm, resolve_device,
-                    score, soft_targets, stage_bn_images, torch_threads, view_padding, view_targets)
+                    score, soft_targets, stage_bn_images, torch_threads, view_targets)
 
 
 def run(cfg: Config | None = None, resume_dir: str | Path | None = None, model: torch.nn.Module | None = None) -> Path:
@@ -102,12 +103,8 @@ def _run(cfg: Config, resume_dir, given: torch.nn.Module | None) -> Path:
     if cfg.cutout_px >= data.inputs.image_size:
         raise PrunelabError(f"cutout_px {cfg.cutout_px} is not below the data's {data.inputs.image_size} px images (it "
                             f"would blank most of every image); use a smaller square, e.g. {data.inputs.image_size // 2}")
-    if cfg.distill_views and trainer.augmentation == "resized-crop":
-        raise PrunelabError(f"--distill-views replays pad-and-crop views, but this data's {data.inputs.image_size} px "
-                            f"images train with resized crops (augmentation auto); add --augmentation pad-crop or drop "
-                            f"--distill-views")
     if cfg.distill_views:
-        check_views(cfg, trainer, len(data.train), spec.num_classes)
+        check_views(cfg, trainer, len(data.train), spec.num_classes, data.inputs.image_size)
     if not resume_dir:
         first = baseline if baseline is not None else start[0] if start else build(spec)
         check_drop_blocks(first, cfg.drop_blocks, data.inputs.image_size)
@@ -191,14 +188,18 @@ def check_same_test_images(rd: RunDir, data: Data) -> None:
                             "resume with the data (--data-dir) and prunelab version it started with, or start a new run")
 
 
-def check_views(cfg: Config, trainer: Trainer, n_images: int, num_classes: int) -> None:
-    """--distill-views: no more views than an image has, and their teacher outputs (on the training device) inside
-    the memory budget, or half the GPU's memory when training on one."""
-    distinct = distinct_views(view_padding(trainer), trainer.flip)
+def check_views(cfg: Config, trainer: Trainer, n_images: int, num_classes: int, image_size: int) -> None:
+    """--distill-views: pad-and-crop augmentation (augmentation auto picks resized crops above 64 px), no more views
+    than an image has, and their teacher outputs (on the training device) inside the memory budget, or half the GPU's
+    memory when training on one."""
+    if trainer.augmentation == "resized-crop":
+        raise PrunelabError(f"--distill-views replays pad-and-crop views, but this data's {image_size} px images train "
+                            f"with resized crops (augmentation auto); add --augmentation pad-crop or drop --distill-views")
+    padding = view_padding(trainer.augmentation, trainer.crop_padding_px)
+    distinct = distinct_views(padding, trainer.flip)
     if cfg.distill_views > distinct:
         raise PrunelabError(f"--distill-views {cfg.distill_views}: an image has only {distinct} different views with crop "
-                            f"padding {view_padding(trainer)} and flip {'on' if trainer.flip else 'off'}; use at most "
-                            f"{distinct} views")
+                            f"padding {padding} and flip {'on' if trainer.flip else 'off'}; use at most {distinct} views")
     need = n_images * cfg.distill_views * (num_classes * 4 + 6)
     budget = memory_budget_bytes(cfg)
     if trainer.device.type == "cuda":
@@ -249,10 +250,13 @@ def load_teacher(cfg: Config, data: Data, spec: ModelSpec) -> torch.nn.Module:
     size = data.inputs.image_size
     try:  # (loaded on the CPU in eval mode: one zero image, no gradient)
         with torch.no_grad():
-            teacher(torch.zeros(1, 3, size, size))
+            shape = tuple(teacher(torch.zeros(1, 3, size, size)).shape)
     except (RuntimeError, ValueError, TypeError) as e:
         raise PrunelabError(f"teacher {cfg.teacher} cannot run on the data's {size} px images ({str(e).splitlines()[0][:120]}); "
                             "distil from a model made for this image size, or set --image-size to the teacher's")
+    if shape != (1, len(data.classes)):
+        raise PrunelabError(f"teacher {cfg.teacher} gives outputs of shape {list(shape)} for one {size} px image, not "
+                            f"[1, {len(data.classes)}]; distil from a classifier of these classes")
     return teacher
 
 
@@ -415,8 +419,9 @@ class _Stages:
         if self.distill is not None and self.distill.teacher is not None and self.cfg.distill_cached:
             start, k = time.perf_counter(), self.cfg.distill_views
             if k:  # fixed views, drawn from the run's seed alone: a resumed run replays the same ones
-                views = draw_views(len(self.train), k, view_padding(self.trainer), self.trainer.flip,
-                                   torch.Generator().manual_seed(self.cfg.seed))
+                views = draw_views(len(self.train), k, view_padding(self.trainer.augmentation,
+                                                                    self.trainer.crop_padding_px),
+                                   self.trainer.flip, torch.Generator().manual_seed(self.cfg.seed))
                 targets = view_targets(self.distill.teacher, self.train, self.trainer, views)
             else:
                 views, targets = None, soft_targets(self.distill.teacher, self.train, self.trainer)

@@ -17,7 +17,7 @@ from .config import Config
 
 from .errors import PrunelabError
 from .data import (InputSpec, Normalizer, Split, apply_views, augmentation_for, batches_per_epoch, eval_batches,
-                   cutout, resolve_normalization, train_batches)
+                   cutout, resolve_normalization, train_batches, view_padding)
 from . import distributed
 from .distributed import log, sum_all
 from .measurement import cpu_has_bf16
@@ -155,7 +155,7 @@ class Distillation:
     def subset(self, idx: torch.Tensor) -> "Distillation":
         """The cached targets (and views) of the images `idx` of the split they were computed for."""
         return Distillation(self.temperature, self.weight, targets=self.targets[idx.to(self.targets.device)],
-                            views=None if self.views is None else self.views[idx.cpu()])
+                            views=None if self.views is None else self.views[idx.to(self.views.device)])
 
     def loss(self, logits: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor,
              label_smoothing: float) -> torch.Tensor:
@@ -194,12 +194,13 @@ def soft_targets(teacher: nn.Module, split: Split, trainer: Trainer) -> torch.Te
 @torch.inference_mode()
 def view_targets(teacher: nn.Module, split: Split, trainer: Trainer, views: torch.Tensor) -> torch.Tensor:
     """The teacher's logits for every view of every image of `split` (`views`: data.draw_views() for them, drawn
-    with view_padding()), as an n x k x classes fp32 tensor: k teacher passes per image, once."""
+    with data.view_padding()), as an n x k x classes fp32 tensor: k teacher passes per image, once."""
     teacher.eval()
     out, start = None, 0
     for images, _ in eval_batches(split, trainer.eval_batch_size):
         for v in range(views.shape[1]):
-            x = trainer.normalizer(apply_views(images, views[start:start + len(images), v], view_padding(trainer)))
+            x = trainer.normalizer(apply_views(images, views[start:start + len(images), v],
+                                               view_padding(trainer.augmentation, trainer.crop_padding_px)))
             with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
                 logits = teacher(x).float()
             if out is None:  # filled in place: no second copy at the end
@@ -207,11 +208,6 @@ def view_targets(teacher: nn.Module, split: Split, trainer: Trainer, views: torc
             out[start:start + len(images), v] = logits
         start += len(images)
     return out
-
-
-def view_padding(trainer: Trainer) -> int:
-    """The crop padding of replayed views: the run's pad-and-crop padding, or none under augmentation none."""
-    return trainer.crop_padding_px if trainer.augmentation == "pad-crop" else 0
 
 
 def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer,
