@@ -58,5 +58,6 @@ def _private_cache(tmp_path_factory, monkeypatch):
 
 def pytest_collection_modifyitems(items):
     """The longest tests (marked slow) first: with workers, the others fill the time beside them instead of
-    one worker finishing alone at the end."""
+    one worker finishing alone at the end. Workers take whole files in the order of their first test here
+    (`--no-loadscope-reorder` in pyproject.toml; by default xdist sorts files by their number of tests)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
