@@ -371,6 +371,11 @@ def test_a_state_dict_teacher_is_built_as_the_runs_model_and_must_run_on_the_dat
     code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path / "runs", "--distill", "--teacher",
                        tmp_path / "fixed32.safetensors", "--teacher-model", "user_nets:fixed_size_net")
     assert code == 2 and "cannot run on the data's 16 px images" in err and len(err.strip().splitlines()) == 1, err
+    save_file(user_nets.unpooled_net().state_dict(), str(tmp_path / "unpooled.safetensors"))  # 10 classes, per pixel
+    code, _, err = cli("run", "--preset", "tiny", "--out-dir", tmp_path / "runs", "--distill", "--teacher",
+                       tmp_path / "unpooled.safetensors", "--teacher-model", "user_nets:unpooled_net")
+    assert code == 2 and "gives outputs of shape [1, 10, 16, 16] for one 16 px image, not [1, 10]" in err, err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 

@@ -27,3 +27,8 @@ def not_a_model(num_classes: int = 10):
 def fixed_size_net(num_classes: int = 10, size: int = 32) -> nn.Module:
     """A classifier whose linear layer fits one image size only (size x size)."""
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * size * size, num_classes))
+
+
+def unpooled_net(num_classes: int = 10) -> nn.Module:
+    """A classifier head without its pooling: a 1 x 1 convolution to the classes, one score per pixel."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, num_classes, 1))
