@@ -23,8 +23,7 @@ import torch
 
 from . import distributed, modelfile, report, transfer
 from .config import Config, final_lr, latency_targeted, resumed_config, to_dict
-from .data import (Data, distinct_views, draw_views, eval_batches, fingerprint, load_data, memory_budget_bytes,
-                   view_padding)
+from .data import Data, distinct_views, draw_views, eval_batches, fingerprint, load_data, memory_budget_bytes
 from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
 from .errors import PrunelabError
@@ -195,7 +194,7 @@ def check_views(cfg: Config, trainer: Trainer, n_images: int, num_classes: int, 
     if trainer.augmentation == "resized-crop":
         raise PrunelabError(f"--distill-views replays pad-and-crop views, but this data's {image_size} px images train "
                             f"with resized crops (augmentation auto); add --augmentation pad-crop or drop --distill-views")
-    padding = view_padding(trainer.augmentation, trainer.crop_padding_px)
+    padding = trainer.view_padding
     distinct = distinct_views(padding, trainer.flip)
     if cfg.distill_views > distinct:
         raise PrunelabError(f"--distill-views {cfg.distill_views}: an image has only {distinct} different views with crop "
@@ -419,9 +418,8 @@ class _Stages:
         if self.distill is not None and self.distill.teacher is not None and self.cfg.distill_cached:
             start, k = time.perf_counter(), self.cfg.distill_views
             if k:  # fixed views, drawn from the run's seed alone: a resumed run replays the same ones
-                views = draw_views(len(self.train), k, view_padding(self.trainer.augmentation,
-                                                                    self.trainer.crop_padding_px),
-                                   self.trainer.flip, torch.Generator().manual_seed(self.cfg.seed))
+                views = draw_views(len(self.train), k, self.trainer.view_padding, self.trainer.flip,
+                                   torch.Generator().manual_seed(self.cfg.seed))
                 targets = view_targets(self.distill.teacher, self.train, self.trainer, views)
             else:
                 views, targets = None, soft_targets(self.distill.teacher, self.train, self.trainer)

@@ -69,6 +69,11 @@ class Trainer:
     seed: int = 0  # with the stage and epoch, seeds each epoch's data order and augmentation
     cutout_px: int = 0  # cutout's square side after the augmentation (0 = off)
 
+    @property
+    def view_padding(self) -> int:
+        """The crop padding of replayed views (--distill-views) under this augmentation: data.view_padding."""
+        return view_padding(self.augmentation, self.crop_padding_px)
+
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device, inputs: InputSpec | None = None) -> "Trainer":
         """The trainer for cfg; `inputs` (the data's InputSpec) gives the normalisation and image size (default:
@@ -194,13 +199,12 @@ def soft_targets(teacher: nn.Module, split: Split, trainer: Trainer) -> torch.Te
 @torch.inference_mode()
 def view_targets(teacher: nn.Module, split: Split, trainer: Trainer, views: torch.Tensor) -> torch.Tensor:
     """The teacher's logits for every view of every image of `split` (`views`: data.draw_views() for them, drawn
-    with data.view_padding()), as an n x k x classes fp32 tensor: k teacher passes per image, once."""
+    with trainer.view_padding), as an n x k x classes fp32 tensor: k teacher passes per image, once."""
     teacher.eval()
     out, start = None, 0
     for images, _ in eval_batches(split, trainer.eval_batch_size):
         for v in range(views.shape[1]):
-            x = trainer.normalizer(apply_views(images, views[start:start + len(images), v],
-                                               view_padding(trainer.augmentation, trainer.crop_padding_px)))
+            x = trainer.normalizer(apply_views(images, views[start:start + len(images), v], trainer.view_padding))
             with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
                 logits = teacher(x).float()
             if out is None:  # filled in place: no second copy at the end
