@@ -119,6 +119,7 @@ CASES = [  # (case, extra CLI arguments, text the one-line message must contain)
     ("train and test classes differ", [], "different class folders"),
     ("batch file that runs code", [], "unreadable"),
     ("labels outside the classes", [], "not CIFAR-10"),
+    ("preset trained without a trained model", ["--preset", "trained"], "add --baseline FILE"),
     ("missing baseline", ["--baseline", "nothing.safetensors"], "baseline file not found"),
     ("scratch-long control after a baseline of unknown training", ["--baseline", "nothing.safetensors", "--controls",
                                                                    "scratch-long"], "add --baseline-images N"),
