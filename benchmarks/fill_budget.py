@@ -9,7 +9,7 @@ images per model per round, in the layout and precision the pipeline would train
 images/s and the ratio to the dense model:
 
     python benchmarks/fill_budget.py --target-macs 2.786e8 --target-params 0 --round-to 2 8 16 \
-        --train-images 1280 --rounds 3 --json benchmarks/results/round_to-training.json
+        --train-images 1280 --rounds 4 --json benchmarks/results/round_to-training.json
 
 Latency does not depend on the weights, so one-shot-pruned copies of a randomly initialised ResNet-18 have the
 final models' architecture and speed. Prints a table and writes JSON.
@@ -46,6 +46,8 @@ def main() -> None:
                     help="time training (images/s on this many synthetic images per round) instead of latency")
     ap.add_argument("--json", default="benchmarks/results/fill_budget.json")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     torch.set_num_threads(args.threads)
     dense = build_model("resnet18_cifar", 10)
     models, rows = {}, []

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 import prunelab
 from conftest import cli, run_cli
-from prunelab.config import PrunelabError, make_config
+from prunelab.config import PRESETS, PrunelabError, make_config
 from prunelab.data import InputSpec
 from prunelab.export import export_onnx
 from prunelab.modelfile import save
@@ -195,6 +195,25 @@ def test_an_nn_module_given_to_the_api_is_pruned_and_loads_again_with_the_same_m
         assert desc["spec"]["builder"] == "module"
         assert pruned.features[0].out_channels < 8
         assert prunelab.evaluate(pruned, desc["config"]) == desc["metrics"]["accuracy"]
+    finally:
+        sys.path.remove(str(HERE))
+
+
+def test_the_api_passes_a_trained_module_to_preset_trained_where_the_cli_needs_baseline(tmp_path):
+    """`--preset trained` without --baseline is refused on the command line (test_bad_input.py); through the API the
+    trained model comes as run(cfg, model=...), and the preset's one cut with fresh statistics runs on it."""
+    sys.path.insert(0, str(HERE))
+    try:
+        from user_nets import SmallNet
+        torch.manual_seed(0)
+        tiny = {k: v for k, v in PRESETS["tiny"].items() if k in ("data_format", "synthetic_size", "image_size",
+                                                                  "batch_size")}
+        cfg = make_config("trained", {**tiny, "final_finetune_epochs": 1, "latency_batch_sizes": [1],
+                                      "latency_min_seconds": 0.0, "progress": False, "export_onnx": False,
+                                      "out_dir": str(tmp_path), "name": "api-trained"})
+        results = json.loads((prunelab.run(cfg, model=SmallNet(width=8)) / "results.json").read_text())
+        assert len(results["steps"]) == 1 and "accuracy_stale_bn" in results["steps"][0]  # one cut, fresh statistics
+        assert {e["phase"] for e in results["epochs"]} == {"final fine-tune"}  # the module as given: no dense training
     finally:
         sys.path.remove(str(HERE))
 

@@ -6,7 +6,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import CONTROL_BUDGETS, CONTROLS, INT8_RUNTIMES, PRESETS, Config, load_config_file, make_config, to_dict
+from .config import (CONTROL_BUDGETS, CONTROLS, INT8_RUNTIMES, PRESETS, Config, check_preset_weights, load_config_file,
+                     make_config, to_dict)
 from .errors import PrunelabError
 
 
@@ -153,6 +154,7 @@ def cmd_run(args) -> None:
         run(make_config("seed", {**to_dict(saved), **overrides}), args.resume)
         return
     cfg = make_config(args.preset, overrides)
+    check_preset_weights(args.preset, cfg)
     run(cfg, existing_run(cfg) if args.or_resume else None)
 
 
@@ -163,6 +165,7 @@ def cmd_sweep(args) -> None:
     overrides.setdefault("name", "sweep")
     file_overrides = load_config_file(args.config) if args.config else {}
     cfg = make_config(args.preset, {**file_overrides, **overrides})
+    check_preset_weights(args.preset, cfg)
     targets = {"macs": args.targets_macs, "params": args.targets_params, "latency_ms": args.targets_latency_ms,
                "speedup": args.targets_speedup}
     if args.plan:

@@ -419,7 +419,7 @@ class _Stages:
             start, k = time.perf_counter(), self.cfg.distill_views
             if k:  # fixed views, drawn from the run's seed alone: a resumed run replays the same ones
                 views = draw_views(len(self.train), k, self.trainer.view_padding, self.trainer.flip,
-                                   torch.Generator().manual_seed(self.cfg.seed))
+                                   torch.Generator().manual_seed(self.cfg.seed)).to(self.train.labels.device)
                 targets = view_targets(self.distill.teacher, self.train, self.trainer, views)
             else:
                 views, targets = None, soft_targets(self.distill.teacher, self.train, self.trainer)
