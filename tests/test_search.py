@@ -75,6 +75,22 @@ def test_fresh_batchnorm_statistics_recover_the_accuracy_that_stale_ones_lose():
     assert torch.equal(model.a.weight, TwoBranches().a.weight)  # statistics only: weights untouched
 
 
+def test_fresh_statistics_describe_augmented_batches_as_training_sees_them():
+    """White images cropped with 4 px of padding show black borders in training: the layers after a batch norm were
+    trained on the statistics of such batches, and the re-estimate must give those, not the clean images' (on clean
+    8 px images the mean would be 255's normalised value exactly, with no spread)."""
+    cfg = make_config("tiny", {"batch_size": 32, "crop_padding_px": 4, "flip": False})
+    trainer = _trainer(cfg)
+    white = Split(torch.full((64, 3, 8, 8), 255, dtype=torch.uint8), torch.zeros(64, dtype=torch.long))
+    bn = nn.BatchNorm2d(3)
+    reestimate_batchnorm(nn.Sequential(bn), white, trainer, 64, seed=0)
+    clean = (1.0 - 0.5) / 0.25  # InputSpec mean 0.5, std 0.25
+    assert (bn.running_mean < clean - 0.3).all() and (bn.running_var > 0.5).all()
+    off = _trainer(make_config("tiny", {"batch_size": 32, "augmentation": "none", "flip": False}))
+    reestimate_batchnorm(nn.Sequential(bn), white, off, 64, seed=0)  # no augmentation: the clean statistics
+    assert torch.allclose(bn.running_mean, torch.full((3,), clean), atol=1e-2)
+
+
 def test_a_training_stage_ends_with_fresh_statistics_where_running_averages_lag():
     cfg = make_config("tiny", {"batch_size": 32})
     trainer, train, val = _trainer(cfg), colour_data(96, 0), colour_data(60, 1)
