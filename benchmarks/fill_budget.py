@@ -85,8 +85,8 @@ def train_speed(dense, models: dict, rows: list, args) -> None:
     """Training images/s of the dense model and each pruned one, alternating per round (round 0 warms up)."""
     cfg = make_config("full", {"progress": False})
     split = make_synthetic(args.train_images, 1)[0]
-    rows = [{"model": "dense", "macs": count_macs_params(dense, 32)[0], "params": count_macs_params(dense, 32)[1]},
-            *rows]
+    macs, params = count_macs_params(dense, 32)
+    rows = [{"model": "dense", "macs": macs, "params": params}, *rows]
     models = {"dense": dense, **models}
     for row in rows:
         trainer = Trainer.from_config(cfg, torch.device("cpu"))
