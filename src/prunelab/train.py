@@ -74,6 +74,13 @@ class Trainer:
         """The crop padding of replayed views (--distill-views) under this augmentation: data.view_padding."""
         return view_padding(self.augmentation, self.crop_padding_px)
 
+    def network_input(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """What the network sees in training, from a batch of augmented uint8 images: normalised, then cutout (its
+        squares drawn from `generator`; nothing is drawn when cutout is off, so runs without it draw as they always
+        did). The one place for it: training and the batch-norm re-estimate must agree (RESULTS 7.17)."""
+        x = self.normalizer(images)
+        return cutout(x, self.cutout_px, generator) if self.cutout_px else x
+
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device, inputs: InputSpec | None = None) -> "Trainer":
         """The trainer for cfg; `inputs` (the data's InputSpec) gives the normalisation and image size (default:
@@ -233,9 +240,7 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
                                                              trainer.crop_padding_px, trainer.flip, with_index=True,
                                                              kind=trainer.augmentation,
                                                              views=distill.views if distill is not None else None)):
-        x = trainer.normalizer(images)
-        if trainer.cutout_px:  # (draws nothing when off: runs without it make the draws they always made)
-            x = cutout(x, trainer.cutout_px, generator)
+        x = trainer.network_input(images, generator)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
             logits = model(x)
             loss = (distill.loss(logits, x, labels, idx, trainer.label_smoothing) if distill is not None
@@ -323,10 +328,8 @@ def reestimate_batchnorm(model: nn.Module, split: Split, trainer: Trainer, image
     generator = torch.Generator().manual_seed(seed)
     try:
         for images_u8, _ in eval_batches(part, trainer.batch_size):
-            x = trainer.normalizer(augment_batch(images_u8, trainer.augmentation, trainer.crop_padding_px, trainer.flip,
-                                                 generator))
-            if trainer.cutout_px:
-                x = cutout(x, trainer.cutout_px, generator)
+            x = trainer.network_input(augment_batch(images_u8, trainer.augmentation, trainer.crop_padding_px,
+                                                    trainer.flip, generator), generator)
             with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
                 model(x)
     finally:
