@@ -639,7 +639,8 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
     for imp in sorted({g["importance"] for g in groups}):
         pts = [g for g in groups if g["importance"] == imp]
         ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["accuracy"] for g in pts],
-                    yerr=[100 * g["accuracy_stats"]["std"] for g in pts], fmt="o", capsize=3, label=f"pruned: {imp}")
+                    yerr=[100 * g["accuracy_stats"]["std"] for g in pts], fmt="o", capsize=3, label=f"pruned: {imp}",
+                    zorder=3)  # above a control that ties it
     for kind, marker, what in (("scratch", "X", "same architecture, from scratch"),
                                ("scratch-long", "P", "from scratch on the dense training's images too"),
                                ("random", "^", "random criterion")):
@@ -648,7 +649,8 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
             ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["controls"][kind]["mean"] for g in pts],
                         yerr=[100 * g["controls"][kind]["std"] for g in pts], fmt=marker, capsize=3,
                         label=f"{kind} control ({what})")
-    ax.plot([g["macs"] / 1e6 for g in front], [100 * g["accuracy"] for g in front], "k--", lw=1, label="Pareto front")
+    ax.plot([g["macs"] / 1e6 for g in front], [100 * g["accuracy"] for g in front], "k--", lw=1,
+            label="Pareto front of the pruned runs")
     dense = rows[0]
     ax.scatter([dense["dense_macs"] / 1e6], [100 * dense["dense_accuracy"]], marker="s", color="gray", s=60,
                label="dense (this sweep)")
