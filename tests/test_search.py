@@ -157,6 +157,26 @@ def test_every_searched_candidate_meets_its_kind_of_target(kind):
     assert [c.get("group_ratios") for c in again["candidates"]] == [c.get("group_ratios") for c in best["candidates"]]
 
 
+
+def test_the_search_report_times_uniform_and_searched_widths_when_the_target_is_a_latency():
+    """Under a latency target every candidate is timed: the report's table shows uniform allocation's latency beside
+    the chosen candidate's (under a MACs target nothing is timed, and the column stays out)."""
+    from prunelab.report import _search_summary, search_markdown
+    row = {"proxy_accuracy": 0.5, "macs": 1_000_000, "params": 10_000, "feasible": True}
+    search = {"candidates": [{**row, "index": 0, "widths": {"a": 8}, "latency_ms": 0.41},
+                             {**row, "index": 1, "widths": {"a": 12}, "latency_ms": 0.29}],
+              **row, "index": 1, "widths": {"a": 12}, "latency_ms": 0.29, "target_ms": 0.3, "seconds": 2.0}
+    widths = {"dense": {"a": 16}, "final": {"a": 12}}
+    md = search_markdown({"config": {}, "search": _search_summary(search, widths)})
+    assert "latency (ms) |" in md
+    assert "| uniform allocation | 50.00% | 1 M | 10 k | 0.41 |" in md, md
+    assert "| searched (candidate 1) | 50.00% | 1 M | 10 k | 0.29 |" in md, md
+    for c in search["candidates"]:
+        del c["latency_ms"]
+    del search["latency_ms"], search["target_ms"]
+    assert "latency" not in search_markdown({"config": {}, "search": _search_summary(search, widths)})
+
+
 # ---------------------------------------------------------------- through the pipeline
 
 @pytest.fixture(scope="module")

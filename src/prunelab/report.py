@@ -82,7 +82,8 @@ def _search_summary(search: dict, widths: dict) -> dict:
     keys = ("index", "proxy_accuracy", "macs", "params", "widths")
     return {"chosen": {**{k: search.get(k) for k in keys}, **{k: search[k] for k in ("latency_ms", "target_ms")
                                                                if k in search}},
-            "uniform": {k: uniform.get(k) for k in keys},
+            "uniform": {**{k: uniform.get(k) for k in keys},
+                        **({"latency_ms": uniform["latency_ms"]} if "latency_ms" in uniform else {})},
             "candidates": len(search["candidates"]), "feasible": sum(c["feasible"] for c in search["candidates"]),
             "seconds": search["seconds"], **({"other_cores": search["other_cores"]} if "other_cores" in search else {}),
             "dense_widths": widths["dense"], "final_widths": widths["final"]}
@@ -95,16 +96,22 @@ def search_markdown(results: dict) -> str:
 
     def acc(row):
         return f"{100 * row['proxy_accuracy']:.2f}%" if row.get("proxy_accuracy") is not None else "(cannot reach)"
+
+    def ms(row):
+        return f"{row['latency_ms']:.3g}" if row.get("latency_ms") is not None else ""
+    timed = "latency_ms" in c  # a latency or speed-up target: every candidate was timed (the final model always is)
     tuned = results["config"].get("search_train_images")
     lines = [f"{s['candidates']} candidates scored ({s['feasible']} could meet the target) in {s['seconds']:.0f} s; "
              f"proxy: one-shot pruning of the dense model, batch-norm statistics re-estimated on training images, "
              + (f"a fine-tune on {tuned:,} training images, " if tuned else "")
              + f"accuracy on the validation split. Chosen: candidate {c['index']}"
              + (" (uniform allocation)" if c["index"] == 0 else "") + ".", "",
-             "| | proxy accuracy (val) | MACs | params |", "| :--- | ---: | ---: | ---: |",
+             "| | proxy accuracy (val) | MACs | params |" + (" latency (ms) |" if timed else ""),
+             "| :--- | ---: | ---: | ---: |" + (" ---: |" if timed else ""),
              f"| uniform allocation | {acc(u)} | {_fmt_count(u['macs']) if u.get('macs') else ''} | "
-             f"{_fmt_count(u['params']) if u.get('params') else ''} |",
-             f"| searched (candidate {c['index']}) | {acc(c)} | {_fmt_count(c['macs'])} | {_fmt_count(c['params'])} |",
+             f"{_fmt_count(u['params']) if u.get('params') else ''} |" + (f" {ms(u)} |" if timed else ""),
+             f"| searched (candidate {c['index']}) | {acc(c)} | {_fmt_count(c['macs'])} | {_fmt_count(c['params'])} |"
+             + (f" {ms(c)} |" if timed else ""),
              "", "| layer | dense | uniform | searched | final model |", "| :--- | ---: | ---: | ---: | ---: |"]
     for name, width in s["dense_widths"].items():
         lines.append(f"| {name} | {width} | {(u.get('widths') or {}).get(name, '')} | {c['widths'].get(name, '')} | "
