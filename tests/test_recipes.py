@@ -268,11 +268,18 @@ def test_contradictory_recipe_settings_are_refused(tmp_path, args, message):
     assert not list(tmp_path.rglob("config.json"))
 
 
-def test_run_with_cached_distillation_targets(tmp_path):
+def test_run_with_cached_distillation_targets_from_a_teacher_file(tmp_path):
+    """--teacher and --distill-cached combine: the named teacher's outputs are cached once, not per stage."""
+    from prunelab.modelfile import save
+    from prunelab.models import InputSpec
+    teacher = save(tmp_path / "teacher", build_model("resnet18_cifar", 10), "resnet18_cifar", [],
+                   inputs=InputSpec(make_config("tiny").image_size, (0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610),
+                                    tuple(f"class{i}" for i in range(10))))
     r = run_cli("run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "t", "--distill",
-                "--distill-cached", "--no-export-onnx")
+                "--distill-cached", "--teacher", teacher, "--no-export-onnx")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("distillation targets for 256 images") == 1  # once, not per stage
+    assert "**Teacher:**" in (tmp_path / "t" / "report.md").read_text()
 
 
 def test_unreachable_target_is_an_error():
