@@ -339,7 +339,7 @@ def test_a_killed_search_resumes_to_the_same_widths(searched, tmp_path):
     (["--allocation", "search", "--target-macs", "3e7", "--val-size", "32", "--search-budget", "-2"],
      "search_budget must be at least 1"),
     (["--allocation", "greedy"], "unknown allocation 'greedy'"),
-    (["--allocation", "search", "--target-macs", "1000", "--val-size", "32"], "raise the target to at least"),
+    (["--allocation", "search", "--target-macs", "1000", "--val-size", "32"], "of every group's channels leaves"),
     (["--teacher", "nowhere.safetensors", "--distill"], "teacher file not found"),
     (["--teacher", "t.safetensors"], "add --distill"),
 ])

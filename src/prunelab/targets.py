@@ -57,8 +57,9 @@ def ratio_for_target(model: nn.Module, cfg: Config, target_macs: float = 0, targ
 
     over = _over_budget(budget, pruned(MAX_RATIO), image_size)
     if over:
-        raise PrunelabError(f"the target of {over}, is below what pruning {MAX_RATIO:.0%} of the channels reaches; raise "
-                            "the target to at least that")
+        unit, limit, value = over
+        raise PrunelabError(f"the target of {limit:.4g} {unit} is below what pruning {MAX_RATIO:.0%} of the channels "
+                            f"reaches ({value:.4g} {unit}); raise the target to at least {value:.4g}")
     return bisect_ratio(lambda ratio: not _over_budget(budget, pruned(ratio), image_size), iterations)
 
 
@@ -114,14 +115,14 @@ def fill_budget(model: nn.Module, cfg: Config, ratio: float, target_macs: float 
     return (ratios(keep), now) if grown else None
 
 
-def _over_budget(budget: dict, pruned: nn.Module, image_size: int) -> str:
-    """'' when `pruned` meets every limit of `budget` ({"macs": ..., "params": ...}, 0 = none), else what exceeds
-    it: '5.29e+06 MACs (this model: 6.1e+06)'."""
+def _over_budget(budget: dict, pruned: nn.Module, image_size: int) -> tuple[str, float, int] | None:
+    """None when `pruned` meets every limit of `budget` ({"macs": ..., "params": ...}, 0 = none), else the first
+    limit it exceeds: (unit, limit, the model's count), e.g. ("MACs", 5.29e6, 6100000)."""
     macs, params = count_macs_params(pruned, image_size)
     for unit, limit, value in (("MACs", budget.get("macs"), macs), ("parameters", budget.get("params"), params)):
         if limit and value > limit:
-            return f"{limit:.4g} {unit} (this model: {value:.4g})"
-    return ""
+            return unit, limit, value
+    return None
 
 
 def _median(times: list[float]) -> float:
@@ -242,8 +243,10 @@ def check_targets(cfg: Config, spec: ModelSpec, image_size: int = 32, dense: nn.
     over = _over_budget(_size_budget(cfg), prune_once(model, cfg, MAX_RATIO, image_size=image_size,
                                                       num_classes=spec.num_classes), image_size)
     if over:
-        raise PrunelabError(f"config: the target of {over} when {MAX_RATIO:.0%} of every group's channels are cut) is "
-                            "below what any pruning reaches; raise the target to at least that")
+        unit, limit, value = over
+        raise PrunelabError(f"config: the target of {limit:.4g} {unit} is below what any pruning reaches (cutting "
+                            f"{MAX_RATIO:.0%} of every group's channels leaves {value:.4g}); raise the target to at "
+                            f"least {value:.4g}")
 
 
 # ----------------------------------------------------------------------------- width search
