@@ -157,7 +157,6 @@ def test_every_searched_candidate_meets_its_kind_of_target(kind):
     assert [c.get("group_ratios") for c in again["candidates"]] == [c.get("group_ratios") for c in best["candidates"]]
 
 
-
 def test_the_search_report_times_uniform_and_searched_widths_when_the_target_is_a_latency():
     """Under a latency target every candidate is timed: the report's table shows uniform allocation's latency beside
     the chosen candidate's (under a MACs target nothing is timed, and the column stays out)."""
