@@ -8,33 +8,23 @@ now), scored on the run's test images. A diagnostic on the test set, not a selec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 import torch.nn as nn
 
 from prunelab import modelfile
-from prunelab.data import eval_batches, load_data
+from prunelab.data import load_data
 from prunelab.files import write_json
 from prunelab.measurement import machine
 from prunelab.rundir import open_existing
 from prunelab.train import Trainer, prepare_model, reestimate_batchnorm, score
 
 
-@torch.no_grad()
-def reestimate_clean(model: nn.Module, split, trainer: Trainer, images: int, seed: int) -> None:
-    """The re-estimate as it was before 929185f: the same images as reestimate_batchnorm draws, not augmented."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:min(images, len(split))]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for images_u8, _ in eval_batches(split.subset(idx.to(split.labels.device)), trainer.batch_size):
-        with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
-            model(trainer.normalizer(images_u8))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
+def reestimate_clean(model: nn.Module, split, trainer: Trainer, images: int, seed: int) -> int:
+    """The re-estimate as it was before 929185f: reestimate_batchnorm's images, with the augmentation off."""
+    plain = dataclasses.replace(trainer, augmentation="none", flip=False, cutout_px=0)
+    return reestimate_batchnorm(model, split, plain, images, seed)
 
 
 def main() -> None:
