@@ -11,6 +11,11 @@ here is what the current code would have recorded (up to floating-point noise). 
 other widths.
 
     python benchmarks/bn_rescore.py RUN_DIR [RUN_DIR ...] --json benchmarks/results/bn_rescore.json
+
+With `--records DEST` (a folder of `benchmarks/keep_records.py` copies) the rescored accuracy also replaces the recorded
+one in DEST/<run name>/results.json (the final model's) and DEST/<run name>/controls/<kind>/results.json, beside a
+"rescored" entry that keeps the recorded number, so that `prunelab collect DEST` draws what the current code scores.
+`--models` picks which of a run's models (pruned, scratch, scratch-long) to rescore: those made before the fix.
 """
 from __future__ import annotations
 
@@ -36,11 +41,32 @@ def last_stage(metrics: Path) -> tuple[int, int]:
     return rows[-1]["stage"], rows[-1]["bn_reestimated"]
 
 
+def update_record(record_dir: Path, model: str, recorded: float, rescored: float) -> None:
+    """Put the rescored accuracy into the kept results of `model` ("pruned" or "control KIND"), keeping the old one."""
+    path = record_dir / ("results.json" if model == "pruned" else f"controls/{model.split()[1]}/results.json")
+    results = json.loads(path.read_text())
+    entry = results["final"] if model == "pruned" else results
+    if "rescored" in entry:
+        recorded = entry["rescored"]["recorded"]  # rescored before: keep the number the run itself wrote
+    entry["accuracy"] = rescored
+    entry["rescored"] = {"recorded": recorded, "by": "benchmarks/bn_rescore.py (augmented batch-norm re-estimate)"}
+    write_json(path, results)
+    print(f"  {path}: accuracy {recorded:.4f} -> {rescored:.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dirs", nargs="+")
     ap.add_argument("--json", default="benchmarks/results/bn_rescore.json")
+    ap.add_argument("--models", nargs="+", choices=["pruned", "scratch", "scratch-long"],
+                    default=["pruned", "scratch", "scratch-long"], help="which of each run's models to rescore")
+    ap.add_argument("--records", help="a keep_records.py folder whose copies of these runs' results take the rescored accuracy")
     args = ap.parse_args()
+    if args.records:  # check before the long work: every record to update exists
+        for d in args.run_dirs:
+            if not (Path(args.records) / Path(d).name / "results.json").is_file():
+                raise SystemExit(f"{args.records}/{Path(d).name}/results.json missing; keep the run's records first "
+                                 f"(python benchmarks/keep_records.py {args.records} {d})")
     rows = []
     for d in args.run_dirs:
         rd, cfg = open_existing(d)
@@ -50,10 +76,12 @@ def main() -> None:
         trainer = Trainer.from_config(cfg, torch.device("cpu"), data.inputs)
         train = data.train  # the final fine-tune's and the controls' split (the validation split already carved off)
         recorded = json.loads(rd.results.read_text())
-        models = [("pruned", rd.model_file("final"), rd.metrics, recorded["final"]["accuracy"])]
+        models = []
+        if "pruned" in args.models:
+            models.append(("pruned", rd.model_file("final"), rd.metrics, recorded["final"]["accuracy"]))
         for kind in ("scratch", "scratch-long"):
             crd = rd.control(kind)
-            if crd.results.is_file():
+            if kind in args.models and crd.results.is_file():
                 models.append((f"control {kind}", crd.model.with_suffix(".json"), crd.metrics,
                                json.loads(crd.results.read_text())["accuracy"]))
         for name, path, metrics, before in models:
@@ -66,6 +94,8 @@ def main() -> None:
                          "augmented_reestimate": after})
             print(f"{d}  {name}: recorded {before:.4f}, augmented re-estimate {after:.4f} ({after - before:+.4f})",
                   flush=True)
+            if args.records:
+                update_record(Path(args.records) / Path(d).name, name, before, after)
     write_json(args.json, {"rows": rows, "machine": machine()})
     print(f"wrote {args.json}")
 

@@ -268,17 +268,31 @@ def test_contradictory_recipe_settings_are_refused(tmp_path, args, message):
     assert not list(tmp_path.rglob("config.json"))
 
 
-def test_run_with_cached_distillation_targets_from_a_teacher_file(tmp_path):
-    """--teacher and --distill-cached combine: the named teacher's outputs are cached once, not per stage."""
-    from prunelab.modelfile import save
+def test_cached_distillation_targets_are_the_teacher_files_outputs_not_the_dense_models(tmp_path, monkeypatch):
+    """--teacher and --distill-cached combine: the targets are cached once for the run, not per stage, and computed
+    by the teacher file's weights, not the dense model's (a spy on the pipeline's call, which it passes through)."""
+    import prunelab.pipeline as pipeline
+    from prunelab import modelfile
     from prunelab.models import InputSpec
-    teacher = save(tmp_path / "teacher", build_model("resnet18_cifar", 10), "resnet18_cifar", [],
-                   inputs=InputSpec(make_config("tiny").image_size, (0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610),
-                                    tuple(f"class{i}" for i in range(10))))
-    r = run_cli("run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "t", "--distill",
-                "--distill-cached", "--teacher", teacher, "--no-export-onnx")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.count("distillation targets for 256 images") == 1  # once, not per stage
+    from prunelab.sweep import run
+    overrides = {"out_dir": str(tmp_path), "name": "t", "distill": True, "distill_cached": True, "export_onnx": False,
+                 "progress": False, "precision": "fp32"}
+    cfg = make_config("tiny", overrides)
+    torch.manual_seed(123)  # weights no dense training would give
+    teacher = modelfile.save(tmp_path / "teacher", build_model("resnet18_cifar", 10), "resnet18_cifar", [],
+                             inputs=InputSpec(cfg.image_size, (0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610),
+                                              tuple(f"class{i}" for i in range(10))))
+    seen, real = [], pipeline.soft_targets
+
+    def spy(model, *args, **kwargs):
+        seen.append({k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()})
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(pipeline, "soft_targets", spy)
+    run(make_config("tiny", {**overrides, "teacher": str(teacher)}))
+    assert len(seen) == 1  # once for the run
+    want = modelfile.load(teacher)[0].state_dict()
+    assert seen[0].keys() == want.keys()
+    assert all(torch.equal(seen[0][k], want[k].float()) for k in want)
     assert "**Teacher:**" in (tmp_path / "t" / "report.md").read_text()
 
 
