@@ -645,39 +645,35 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
     ax = fig.subplots()
     # fixed colours: a control never shares one with the pruned series or a published point
     pruned_colours = ["tab:blue", "tab:purple", "tab:brown", "tab:pink", "tab:cyan", "tab:olive"]
+    legend = []  # handles in the legend's order: pruned, controls, front, dense, then the published points
     for i, imp in enumerate(sorted({g["importance"] for g in groups})):
         pts = [g for g in groups if g["importance"] == imp]
-        ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["accuracy"] for g in pts],
+        legend.append(ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["accuracy"] for g in pts],
                     yerr=[100 * g["accuracy_stats"]["std"] for g in pts], fmt="o", ms=7, capsize=3,
                     color=pruned_colours[i % len(pruned_colours)], label=f"pruned: {imp}",
-                    zorder=3)  # above a control that ties it
+                    zorder=3))  # above a control that ties it
     for kind, marker, colour, what in (("scratch", "X", "tab:orange", "same architecture from scratch, as many images"),
                                        ("scratch-long", "P", "tab:green",
                                         "from scratch on the dense training's images too"),
                                        ("random", "^", "tab:red", "random criterion")):
         pts = [g for g in groups if kind in g["controls"]]  # (groups are sorted by MACs: a line joins the series)
         if pts:
-            ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["controls"][kind]["mean"] for g in pts],
+            legend.append(ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["controls"][kind]["mean"] for g in pts],
                         yerr=[100 * g["controls"][kind]["std"] for g in pts], fmt=marker + ":", ms=8, lw=1,
-                        capsize=3, color=colour, label=f"{kind} control ({what})")
-    ax.plot([g["macs"] / 1e6 for g in front], [100 * g["accuracy"] for g in front], "k--", lw=1,
-            label="Pareto front of the pruned runs")
+                        capsize=3, color=colour, label=f"{kind} control ({what})"))
+    legend += ax.plot([g["macs"] / 1e6 for g in front], [100 * g["accuracy"] for g in front], "k--", lw=1,
+                      label="Pareto front of the pruned runs")
     dense = rows[0]
-    ax.scatter([dense["dense_macs"] / 1e6], [100 * dense["dense_accuracy"]], marker="s", color="black", s=60,
-               label="dense model (the sweep's start)")
+    legend.append(ax.scatter([dense["dense_macs"] / 1e6], [100 * dense["dense_accuracy"]], marker="s", color="black",
+                             s=60, label="dense model (the sweep's start)"))
     references = REFERENCES if all(r["cifar10_like"] for r in rows) else []
     for ref, marker in zip(references, ["x", "+", "1", "2", "3", "4"]):
-        ax.scatter([ref["macs"] / 1e6], [100 * ref["accuracy"]], marker=marker, s=80, color="0.45",
-                   label=ref["name"])
+        legend.append(ax.scatter([ref["macs"] / 1e6], [100 * ref["accuracy"]], marker=marker, s=80, color="0.45",
+                                 label=ref["name"]))
     ax.set(xscale="log", xlabel="MACs per image (millions, log scale)", ylabel="test accuracy (%)",
            title=f"Accuracy vs compute: sweep '{sweep_dir.name}' (data: this run's test set"
                  + ("; references, grey: official CIFAR-10)" if references else ")"))
-    handles, labels = ax.get_legend_handles_labels()  # pruned, controls, front, dense, then the published points
-    rank = [0 if lab.startswith("pruned") else 1 if "control" in lab else 2 if lab.startswith("Pareto") else
-            3 if lab.startswith("dense") else 4 for lab in labels]
-    order = sorted(range(len(labels)), key=lambda i: (rank[i], i))
-    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=2,
-               fontsize=8)  # below the axes: never over a point
+    fig.legend(handles=legend, loc="outside lower center", ncols=2, fontsize=8)  # below the axes: never over a point
     ax.grid(True, which="both", alpha=0.3)
     _save(fig, sweep_dir / "pareto.png")
 
