@@ -6,6 +6,7 @@ prunelab from a notebook or another program leaves its matplotlib state alone.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -667,7 +668,7 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
     legend.append(ax.scatter([dense["dense_macs"] / 1e6], [100 * dense["dense_accuracy"]], marker="s", color="black",
                              s=60, label="dense model (the sweep's start)"))
     references = REFERENCES if all(r["cifar10_like"] for r in rows) else []
-    for ref, marker in zip(references, ["x", "+", "1", "2", "3", "4"]):
+    for ref, marker in zip(references, itertools.cycle(["x", "+", "1", "2", "3", "4"])):  # every reference drawn
         legend.append(ax.scatter([ref["macs"] / 1e6], [100 * ref["accuracy"]], marker=marker, s=80, color="0.45",
                                  label=ref["name"]))
     ax.set(xscale="log", xlabel="MACs per image (millions, log scale)", ylabel="test accuracy (%)",
