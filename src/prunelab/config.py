@@ -337,6 +337,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The presets that prune a model already trained on this data: on the command line they need --baseline.
+FROM_BASELINE = ("trained", "trained-short")
+
 LONG_NEEDS_IMAGES = ("the scratch-long control trains on as many images as the dense training and the fine-tune "
                      "together, and how many images --baseline was trained on is unknown: add --baseline-images N "
                      "(its epochs x training images, e.g. 500000 for 10 epochs of 50,000)")
@@ -461,7 +464,7 @@ def make_config(preset: str = "seed", overrides: dict[str, Any] | None = None) -
 def check_preset_weights(preset: str, cfg: Config) -> None:
     """The presets that start from weights the user has, given on the command line (`prunelab run`/`sweep`; the
     Python API's run(cfg, model=...) passes a model instead, so make_config does not check this)."""
-    if preset in ("trained", "trained-short") and not cfg.baseline:
+    if preset in FROM_BASELINE and not cfg.baseline:
         raise PrunelabError(f"config: preset {preset} prunes a model already trained on this data: add --baseline FILE "
                             "(weights from another task: --preset transfer; no trained model: --preset quick)")
     if preset == "transfer" and not (cfg.pretrained or cfg.init_from or cfg.baseline):
