@@ -309,7 +309,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "trained": _TRAINED,
     # trained in minutes: 2 final epochs, without the crop augmentation (flips only). In 2 epochs the crop costs
     # the pruned model more than it regularises: at 10x fewer MACs 84.54% against 83.67% on the validation split (two
-    # seeds each); over 10 epochs the crop wins (RESULTS 7.20), so `trained` keeps it.
+    # seeds each), and at 4 epochs still (+0.62, one seed); over 10 epochs the crop wins (RESULTS 7.20), so
+    # `trained` keeps it.
     "trained-short": {**_TRAINED, "final_finetune_epochs": 2, "augmentation": "none"},
     # Transfer learning from --pretrained or --init-from weights (RESULTS 8): a short dense fine-tune (on the one
     # transfer task measured, lr 0.1 beat 0.03 and 0.01 on the validation split), then one cut to the target with
