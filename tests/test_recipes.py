@@ -81,6 +81,11 @@ def test_replayed_views_pair_every_training_image_with_the_teacher_output_of_the
     views = draw_views(len(split), 3, 4, True, torch.Generator().manual_seed(0))
     assert views.shape == (len(split), 3, 3) and set(views[..., 2].unique().tolist()) == {0, 1}
     assert views[..., :2].min() >= 0 and views[..., :2].max() == 8  # offsets in [0, 2 * padding]
+    code = (views[..., 0].long() * 9 + views[..., 1]) * 2 + views[..., 2]
+    assert all(len(set(row)) == 3 for row in code.tolist())  # an image's views are different ones
+    both = draw_views(len(split), 2, 0, True, torch.Generator().manual_seed(0))  # flips only: image and mirror
+    assert torch.equal(both[..., 2].sort(1).values, torch.tensor([[0, 1]]).expand(len(split), 2))
+    assert both[..., :2].abs().sum() == 0
     torch.manual_seed(0)
     teacher = build_model("resnet18_cifar").eval()
     targets = view_targets(teacher, split, trainer, views)

@@ -223,9 +223,10 @@ class Config:
                                      "the image and its mirror) instead of on every augmented batch; far cheaper, "
                                      "but the soft targets ignore the random crop")
     distill_views: int = _f(0, "with distill_cached: the teacher's outputs on this many fixed random crops (and flips) of "
-                               "every training image, computed once (that many teacher passes per image); training "
-                               "shows each image as one of its views, so the soft targets match what the student sees "
-                               "(FKD's replay; cutout, if on, still cuts the student's input alone). 0 = one output "
+                               "every training image, computed once (that many teacher passes per image, different views "
+                               "of each); training shows each image as one of its views, so the soft targets match what "
+                               "the student sees (FKD's replay; cutout, if on, still cuts the student's input alone). "
+                               "With augmentation none (flips only) 2 views are an image and its mirror: exact. 0 = one output "
                                "per image that ignores the crop. Not with resized-crop augmentation. Few views over many epochs overfit "
                                "(docs/RESULTS.md 7.15)")
     teacher: str = _f("", "with distill: the model to distil from instead of the run's dense model: a prunelab model file "

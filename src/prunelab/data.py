@@ -563,10 +563,16 @@ def _crop(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int
 
 def draw_views(n: int, k: int, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """`k` fixed pad-and-crop views of each of `n` images, as an n x k x 3 integer tensor of (dy, dx, flipped): the
-    views whose teacher outputs replayed distillation computes once and trains on (--distill-views)."""
-    dy = torch.randint(0, 2 * padding + 1, (n, k), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n, k), generator=generator)
-    flipped = (torch.rand(n, k, generator=generator) < 0.5).long() if flip else torch.zeros(n, k, dtype=torch.long)
+    views whose teacher outputs replayed distillation computes once and trains on (--distill-views). The k views of
+    an image are different ones (k <= distinct_views()): with flips only (padding 0) and k = 2, every image has both
+    of its views, and the replayed targets are exactly the teacher's on what training shows."""
+    side, distinct = 2 * padding + 1, distinct_views(padding, flip)
+    if not 0 < k <= distinct:
+        raise ValueError(f"{k} views: an image has {distinct} different views with padding {padding}")
+    # a random order of each image's views, cut to k; in row blocks, so a million images need no n x distinct matrix
+    code = torch.cat([torch.rand(min(16384, n - i), distinct, generator=generator).argsort(1)[:, :k]
+                      for i in range(0, n, 16384)]) if n else torch.empty(0, k, dtype=torch.long)
+    dy, dx, flipped = code % side, code // side % side, code // (side * side)
     return torch.stack([dy, dx, flipped], 2).to(torch.int16)  # (int16: 6 bytes a view, for millions of images)
 
 
