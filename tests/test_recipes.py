@@ -1,5 +1,8 @@
 """Distillation loss, MACs/params targets and the geometric schedule (issue: beat the seed)."""
+import copy
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -276,29 +279,80 @@ def test_contradictory_recipe_settings_are_refused(tmp_path, args, message):
 def test_cached_distillation_targets_are_the_teacher_files_outputs_not_the_dense_models(tmp_path, monkeypatch):
     """--teacher and --distill-cached combine: the targets are cached once for the run, not per stage, and computed
     by the teacher file's weights, not the dense model's (a spy on the pipeline's call, which it passes through)."""
-    import prunelab.pipeline as pipeline
-    from prunelab import modelfile
+    from prunelab import modelfile, train
     from prunelab.models import InputSpec
     from prunelab.sweep import run
     overrides = {"out_dir": str(tmp_path), "name": "t", "distill": True, "distill_cached": True, "export_onnx": False,
-                 "progress": False, "precision": "fp32"}
+                 "progress": False, "precision": "fp32", "cache_dir": str(tmp_path / "cache")}
     cfg = make_config("tiny", overrides)
     torch.manual_seed(123)  # weights no dense training would give
     teacher = modelfile.save(tmp_path / "teacher", build_model("resnet18_cifar", 10), "resnet18_cifar", [],
                              inputs=InputSpec(cfg.image_size, (0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610),
                                               tuple(f"class{i}" for i in range(10))))
-    seen, real = [], pipeline.soft_targets
+    seen, real = [], train.soft_targets
 
     def spy(model, *args, **kwargs):
         seen.append({k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()})
         return real(model, *args, **kwargs)
-    monkeypatch.setattr(pipeline, "soft_targets", spy)
+    monkeypatch.setattr(train, "soft_targets", spy)
     run(make_config("tiny", {**overrides, "teacher": str(teacher)}))
     assert len(seen) == 1  # once for the run
     want = modelfile.load(teacher)[0].state_dict()
     assert seen[0].keys() == want.keys()
     assert all(torch.equal(seen[0][k], want[k].float()) for k in want)
     assert "**Teacher:**" in (tmp_path / "t" / "report.md").read_text()
+    first = json.loads((tmp_path / "t" / "results.json").read_text())["distill_targets"]
+    assert [t["hit"] for t in first] == [False] and Path(first[0]["cache"]).parent == tmp_path / "cache"
+    # another run with the same teacher and images (here a shorter schedule) reads them from the cache
+    run(make_config("tiny", {**overrides, "teacher": str(teacher), "name": "t2", "iterative_steps": 1,
+                             "final_finetune_epochs": 0}))
+    assert len(seen) == 1
+    second = json.loads((tmp_path / "t2" / "results.json").read_text())["distill_targets"]
+    assert [t["hit"] for t in second] == [True] and second[0]["cache"] == first[0]["cache"]
+    assert "were read from the cache" in (tmp_path / "t2" / "report.md").read_text()
+
+
+def test_teacher_outputs_are_computed_once_and_read_back_only_for_the_same_teacher_images_and_views(tmp_path,
+                                                                                                      monkeypatch):
+    """train.teacher_targets' cache: a second call with the same teacher, images and views reads the file (no
+    teacher pass, the same targets); another weight, other images or other views compute afresh; a damaged file
+    is computed again and rewritten. Views that are all of an image's views (flips only, k = 2) are the same for
+    every seed, so seeds share them; one view of two is not."""
+    from prunelab import train
+    from prunelab.data import draw_views
+    cfg = make_config("tiny", {"progress": False, "precision": "fp32"})
+    split = load_data(cfg).train.subset(torch.arange(48))
+    trainer = Trainer.from_config(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    teacher = build_model("resnet18_cifar").eval()
+    passes = []
+    for name in ("soft_targets", "view_targets"):
+        real = getattr(train, name)
+        monkeypatch.setattr(train, name, lambda *a, real=real, **k: passes.append(1) or real(*a, **k))
+    cache = tmp_path / "cache"
+
+    def targets(model=teacher, images=split, views=None):
+        return train.teacher_targets(model, images, trainer, views, cache)
+    made, how = targets()
+    assert not how["hit"] and len(passes) == 1 and Path(how["cache"]).is_file()
+    again, how2 = targets()
+    assert how2["hit"] and how2["cache"] == how["cache"] and len(passes) == 1 and torch.equal(again, made)
+    other = copy.deepcopy(teacher)
+    with torch.no_grad():
+        other.fc.bias[0] += 1
+    assert not targets(other)[1]["hit"]
+    assert not targets(images=split.subset(torch.arange(47, -1, -1)))[1]["hit"]  # the same images, another order
+    assert len(passes) == 3 and len(list(cache.iterdir())) == 3
+    both = [draw_views(len(split), 2, 0, True, torch.Generator().manual_seed(s)) for s in (0, 1)]
+    assert torch.equal(both[0], both[1])
+    assert not targets(views=both[0])[1]["hit"] and targets(views=both[1])[1]["hit"]
+    one = [draw_views(len(split), 1, 0, True, torch.Generator().manual_seed(s)) for s in (0, 1)]
+    assert not targets(views=one[0])[1]["hit"] and not targets(views=one[1])[1]["hit"]
+    assert len(passes) == 6
+    Path(how["cache"]).write_bytes(b"not a safetensors file")
+    fixed, how3 = targets()
+    assert not how3["hit"] and torch.equal(fixed, made) and len(passes) == 7
+    assert targets()[1]["hit"]  # rewritten whole
 
 
 def test_unreachable_target_is_an_error():

@@ -67,7 +67,8 @@ class Config:
                        runtime=True)
     download: bool = _f(False, "download the official CIFAR-10 into data_dir if it is not there (needs a network)",
                         runtime=True)
-    cache_dir: str = _f("", "where decoded image folders are cached (default: ~/.cache/prunelab)", runtime=True)
+    cache_dir: str = _f("", "where decoded image folders and teacher outputs (distill_cached) are cached (default: "
+                        "$PRUNELAB_CACHE or ~/.cache/prunelab)", runtime=True)
     data_loading: str = _f("auto", "auto (decoded images in memory when they fit memory_budget_gb, else streamed) | "
                                    "memory | stream (decoded from disk every epoch by DataLoader workers); both give "
                                    "the same batches", runtime=True)
@@ -221,7 +222,10 @@ class Config:
     distill: bool = _f(False, "fine-tune with knowledge distillation from the dense model (soft targets + hard labels)")
     distill_cached: bool = _f(False, "with distill: compute the dense model's outputs once per training image (mean over "
                                      "the image and its mirror) instead of on every augmented batch; far cheaper, "
-                                     "but the soft targets ignore the random crop")
+                                     "but the soft targets ignore the random crop. The outputs are kept in the cache "
+                                     "(cache_dir), keyed by the teacher's weights, the images, normalisation, views and "
+                                     "precision: a later run with the same ones reads them (another target; another seed "
+                                     "too, unless its val split holds other images or its views differ)")
     distill_views: int = _f(0, "with distill_cached: the teacher's outputs on this many fixed random crops (and flips) of "
                                "every training image, computed once (that many teacher passes per image, different views "
                                "of each); training shows each image as one of its views, so the soft targets match what "

@@ -330,7 +330,8 @@ def _workers(cfg: Config) -> int:
     return min(os.cpu_count() or 1, 8) if cfg.workers < 0 else cfg.workers
 
 
-def _cache_root(cfg_cache_dir: str) -> Path:
+def cache_root(cfg_cache_dir: str) -> Path:
+    """Where decoded image folders and teacher outputs are cached: --cache-dir, $PRUNELAB_CACHE or ~/.cache/prunelab."""
     if cfg_cache_dir:
         return Path(cfg_cache_dir)
     return Path(os.environ.get("PRUNELAB_CACHE", Path.home() / ".cache" / "prunelab"))
@@ -497,7 +498,7 @@ def read_image_folders(data_dir: Path, cfg: Config):
                                 "replace or delete the file")
     decoded, budget = len(files) * 3 * side * side, memory_budget_bytes(cfg)
     if cfg.data_loading == "memory" or (cfg.data_loading == "auto" and decoded <= budget):
-        cache = _cache_root(cfg.cache_dir)
+        cache = cache_root(cfg.cache_dir)
         train, _ = read_image_folder_split(data_dir / "train", cache, cfg.image_size, listings["train"])
         test, _ = read_image_folder_split(data_dir / "test", cache, cfg.image_size, listings["test"])
         return train, test, classes, f"image folders in {data_dir}"
@@ -569,8 +570,10 @@ def draw_views(n: int, k: int, padding: int, flip: bool, generator: torch.Genera
     side, distinct = 2 * padding + 1, distinct_views(padding, flip)
     if not 0 < k <= distinct:
         raise ValueError(f"{k} views: an image has {distinct} different views with padding {padding}")
-    # a random order of each image's views, cut to k; in row blocks, so a million images need no n x distinct matrix
-    code = torch.cat([torch.rand(min(16384, n - i), distinct, generator=generator).argsort(1)[:, :k]
+    # a random choice of k of each image's views, in their fixed order (training draws among them), so that k =
+    # distinct gives every seed the same views and teacher outputs (train.teacher_targets' cache); in row blocks, so
+    # a million images need no n x distinct matrix
+    code = torch.cat([torch.rand(min(16384, n - i), distinct, generator=generator).argsort(1)[:, :k].sort(1).values
                       for i in range(0, n, 16384)]) if n else torch.empty(0, k, dtype=torch.long)
     dy, dx, flipped = code % side, code // side % side, code // (side * side)
     return torch.stack([dy, dx, flipped], 2).to(torch.int16)  # (int16: 6 bytes a view, for millions of images)

@@ -23,7 +23,8 @@ import torch
 
 from . import distributed, modelfile, report, transfer
 from .config import Config, final_lr, latency_targeted, resumed_config, to_dict
-from .data import Data, distinct_views, draw_views, eval_batches, fingerprint, load_data, memory_budget_bytes
+from .data import (Data, cache_root, distinct_views, draw_views, eval_batches, fingerprint, load_data,
+                   memory_budget_bytes)
 from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
 from .errors import PrunelabError
@@ -36,7 +37,7 @@ from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, 
 from .runtimes import latency, missing
 from .targets import check_targets, fill_budget, ratio_for_latency, ratio_for_target, search_widths
 from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, reestimate_batchnorm, resolve_device,
-                    score, soft_targets, stage_bn_images, torch_threads, view_targets)
+                    score, stage_bn_images, teacher_targets, torch_threads)
 
 
 def run(cfg: Config | None = None, resume_dir: str | Path | None = None, model: torch.nn.Module | None = None) -> Path:
@@ -319,6 +320,7 @@ class _Stages:
         self.pruning_ratio = cfg.pruning_ratio  # a MACs/params target replaces it with what the dense stage finds
         self.group_ratios = None  # each group's final ratio, from the width search (allocation search)
         self.distill = None  # a Distillation for the fine-tunes (the dense model is the teacher)
+        self.targets_made = {}  # how the cached distillation targets came, for the row of the stage that made them
         self.step_accuracy = None  # test accuracy of the model as the last finished pruning step left it
 
     def _machine(self) -> dict:
@@ -420,13 +422,22 @@ class _Stages:
             if k:  # fixed views, drawn from the run's seed alone: a resumed run replays the same ones
                 views = draw_views(len(self.train), k, self.trainer.view_padding, self.trainer.flip,
                                    torch.Generator().manual_seed(self.cfg.seed)).to(self.train.labels.device)
-                targets = view_targets(self.distill.teacher, self.train, self.trainer, views)
             else:
-                views, targets = None, soft_targets(self.distill.teacher, self.train, self.trainer)
+                views = None
+            targets, how = teacher_targets(self.distill.teacher, self.train, self.trainer, views,
+                                           cache_root(self.cfg.cache_dir))
             self.distill = Distillation(self.distill.temperature, self.distill.weight, targets=targets, views=views)
+            self.targets_made = {"distill_targets": how}
             log(f"  distillation targets for {len(targets)} images " + (f"x {k} views" if k else "(and their mirrors)")
-                + f" in {time.perf_counter() - start:.0f} s")
+                + (f" read from {how['cache']} in {time.perf_counter() - start:.0f} s (the teacher passes took "
+                   f"{how['seconds']:.0f} s in the run that wrote it)" if how["hit"]
+                   else f" in {time.perf_counter() - start:.0f} s"))
         return self.distill
+
+    def _take_targets_made(self) -> dict:
+        """{"distill_targets": ...} once, for the row of the stage whose time included making (or reading) them."""
+        made, self.targets_made = self.targets_made, {}
+        return made
 
     def _accuracy(self, model, split) -> float:
         return score(model, split, self.trainer.normalizer, self.cfg.eval_batch_size)["accuracy"]
@@ -591,7 +602,8 @@ class _Stages:
         self._fit(model, k, f"step {k}/{self.n} fine-tune", cfg.finetune_epochs_per_step, cfg.finetune_lr)
         row = {"event": "step", "stage": k, "step": k, "ratio": step_ratio(pruner, k), **fresh,
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
-               **self._measure(model, latency=cfg.measure_latency_every_step), "seconds": time.perf_counter() - start}
+               **self._measure(model, latency=cfg.measure_latency_every_step), "seconds": time.perf_counter() - start,
+               **self._take_targets_made()}
         self._save(model, k, history(pruner), row)
         self.step_accuracy = row["accuracy"]
         log(f"step {k}/{self.n}: ratio {row['ratio']:.3f}  acc "
@@ -610,7 +622,8 @@ class _Stages:
                   split=self.train)
         row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n),
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
-               **self._measure(model), "seconds": time.perf_counter() - start, "machine": self._machine()}
+               **self._measure(model), "seconds": time.perf_counter() - start, "machine": self._machine(),
+               **self._take_targets_made()}
         if latency_targeted(cfg) and distributed.WORLD.main:
             row["target_latency"] = self._latency_achieved(model)
         self._save(model, self.n + 1, history(pruner), row)

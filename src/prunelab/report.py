@@ -37,6 +37,7 @@ def build_results(run_dir: str | Path) -> dict:
     epochs = [r for r in rows if r["event"] == "epoch"]
     search = json.loads(rd.search.read_text()) if rd.search.is_file() else None
     widths = _layer_widths(rd)
+    targets = [{"stage": r["stage"], **r["distill_targets"]} for r in [*steps, final] if "distill_targets" in r]
     data = {k: dense.get(k) for k in ("data", "train_images", "val_images", "test_images", "train_images_available",
                                       "test_images_available", "test_fingerprint")}
     return {
@@ -53,6 +54,7 @@ def build_results(run_dir: str | Path) -> dict:
                         "total": dense["seconds"] + (search["seconds"] if search else 0)
                         + (sparse["seconds"] if sparse else 0) + sum(s["seconds"] for s in steps) + final["seconds"]},
         **({"search": _search_summary(search, widths)} if search else {}),
+        **({"distill_targets": targets} if targets else {}),
         "layer_widths": widths,
         "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "images", "loss", "train_accuracy", "val_accuracy", "lr",
                                       "images_per_s", "seconds") if k in e} for e in epochs],
@@ -402,7 +404,8 @@ def report_markdown(results: dict) -> str:
               + (f"width search {w['width_search']:.0f} s, " if "width_search" in w else "")
               + (f"sparse training {w['sparse_training']:.0f} s, " if "sparse_training" in w else "")
               + f"pruning steps {w['pruning_steps']:.0f} s, "
-              f"final fine-tune {w['final_finetune']:.0f} s, total {w['total']:.0f} s.", "",
+              f"final fine-tune {w['final_finetune']:.0f} s, total {w['total']:.0f} s."
+              + "".join(targets_sentence(t) for t in results.get("distill_targets", [])), "",
               f"Machine: {m.get('processor', '?')}"
               + ({True: " (with bf16)", False: " (no bf16)"}.get(m.get("cpu_bf16"), "")
                  if not m.get("gpu") else "")
@@ -411,6 +414,14 @@ def report_markdown(results: dict) -> str:
               + (f"; trained in {TRAINING_PRECISION_WORDS.get(m['training_precision'], m['training_precision'])}"
                  if m.get("training_precision") else "") + ".", ""]
     return "\n".join(parts)
+
+
+def targets_sentence(t: dict) -> str:
+    """Where a stage's cached distillation targets came from, and whether the teacher's time is in the wall time."""
+    if t["hit"]:
+        return (f" The teacher's outputs (stage {t['stage']}) were read from the cache {t['cache']}: the "
+                f"{t['seconds']:.0f} s of teacher passes they took in the run that wrote them are not in this total.")
+    return f" The teacher's outputs (stage {t['stage']}) took {t['seconds']:.0f} s of teacher passes, inside this total."
 
 
 def _save(fig: Figure, path: str | Path, dpi: int = 110) -> None:

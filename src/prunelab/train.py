@@ -4,18 +4,24 @@ needs besides them)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .config import Config
 
 from .errors import PrunelabError
+from .files import write_atomic
 from .data import (InputSpec, Normalizer, Split, apply_views, augment_batch, augmentation_for, batches_per_epoch,
                    cutout, eval_batches, resolve_normalization, train_batches, view_padding)
 from . import distributed
@@ -219,6 +225,84 @@ def view_targets(teacher: nn.Module, split: Split, trainer: Trainer, views: torc
             out[start:start + len(images), v] = logits
         start += len(images)
     return out
+
+
+TARGETS_FORMAT = "prunelab teacher targets"
+
+
+def _hash_tensor(h, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def targets_key(teacher: nn.Module, split, trainer: Trainer, views: torch.Tensor | None) -> str:
+    """SHA-256 of everything a teacher's cached outputs depend on: its architecture and every weight and
+    buffer, the images in their order (or, streamed, their files), the normalisation, the views (or the
+    image-and-mirror mean), and the device type and autocast precision they are computed in."""
+    h = hashlib.sha256(f"{TARGETS_FORMAT} 1\n{teacher!r}\n".encode())
+    for name, t in teacher.state_dict().items():
+        h.update(name.encode())
+        _hash_tensor(h, t)
+    if isinstance(split, Split):
+        _hash_tensor(h, split.images)
+    else:  # FileSplit: the files, as data.read_image_folder_split keys its cache
+        h.update(f"files size={split.size}".encode())
+        for f in split.files:
+            st = Path(f).stat()
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    _hash_tensor(h, split.labels)
+    _hash_tensor(h, trainer.normalizer.mean)
+    _hash_tensor(h, trainer.normalizer.std)
+    h.update(f"{trainer.device.type} {trainer.amp_dtype}".encode())
+    if views is None:
+        h.update(b"image and mirror mean")
+    else:
+        h.update(f"views padding={trainer.view_padding}".encode())
+        _hash_tensor(h, views)
+    return h.hexdigest()
+
+
+def teacher_targets(teacher: nn.Module, split, trainer: Trainer, views: torch.Tensor | None = None,
+                    cache_dir: Path | None = None) -> tuple[torch.Tensor, dict]:
+    """soft_targets() (views None) or view_targets(), read from `cache_dir` when an earlier run computed them
+    for the same teacher, images, normalisation, views and precision (targets_key), else computed and written
+    there (atomically; a cache that cannot be written or read only costs time). The cache's format is this
+    function's: `teacher-targets-<key>.safetensors`, the targets plus a JSON description in its metadata.
+    Returns the targets (on the split's device) and what happened: {"cache": path or None, "hit": bool,
+    "seconds": the teacher passes' time, measured by the run that made them}."""
+    start = time.perf_counter()
+    path, key = None, None
+    if cache_dir is not None:
+        key = targets_key(teacher, split, trainer, views)
+        path = Path(cache_dir) / f"teacher-targets-{key[:24]}.safetensors"
+        if path.is_file():
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    desc = json.loads((f.metadata() or {}).get("prunelab", "{}"))
+                    targets = f.get_tensor("targets")
+                shape = (len(split),) if views is None else tuple(views.shape[:2])
+                if desc.get("format") != TARGETS_FORMAT or desc.get("key") != key or targets.shape[:len(shape)] != shape:
+                    raise ValueError("it describes other targets")
+                return targets.to(trainer.device), {"cache": str(path), "hit": True,
+                                                    "seconds": float(desc.get("seconds", 0.0))}
+            except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+                log(f"prunelab: teacher-output cache {path} is unreadable ({e}); computing the outputs again")
+    targets = soft_targets(teacher, split, trainer) if views is None else view_targets(teacher, split, trainer, views)
+    seconds = time.perf_counter() - start
+    if path is not None and distributed.WORLD.main:
+        desc = {"format": TARGETS_FORMAT, "version": 1, "key": key, "images": len(split),
+                "views": "image and mirror mean" if views is None else int(views.shape[1]),
+                "classes": int(targets.shape[-1]), "teacher": type(teacher).__name__, "device": trainer.device.type,
+                "precision": str(trainer.amp_dtype or torch.float32).removeprefix("torch."), "seconds": seconds,
+                "torch": torch.__version__}
+        try:
+            write_atomic(path, lambda p: save_file({"targets": targets.detach().cpu().contiguous()}, str(p),
+                                                   metadata={"prunelab": json.dumps(desc)}))
+        except OSError as e:
+            log(f"prunelab: cannot write the teacher-output cache {path} ({e}); later runs will compute it again")
+            path = None
+    return targets, {"cache": None if path is None else str(path), "hit": False, "seconds": seconds}
 
 
 def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer,
