@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,10 +231,12 @@ def view_targets(teacher: nn.Module, split: Split, trainer: Trainer, views: torc
 TARGETS_FORMAT = "prunelab teacher targets"
 
 
-def _hash_tensor(h, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
+def _hash_tensor(h, t: torch.Tensor, chunk: int = 1 << 26) -> None:
+    """Type, shape and bytes of `t` into hashlib object `h`, 64 MB at a time (no host copy of a whole data set)."""
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy())
+    raw = t.detach().reshape(-1).view(torch.uint8)
+    for i in range(0, len(raw), chunk):
+        h.update(raw[i:i + chunk].cpu().numpy())
 
 
 def targets_key(teacher: nn.Module, split, trainer: Trainer, views: torch.Tensor | None) -> str:
@@ -269,7 +272,7 @@ def teacher_targets(teacher: nn.Module, split, trainer: Trainer, views: torch.Te
     for the same teacher, images, normalisation, views and precision (targets_key), else computed and written
     there (atomically; a cache that cannot be written or read only costs time). The cache's format is this
     function's: `teacher-targets-<key>.safetensors`, the targets plus a JSON description in its metadata.
-    Returns the targets (on the split's device) and what happened: {"cache": path or None, "hit": bool,
+    Returns the targets (on the training device) and what happened: {"cache": path or None, "hit": bool,
     "seconds": the teacher passes' time, measured by the run that made them}."""
     start = time.perf_counter()
     path, key = None, None
@@ -290,6 +293,11 @@ def teacher_targets(teacher: nn.Module, split, trainer: Trainer, views: torch.Te
                 log(f"prunelab: teacher-output cache {path} is unreadable ({e}); computing the outputs again")
     targets = soft_targets(teacher, split, trainer) if views is None else view_targets(teacher, split, trainer, views)
     seconds = time.perf_counter() - start
+    size = targets.numel() * targets.element_size()
+    if path is not None and shutil.disk_usage(next(p for p in (path.parent, *path.parent.parents) if p.exists())
+                                              ).free < 2 * size + 2 ** 30:
+        log(f"prunelab: not caching the teacher's outputs ({size / 1e9:.1f} GB): too little free disk under {path.parent}")
+        path = None
     if path is not None and distributed.WORLD.main:
         desc = {"format": TARGETS_FORMAT, "version": 1, "key": key, "images": len(split),
                 "views": "image and mirror mean" if views is None else int(views.shape[1]),
@@ -299,6 +307,8 @@ def teacher_targets(teacher: nn.Module, split, trainer: Trainer, views: torch.Te
         try:
             write_atomic(path, lambda p: save_file({"targets": targets.detach().cpu().contiguous()}, str(p),
                                                    metadata={"prunelab": json.dumps(desc)}))
+            log(f"  cached the teacher's outputs in {path} ({size / 1e6:.0f} MB): later runs with the same teacher, "
+                "images and views read them (delete the file to free the space)")
         except OSError as e:
             log(f"prunelab: cannot write the teacher-output cache {path} ({e}); later runs will compute it again")
             path = None
