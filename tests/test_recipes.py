@@ -310,6 +310,22 @@ def test_cached_distillation_targets_are_the_teacher_files_outputs_not_the_dense
     second = json.loads((tmp_path / "t2" / "results.json").read_text())["distill_targets"]
     assert [t["hit"] for t in second] == [True] and second[0]["cache"] == first[0]["cache"]
     assert "were read from the cache" in (tmp_path / "t2" / "report.md").read_text()
+    # a sweep's table marks the reader's wall time, names who paid the teacher, and counts the passes once
+    from prunelab.report import render_sweep
+    render_sweep(tmp_path)
+    table = (tmp_path / "pareto.md").read_text()
+    walls = {n: json.loads((tmp_path / n / "results.json").read_text())["wall_time_s"]["total"] for n in ("t", "t2")}
+    assert next(line for line in table.splitlines() if line.startswith("| t2 |")).count(" † |") == 1
+    assert " † |" not in next(line for line in table.splitlines() if line.startswith("| t |"))
+    assert (f"1 run (t2) read the teacher's outputs from the cache" in table
+            and f"{first[0]['seconds']:.0f} s inside t's wall time" in table
+            and f"All the sweep's runs: {walls['t'] + walls['t2']:.0f} s" in table)
+    import shutil  # the writer outside the sweep: its passes are added to the total once
+    shutil.copytree(tmp_path / "t2", tmp_path / "alone" / "t2")
+    render_sweep(tmp_path / "alone")
+    table = (tmp_path / "alone" / "pareto.md").read_text()
+    assert (f"{first[0]['seconds']:.0f} s in a run outside this sweep" in table
+            and f"All the sweep's runs: {walls['t2'] + first[0]['seconds']:.0f} s" in table)
 
 
 def test_teacher_outputs_are_computed_once_and_read_back_only_for_the_same_teacher_images_and_views(tmp_path,

@@ -599,6 +599,7 @@ def sweep_rows(sweep_dir: str | Path) -> list[dict]:
                      "pruning_ratio": f["ratio"], "accuracy": f["accuracy"], "macs": f["macs"], "params": f["params"],
                      "dense_accuracy": d["accuracy"], "dense_macs": d["macs"],
                      "latency_ms_cpu_b1": find_latency(f, "cpu", 1), "wall_time_s": r["wall_time_s"]["total"],
+                     "distill_targets": r.get("distill_targets", []),
                      "controls": {k["control"]: k["accuracy"] for k in control_rows(results_path.parent)},
                      "cifar10_like": _cifar10_like(results_path.parent)})
     return rows
@@ -633,8 +634,31 @@ def sweep_groups(rows: list[dict]) -> list[dict]:
                     "run": name, "seeds": [m["seed"] for m in members],
                     "accuracy_stats": mean_std([m["accuracy"] for m in members]),
                     "accuracy": sum(m["accuracy"] for m in members) / len(members),
-                    "wall_time_s": sum(m["wall_time_s"] for m in members) / len(members), "controls": controls})
+                    "wall_time_s": sum(m["wall_time_s"] for m in members) / len(members), "controls": controls,
+                    "teacher_cached_s": sum(t["seconds"] for m in members for t in m["distill_targets"] if t["hit"])
+                    / len(members)})
     return sorted(out, key=lambda g: g["macs"])
+
+
+def teacher_time_sentence(rows: list[dict]) -> str:
+    """What a sweep's wall times leave out when distilled runs read the teacher's outputs from the cache: each file's
+    teacher passes were paid once, by the run that wrote it (inside its wall time) or by a run outside the sweep;
+    and the sweep's runs' total with each file's passes counted once. "" when no run read the cache."""
+    files = {}  # cache file -> (teacher seconds, the sweep's run that wrote it or None)
+    for r in rows:
+        for t in r["distill_targets"]:
+            seconds, writer = files.get(t["cache"], (t["seconds"], None))
+            files[t["cache"]] = (seconds, r["run"] if not t["hit"] else writer)
+    readers = [r["run"] for r in rows if any(t["hit"] for t in r["distill_targets"])]
+    if not readers:
+        return ""
+    outside = sum(seconds for seconds, writer in files.values() if writer is None)
+    paid = "; ".join(f"{seconds:.0f} s " + (f"inside {writer}'s wall time" if writer else "in a run outside this sweep")
+                     for seconds, writer in files.values())
+    return (f"Wall time (s): {counted(len(readers), 'run')} ({', '.join(readers)}) read the teacher's outputs from "
+            f"the cache, so their wall time leaves out the teacher's passes, paid once per file: {paid}. "
+            f"All the sweep's runs: {sum(r['wall_time_s'] for r in rows) + outside:.0f} s, each file's teacher "
+            f"passes counted once.")
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
@@ -705,11 +729,14 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
                      f"{g['round_to'] if g['round_to'] is not None else ''} | {g['schedule']} | "
                      f"{'yes' if g['distill'] else 'no'} | {g['pruning_ratio']:.3f} | {acc(g['accuracy_stats'])} | "
                      f"{len(g['seeds'])} | {_fmt_count(g['macs'])} | {_fmt_count(g['params'])} | {lat} | "
-                     f"{g['wall_time_s']:.0f} | {'*' if g in front else ''} |"
+                     f"{g['wall_time_s']:.0f}{' †' if g['teacher_cached_s'] else ''} | {'*' if g in front else ''} |"
                      + "".join(f" {acc(g['controls'][k]) if k in g['controls'] else ''} |" for k in kinds))
     comparisons = [f"- {g['run']} vs its {k} control: {compare(g['accuracy_stats'], g['controls'][k])}"
                    for g in groups for k in kinds if k in g["controls"]]
-    lines += ["", "Accuracy: mean ± standard deviation over seeds where there are several; wall time: mean per run.",
+    cached = teacher_time_sentence(rows)
+    lines += ["", "Accuracy: mean ± standard deviation over seeds where there are several; wall time: mean per run"
+              + (" († the teacher's outputs read from the cache, see below)." if cached else "."),
+              *(["", cached] if cached else []),
               *(["", *comparisons] if comparisons else []), "",
               f"Dense model: {100 * dense['dense_accuracy']:.2f}% at {_fmt_count(dense['dense_macs'])} MACs.", "",
               *(["References (published on the official CIFAR-10 files, not measured here): "
