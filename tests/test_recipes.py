@@ -358,7 +358,7 @@ def test_teacher_outputs_are_computed_once_and_read_back_only_for_the_same_teach
         other.fc.bias[0] += 1
     assert not targets(other)[1]["hit"]
     assert not targets(images=split.subset(torch.arange(47, -1, -1)))[1]["hit"]  # the same images, another order
-    assert len(passes) == 3 and len(list(cache.iterdir())) == 3
+    assert len(passes) == 3 and len(list(cache.glob("*.safetensors"))) == 3
     both = [draw_views(len(split), 2, 0, True, torch.Generator().manual_seed(s)) for s in (0, 1)]
     assert torch.equal(both[0], both[1])
     assert not targets(views=both[0])[1]["hit"] and targets(views=both[1])[1]["hit"]
@@ -369,6 +369,22 @@ def test_teacher_outputs_are_computed_once_and_read_back_only_for_the_same_teach
     fixed, how3 = targets()
     assert not how3["hit"] and torch.equal(fixed, made) and len(passes) == 7
     assert targets()[1]["hit"]  # rewritten whole
+    # two runs at once (a sweep plan's jobs started together): one computes, the other waits at the lock and reads
+    import threading
+    import time
+    real = train.soft_targets
+    monkeypatch.setattr(train, "soft_targets", lambda *a, **k: time.sleep(1) or real(*a, **k))  # a slow teacher
+    together = []
+    jobs = [threading.Thread(target=lambda: together.append(train.teacher_targets(teacher, split, trainer, None,
+                                                                                  tmp_path / "together")))
+            for _ in range(2)]
+    for job in jobs:
+        job.start()
+        time.sleep(0.2)
+    for job in jobs:
+        job.join()
+    assert sorted(how["hit"] for _, how in together) == [False, True] and len(passes) == 8
+    assert torch.equal(together[0][0], together[1][0])
 
 
 def test_unreachable_target_is_an_error():

@@ -1,6 +1,8 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never half of one. And a lock for work
+that several processes would otherwise do twice."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -43,6 +45,32 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | Path | None, on_wait: Callable[[], None] = lambda: None):
+    """Hold an exclusive lock on `lock_path` (an empty file, created if missing and left behind) while the block
+    runs: another process, or another thread that opens it too, waits at the same lock; on_wait() is called first
+    when it has to. The operating system lets go of it when its holder exits, even killed. None, no fcntl (not
+    POSIX) or a file system that refuses locks: the block runs unlocked."""
+    fd = None
+    if lock_path is not None:
+        try:
+            import fcntl
+            Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass  # unlocked: the work may be done twice, never wrongly (writes are atomic)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # lets go of the lock
 
 
 def write_text(path: str | Path, text: str) -> None:

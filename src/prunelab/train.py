@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .config import Config
 
 from .errors import PrunelabError
-from .files import write_atomic
+from .files import exclusive, write_atomic
 from .data import (InputSpec, Normalizer, Split, apply_views, augment_batch, augmentation_for, batches_per_epoch,
                    cutout, eval_batches, resolve_normalization, train_batches, view_padding)
 from . import distributed
@@ -270,15 +270,19 @@ def teacher_targets(teacher: nn.Module, split, trainer: Trainer, views: torch.Te
                     cache_dir: Path | None = None) -> tuple[torch.Tensor, dict]:
     """soft_targets() (views None) or view_targets(), read from `cache_dir` when an earlier run computed them
     for the same teacher, images, normalisation, views and precision (targets_key), else computed and written
-    there (atomically; a cache that cannot be written or read only costs time). The cache's format is this
+    there (atomically; a cache that cannot be written or read only costs time). Runs that want the same outputs at
+    the same time take turns (files.exclusive): the first computes them, the others wait and read. The cache's format is this
     function's: `teacher-targets-<key>.safetensors`, the targets plus a JSON description in its metadata.
     Returns the targets (on the training device) and what happened: {"cache": path or None, "hit": bool,
     "seconds": the teacher passes' time, measured by the run that made them}."""
-    start = time.perf_counter()
-    path, key = None, None
-    if cache_dir is not None:
-        key = targets_key(teacher, split, trainer, views)
-        path = Path(cache_dir) / f"teacher-targets-{key[:24]}.safetensors"
+    if cache_dir is None:
+        return _targets_made(teacher, split, trainer, views, None, None)
+    key = targets_key(teacher, split, trainer, views)
+    path = Path(cache_dir) / f"teacher-targets-{key[:24]}.safetensors"
+    # runs started together (a sweep plan's jobs) wait for the one computing the same outputs, then read them;
+    # torchrun's other ranks compute their own (only the main rank writes)
+    with exclusive(path.parent / f".{path.stem}.lock" if distributed.WORLD.main else None,
+                   lambda: log(f"  waiting for another run computing the teacher's outputs into {path}")):
         if path.is_file():
             try:
                 with safe_open(str(path), framework="pt") as f:
@@ -291,6 +295,13 @@ def teacher_targets(teacher: nn.Module, split, trainer: Trainer, views: torch.Te
                                                     "seconds": float(desc.get("seconds", 0.0))}
             except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
                 log(f"prunelab: teacher-output cache {path} is unreadable ({e}); computing the outputs again")
+        return _targets_made(teacher, split, trainer, views, path, key)
+
+
+def _targets_made(teacher: nn.Module, split, trainer: Trainer, views: torch.Tensor | None, path: Path | None,
+                  key: str | None) -> tuple[torch.Tensor, dict]:
+    """teacher_targets' outputs computed, and written to `path` (if given) with their description."""
+    start = time.perf_counter()
     targets = soft_targets(teacher, split, trainer) if views is None else view_targets(teacher, split, trainer, views)
     seconds = time.perf_counter() - start
     size = targets.numel() * targets.element_size()
