@@ -271,8 +271,9 @@ def teacher_targets(teacher: nn.Module, split, trainer: Trainer, views: torch.Te
     """soft_targets() (views None) or view_targets(), read from `cache_dir` when an earlier run computed them
     for the same teacher, images, normalisation, views and precision (targets_key), else computed and written
     there (atomically; a cache that cannot be written or read only costs time). Runs that want the same outputs at
-    the same time take turns (files.exclusive): the first computes them, the others wait and read. The cache's format is this
-    function's: `teacher-targets-<key>.safetensors`, the targets plus a JSON description in its metadata.
+    the same time take turns (files.exclusive): the first computes them, the others wait and read. The cache's
+    format is this function's: `teacher-targets-<key>.safetensors`, the targets plus a JSON description in its
+    metadata.
     Returns the targets (on the training device) and what happened: {"cache": path or None, "hit": bool,
     "seconds": the teacher passes' time, measured by the run that made them}."""
     if cache_dir is None:
