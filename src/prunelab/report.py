@@ -635,8 +635,7 @@ def sweep_groups(rows: list[dict]) -> list[dict]:
                     "accuracy_stats": mean_std([m["accuracy"] for m in members]),
                     "accuracy": sum(m["accuracy"] for m in members) / len(members),
                     "wall_time_s": sum(m["wall_time_s"] for m in members) / len(members), "controls": controls,
-                    "teacher_cached_s": sum(t["seconds"] for m in members for t in m["distill_targets"] if t["hit"])
-                    / len(members)})
+                    "teacher_cached": any(t["hit"] for m in members for t in m["distill_targets"])})
     return sorted(out, key=lambda g: g["macs"])
 
 
@@ -646,7 +645,7 @@ def teacher_time_sentence(rows: list[dict]) -> str:
     and the sweep's runs' total with each file's passes counted once. "" when no run read the cache."""
     files = {}  # cache file -> (teacher seconds, the sweep's run that wrote it or None)
     for r in rows:
-        for t in r["distill_targets"]:
+        for t in (t for t in r["distill_targets"] if t["cache"]):  # None: computed in the run, not cached
             seconds, writer = files.get(t["cache"], (t["seconds"], None))
             files[t["cache"]] = (seconds, r["run"] if not t["hit"] else writer)
     readers = [r["run"] for r in rows if any(t["hit"] for t in r["distill_targets"])]
@@ -729,7 +728,7 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
                      f"{g['round_to'] if g['round_to'] is not None else ''} | {g['schedule']} | "
                      f"{'yes' if g['distill'] else 'no'} | {g['pruning_ratio']:.3f} | {acc(g['accuracy_stats'])} | "
                      f"{len(g['seeds'])} | {_fmt_count(g['macs'])} | {_fmt_count(g['params'])} | {lat} | "
-                     f"{g['wall_time_s']:.0f}{' †' if g['teacher_cached_s'] else ''} | {'*' if g in front else ''} |"
+                     f"{g['wall_time_s']:.0f}{' †' if g['teacher_cached'] else ''} | {'*' if g in front else ''} |"
                      + "".join(f" {acc(g['controls'][k]) if k in g['controls'] else ''} |" for k in kinds))
     comparisons = [f"- {g['run']} vs its {k} control: {compare(g['accuracy_stats'], g['controls'][k])}"
                    for g in groups for k in kinds if k in g["controls"]]
