@@ -88,6 +88,30 @@ def test_a_corrupt_cache_is_rebuilt(tmp_path):
     assert torch.equal(load_data(cfg).train.images, first.train.images)
 
 
+def test_runs_started_together_decode_an_image_folder_once(tmp_path, monkeypatch):
+    """A sweep plan's jobs (or torchrun's ranks) start at once on a folder not yet cached: one decodes it and writes
+    the cache, the others wait at its lock and read it."""
+    import threading
+    import time
+
+    from prunelab import data as data_module
+    write_image_folder(tmp_path)
+    cfg = cfg_for(tmp_path, cache_dir=str(tmp_path / "cache"))
+    decodes, real = [], data_module._decode_images
+    monkeypatch.setattr(data_module, "_decode_images",
+                        lambda *a, **k: decodes.append(1) or time.sleep(1) or real(*a, **k))  # a slow decode
+    loaded = []
+    jobs = [threading.Thread(target=lambda: loaded.append(load_data(cfg))) for _ in range(2)]
+    for job in jobs:
+        job.start()
+        time.sleep(0.2)
+    for job in jobs:
+        job.join()
+    assert len(decodes) == 2  # train and test once each, not once per job
+    assert len(loaded) == 2 and torch.equal(loaded[0].train.images, loaded[1].train.images)
+    assert torch.equal(loaded[0].test.labels, loaded[1].test.labels)
+
+
 def test_validation_split_and_subsets_are_disjoint_and_sized(tmp_path):
     write_cifar_batches(tmp_path, n_per_batch=50)
     data = load_data(cfg_for(tmp_path, val_size=10, train_subset=30, test_subset=5))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .config import Config
 
 from .errors import PrunelabError
+from .files import exclusive
 from .distributed import shard, shard_length
 from .models import InputSpec, pretrained_normalization
 
@@ -351,15 +352,36 @@ def read_image_folder_split(root: Path, cache_dir: Path | None, size: int = 0, l
         st = p.stat()
         key.update(f"{p.name}:{label}:{st.st_size}:{st.st_mtime_ns}".encode())
     cache = (cache_dir / f"imagefolder-{key.hexdigest()[:16]}.npz") if cache_dir else None
-    if cache is not None and cache.is_file():
-        try:
-            with np.load(cache) as z:
-                images, labels = z["images"], z["labels"]
-            if len(labels) == len(files):
-                return Split(torch.from_numpy(images), torch.from_numpy(labels)), classes
-        except (OSError, ValueError, KeyError, EOFError) as e:  # only a cache: say so, and rebuild it below
-            print(f"prunelab: decoded-image cache {cache} is unreadable ({type(e).__name__}); rebuilding it",
-                  file=sys.stderr)
+    if cache is None:
+        return _decoded(root, files, size), classes
+    # runs started together (a sweep plan's jobs, torchrun's ranks) take turns: the first decodes and writes the
+    # cache, the others wait at the lock and read it
+    waiting = lambda: print(f"prunelab: waiting for another run that is decoding {root} into {cache}", file=sys.stderr)
+    with exclusive(cache.parent / f".{cache.stem}.lock", on_wait=waiting):
+        split = _read_decoded(cache, len(files))
+        if split is None:
+            split = _decoded(root, files, size, cache)
+    return split, classes
+
+
+def _read_decoded(cache: Path, n_files: int) -> Split | None:
+    """The decoded-image cache's images and labels (this function and _decoded own its format), or None where it is
+    missing, unreadable or of another file count."""
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as z:
+            images, labels = z["images"], z["labels"]
+        if len(labels) == n_files:
+            return Split(torch.from_numpy(images), torch.from_numpy(labels))
+    except (OSError, ValueError, KeyError, EOFError) as e:  # only a cache: say so, and rebuild it
+        print(f"prunelab: decoded-image cache {cache} is unreadable ({type(e).__name__}); rebuilding it",
+              file=sys.stderr)
+    return None
+
+
+def _decoded(root: Path, files: list, size: int = 0, cache: Path | None = None) -> Split:
+    """Decode files (see _decode_images) and, given a cache path, write them there atomically."""
     images, labels, gray = _decode_images(files, size)
     if gray:
         print(f"prunelab: {gray} grayscale or palette images under {root} were converted to RGB", file=sys.stderr)
@@ -371,7 +393,7 @@ def read_image_folder_split(root: Path, cache_dir: Path | None, size: int = 0, l
             os.replace(tmp, cache)
         except OSError:
             pass  # a cache we cannot write only costs time
-    return Split(torch.from_numpy(images), torch.from_numpy(labels)), classes
+    return Split(torch.from_numpy(images), torch.from_numpy(labels))
 
 
 def _resize(images: torch.Tensor, size: int, chunk: int = 1000) -> torch.Tensor:
