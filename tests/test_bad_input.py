@@ -121,6 +121,7 @@ CASES = [  # (case, extra CLI arguments, text the one-line message must contain)
     ("labels outside the classes", [], "not CIFAR-10"),
     ("preset trained without a trained model", ["--preset", "trained"], "add --baseline FILE"),
     ("preset trained-short without a trained model", ["--preset", "trained-short"], "add --baseline FILE"),
+    ("preset trained-distilled without a trained model", ["--preset", "trained-distilled"], "add --baseline FILE"),
     ("missing baseline", ["--baseline", "nothing.safetensors"], "baseline file not found"),
     ("scratch-long control after a baseline of unknown training", ["--baseline", "nothing.safetensors", "--controls",
                                                                    "scratch-long"], "add --baseline-images N"),

@@ -1,5 +1,6 @@
 """Any CNN: torchvision families prune, train, save, load in a fresh process and export; a user's own builder
 and an nn.Module given to the API go through the whole pipeline."""
+import copy
 import json
 import os
 import subprocess
@@ -214,6 +215,32 @@ def test_the_api_passes_a_trained_module_to_preset_trained_where_the_cli_needs_b
         results = json.loads((prunelab.run(cfg, model=SmallNet(width=8)) / "results.json").read_text())
         assert len(results["steps"]) == 1 and "accuracy_stale_bn" in results["steps"][0]  # one cut, fresh statistics
         assert {e["phase"] for e in results["epochs"]} == {"final fine-tune"}  # the module as given: no dense training
+    finally:
+        sys.path.remove(str(HERE))
+
+
+def test_preset_trained_distilled_distils_from_cached_outputs_that_a_second_target_reads(tmp_path):
+    """trained-distilled: the trained model's outputs on every training image and its mirror are computed once, kept in
+    the cache, and read by the next run from the same model (another target); the fine-tune is flips only."""
+    sys.path.insert(0, str(HERE))
+    try:
+        from user_nets import SmallNet
+        tiny = {k: v for k, v in PRESETS["tiny"].items() if k in ("data_format", "synthetic_size", "image_size",
+                                                                  "batch_size")}
+        torch.manual_seed(0)
+        model = SmallNet(width=8)
+        made = []
+        for ratio in (0.5, 0.3):
+            cfg = make_config("trained-distilled", {**tiny, "final_finetune_epochs": 1, "latency_batch_sizes": [1],
+                                                    "latency_min_seconds": 0.0, "progress": False,
+                                                    "export_onnx": False, "cache_dir": str(tmp_path / "cache"),
+                                                    "pruning_ratio": ratio, "out_dir": str(tmp_path),
+                                                    "name": f"kd-{ratio}"})
+            assert cfg.augmentation == "none"
+            made.append(json.loads((prunelab.run(cfg, model=copy.deepcopy(model)) / "results.json").read_text()))
+        first, second = (r["distill_targets"][0] for r in made)
+        assert not first["hit"] and second["hit"] and first["cache"] == second["cache"]
+        assert len(list((tmp_path / "cache").glob("teacher-targets-*.safetensors"))) == 1
     finally:
         sys.path.remove(str(HERE))
 
