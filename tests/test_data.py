@@ -83,12 +83,15 @@ def test_a_corrupt_cache_is_rebuilt(tmp_path):
     write_image_folder(tmp_path)
     cfg = cfg_for(tmp_path, cache_dir=str(tmp_path / "cache"))
     first = load_data(cfg)
-    for f in (tmp_path / "cache").iterdir():
+    for f in (tmp_path / "cache").glob("*.npz"):
         f.write_bytes(b"garbage")
+    assert torch.equal(load_data(cfg).train.images, first.train.images)
+    for f in (tmp_path / "cache").glob("*.npz"):  # a write cut short: a zip without its end
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     assert torch.equal(load_data(cfg).train.images, first.train.images)
 
 
-def test_runs_started_together_decode_an_image_folder_once(tmp_path, monkeypatch):
+def test_runs_started_together_decode_an_image_folder_once(tmp_path, monkeypatch, capfd):
     """A sweep plan's jobs (or torchrun's ranks) start at once on a folder not yet cached: one decodes it and writes
     the cache, the others wait at its lock and read it."""
     import threading
@@ -108,6 +111,7 @@ def test_runs_started_together_decode_an_image_folder_once(tmp_path, monkeypatch
     for job in jobs:
         job.join()
     assert len(decodes) == 2  # train and test once each, not once per job
+    assert "waiting for another run that is decoding" in capfd.readouterr().err  # it waited, not came late
     assert len(loaded) == 2 and torch.equal(loaded[0].train.images, loaded[1].train.images)
     assert torch.equal(loaded[0].test.labels, loaded[1].test.labels)
 

@@ -319,8 +319,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "trained-short": {**_TRAINED, "final_finetune_epochs": 2, "augmentation": "none"},
     # trained-short with 4 epochs distilled from the dense model (or --teacher) on each training image and its mirror,
     # the teacher's outputs computed once and kept in the cache for every later seed and target (RESULTS 7.22): at
-    # 10x fewer MACs 85.10% on two seeds, within a point of the dense 85.75% where 4 plain epochs stay 1.6 below
-    # (RESULTS 7.23, 7.24). The first run from a dense model pays the teacher's two passes per image.
+    # 10x fewer MACs 85.02% over three seeds, within a point of the dense 85.75% where 4 plain epochs stay 1.6 below;
+    # at 4x a tie with 4 plain epochs (RESULTS 7.23, 7.24). The first run from a dense model pays the teacher's two
+    # passes per image.
     "trained-distilled": {**_TRAINED, "final_finetune_epochs": 4, "augmentation": "none", "distill": True,
                           "distill_cached": True, "distill_views": 2},
     # Transfer learning from --pretrained or --init-from weights (RESULTS 8): a short dense fine-tune (on the one

@@ -16,6 +16,7 @@ import hashlib
 import os
 import pickle
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from .config import Config
 
 from .errors import PrunelabError
-from .files import exclusive
+from .files import exclusive, write_atomic
 from .distributed import shard, shard_length
 from .models import InputSpec, pretrained_normalization
 
@@ -354,19 +355,21 @@ def read_image_folder_split(root: Path, cache_dir: Path | None, size: int = 0, l
     cache = (cache_dir / f"imagefolder-{key.hexdigest()[:16]}.npz") if cache_dir else None
     if cache is None:
         return _decoded(root, files, size), classes
-    # runs started together (a sweep plan's jobs, torchrun's ranks) take turns: the first decodes and writes the
-    # cache, the others wait at the lock and read it
-    waiting = lambda: print(f"prunelab: waiting for another run that is decoding {root} into {cache}", file=sys.stderr)
-    with exclusive(cache.parent / f".{cache.stem}.lock", on_wait=waiting):
-        split = _read_decoded(cache, len(files))
-        if split is None:
-            split = _decoded(root, files, size, cache)
+    split = _read_decoded(cache, len(files), say_damaged=False)  # a finished cache needs no lock: it is renamed in
+    if split is None:
+        # runs started together (a sweep plan's jobs, torchrun's ranks) take turns: the first decodes and writes the
+        # cache, the others wait at the lock and read it
+        with exclusive(cache.parent / f".{cache.stem}.lock", on_wait=lambda: print(
+                f"prunelab: waiting for another run that is decoding {root} into {cache}", file=sys.stderr)):
+            split = _read_decoded(cache, len(files))
+            if split is None:
+                split = _decoded(root, files, size, cache)
     return split, classes
 
 
-def _read_decoded(cache: Path, n_files: int) -> Split | None:
-    """The decoded-image cache's images and labels (this function and _decoded own its format), or None where it is
-    missing, unreadable or of another file count."""
+def _read_decoded(cache: Path, n_files: int, say_damaged: bool = True) -> Split | None:
+    """The decoded-image cache written by _decoded, or None where it is missing, unreadable or of another file
+    count."""
     if not cache.is_file():
         return None
     try:
@@ -374,23 +377,25 @@ def _read_decoded(cache: Path, n_files: int) -> Split | None:
             images, labels = z["images"], z["labels"]
         if len(labels) == n_files:
             return Split(torch.from_numpy(images), torch.from_numpy(labels))
-    except (OSError, ValueError, KeyError, EOFError) as e:  # only a cache: say so, and rebuild it
-        print(f"prunelab: decoded-image cache {cache} is unreadable ({type(e).__name__}); rebuilding it",
-              file=sys.stderr)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # only a cache: rebuilt by the caller
+        if say_damaged:
+            print(f"prunelab: decoded-image cache {cache} is unreadable ({type(e).__name__}); rebuilding it",
+                  file=sys.stderr)
     return None
 
 
 def _decoded(root: Path, files: list, size: int = 0, cache: Path | None = None) -> Split:
-    """Decode files (see _decode_images) and, given a cache path, write them there atomically."""
+    """Decode files (see _decode_images) and, given a cache path, write them there atomically. This function owns
+    the cache's format: an .npz of `images` (N x 3 x H x W uint8) and `labels` (N int64)."""
     images, labels, gray = _decode_images(files, size)
     if gray:
         print(f"prunelab: {gray} grayscale or palette images under {root} were converted to RGB", file=sys.stderr)
     if cache is not None:
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a path
+                np.savez(f, images=images, labels=labels)
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-            np.savez(tmp, images=images, labels=labels)
-            os.replace(tmp, cache)
+            write_atomic(cache, save)
         except OSError:
             pass  # a cache we cannot write only costs time
     return Split(torch.from_numpy(images), torch.from_numpy(labels))

@@ -58,7 +58,10 @@ def exclusive(lock_path: str | Path | None, on_wait: Callable[[], None] = lambda
         try:
             import fcntl
             Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError:  # another user's lock file in a shared cache: flock needs no write access
+                fd = os.open(lock_path, os.O_RDONLY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
