@@ -245,6 +245,50 @@ def test_preset_trained_distilled_distils_from_cached_outputs_that_a_second_targ
         sys.path.remove(str(HERE))
 
 
+def test_a_dense_model_that_trained_on_the_validation_images_is_named_in_the_report(tmp_path):
+    """A trained model given as the baseline has usually seen every training image, the validation split carved from
+    them included. Here it memorised random labels (no rule to generalise), so it scores far higher on the validation
+    split than on the test set: the dense stage records its validation accuracy and the report warns; a model of the
+    same training that never saw the validation images gets no warning."""
+    sys.path.insert(0, str(HERE))
+    try:
+        from test_data import write_cifar_batches
+        from user_nets import SmallNet
+        from prunelab.data import Normalizer, load_data
+        write_cifar_batches(tmp_path / "data", n_per_batch=64, n_batches=2)  # random images, random labels
+        settings = {"data_dir": str(tmp_path / "data"), "val_size": 48, "final_finetune_epochs": 1,
+                    "image_size": 16, "batch_size": 32, "latency_batch_sizes": [1], "latency_min_seconds": 0.0, "progress": False,
+                    "export_onnx": False, "pruning_ratio": 0.2, "out_dir": str(tmp_path / "runs")}
+        data = load_data(make_config("trained", settings))
+        normalize = Normalizer(data.inputs.mean, data.inputs.std, "cpu", False)
+        for name, seen in (("saw-val", True), ("held-out", False)):
+            images = torch.cat([data.train.images, data.val.images]) if seen else data.train.images
+            labels = torch.cat([data.train.labels, data.val.labels]) if seen else data.train.labels
+            torch.manual_seed(0)
+            model = SmallNet(width=16)
+            opt = torch.optim.Adam(model.parameters(), lr=0.01)
+            for step in range(200):  # until it has memorised them (eval mode: the running statistics too)
+                loss = F.cross_entropy(model.train()(normalize(images)), labels)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    if step % 10 == 9 and torch.equal(model.eval()(normalize(images)).argmax(1), labels):
+                        break
+            cfg = make_config("trained", {**settings, "name": name})
+            given = prunelab.evaluate(model.eval(), cfg, split="val")
+            run_dir = prunelab.run(cfg, model=model)
+            results = json.loads((run_dir / "results.json").read_text())
+            assert results["dense"]["val_accuracy"] == given
+            warned = "a validation split the dense model trained on" in (run_dir / "report.md").read_text()
+            if seen:
+                assert given == 1.0 and results["dense"]["accuracy"] < 0.5 and warned
+            else:
+                assert given < 0.5 and not warned
+    finally:
+        sys.path.remove(str(HERE))
+
+
 def test_a_torchvision_state_dict_serves_as_the_baseline_and_one_that_does_not_fit_is_refused(tmp_path):
     torch.manual_seed(1)
     dense = build(ModelSpec("mnasnet0_5", 10))

@@ -525,9 +525,14 @@ class _Stages:
                **({"group_ratios": self.group_ratios} if self.group_ratios else {}),
                **({"latency_search": search} if search else {}), **taught, **transferred,
                "accuracy": self._accuracy(model, self.test),
+               **({"val_accuracy": self._accuracy(model, self.val)} if self.val is not None else {}),
                **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": self._machine()}
         self._save(model, 0, [], row)
-        log(f"dense: test acc {row['accuracy']:.4f}, {row['params'] / 1e6:.2f} M params, {row['macs'] / 1e6:.1f} M MACs")
+        log(f"dense: test acc {row['accuracy']:.4f}" + (f", val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else "")
+            + f", {row['params'] / 1e6:.2f} M params, {row['macs'] / 1e6:.1f} M MACs")
+        seen = report.validation_seen(row)
+        if seen:
+            log(f"dense: warning: {seen}")
         return model
 
     def sparse(self, model):
