@@ -530,7 +530,7 @@ class _Stages:
         self._save(model, 0, [], row)
         log(f"dense: test acc {row['accuracy']:.4f}" + (f", val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else "")
             + f", {row['params'] / 1e6:.2f} M params, {row['macs'] / 1e6:.1f} M MACs")
-        seen = report.validation_seen(row)
+        seen = report.validation_seen(row, trained_here=baseline is None)
         if seen:
             log(f"dense: warning: {seen}")
         return model
