@@ -138,6 +138,7 @@ def test_every_seed_is_scored_on_the_same_test_images_but_trains_on_its_own_subs
     (lambda p: None, "does not exist"),
     (lambda p: p.mkdir(), "neither"),
     (lambda p: ((p / "train" / "cat").mkdir(parents=True), (p / "test" / "cat").mkdir(parents=True)), "no images"),
+    (lambda p: ((p / "train" / ".ipynb_checkpoints").mkdir(parents=True), (p / "test").mkdir()), "only hidden ones"),
 ])
 def test_missing_empty_or_unknown_data_folders_are_named_in_the_error(tmp_path, make, message):
     root = tmp_path / "data"

@@ -225,6 +225,8 @@ def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], i
     except FileNotFoundError:
         raise PrunelabError(f"{root} has no class folders; expected {root}/<class>/*.jpg")
     classes = [c for c in classes if not c.startswith(".")]
+    if not classes:  # only hidden folders (.ipynb_checkpoints, .cache): torchvision would fail further on
+        raise PrunelabError(f"{root} has no class folders (only hidden ones); expected {root}/<class>/*.jpg")
     class_to_idx = {c: i for i, c in enumerate(classes)}
     files = [(Path(p), label) for p, label in make_dataset(str(root), class_to_idx, extensions=tuple(IMAGE_SUFFIXES),
                                                             allow_empty=True)]
