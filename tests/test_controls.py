@@ -266,3 +266,50 @@ def test_a_plan_without_a_baseline_is_refused(tmp_path):
     code, _, err = cli("sweep", "--preset", "tiny", "--out-dir", tmp_path, "--targets-macs", "40e6",
                        "--plan", tmp_path / "plan")
     assert code == 2 and "pass --baseline FILE" in err and not (tmp_path / "plan").exists()
+
+
+def _class0_share(model_json) -> float:
+    """Mean softmax probability of class 0 that a model gives noise images (what a constant teacher teaches)."""
+    model, _ = prunelab.load(model_json)
+    with torch.no_grad():
+        return torch.softmax(model(torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))), 1)[:, 0] \
+            .mean().item()
+
+
+def test_the_scratch_control_of_a_distilled_run_distils_from_the_same_teacher(tmp_path):
+    """A teacher that says 'class 0' whatever it sees, distilled from alone (distill_weight 1): the scratch control
+    learns to say it too, from the cached outputs the run wrote; with --no-distill it learns the labels. A teacher
+    file that is gone is named in one line before the control trains."""
+    import shutil
+
+    from prunelab import modelfile
+    from prunelab.models import InputSpec, build_model
+    cfg = _cfg(tmp_path)
+    teacher = build_model("resnet18_cifar", 10)
+    with torch.no_grad():
+        teacher.fc.weight.zero_()
+        teacher.fc.bias.copy_(torch.tensor([40.0] + [0.0] * 9))
+    path = modelfile.save(tmp_path / "teacher", teacher, "resnet18_cifar", [],
+                          inputs=InputSpec(cfg.image_size, (0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610),
+                                           tuple(f"class{i}" for i in range(10))))
+    run_dir = prunelab.run(_cfg(tmp_path, name="r", distill=True, distill_cached=True, distill_weight=1.0,
+                                teacher=str(path), cache_dir=str(tmp_path / "cache")))
+    plain, gone = tmp_path / "plain", tmp_path / "gone"
+    shutil.copytree(run_dir, plain)
+    shutil.copytree(run_dir, gone)
+    code, out, err = cli("control", run_dir, "--kind", "scratch", "--budget", "images")
+    assert code == 0, err
+    row = json.loads((run_dir / "controls" / "scratch" / "results.json").read_text())
+    assert row["distilled"] and row["distill_targets"]["hit"]  # the run's cached outputs, read back
+    assert "distilled from the run's teacher" in (run_dir / "report.md").read_text()
+    assert cli("collect", run_dir.parent)[0] == 0  # a sweep's table says so too
+    assert "r vs its scratch control (distilled from the same teacher):" in (run_dir.parent / "pareto.md").read_text()
+    code, out, err = cli("control", plain, "--kind", "scratch", "--budget", "images", "--no-distill")
+    assert code == 0, err
+    assert not json.loads((plain / "controls" / "scratch" / "results.json").read_text())["distilled"]
+    distilled, labels = (_class0_share(d / "controls" / "scratch" / "model.json") for d in (run_dir, plain))
+    assert distilled > 0.5 > 0.3 > labels, (distilled, labels)
+    (tmp_path / "teacher.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    code, out, err = cli("control", gone, "--kind", "scratch", "--budget", "images")
+    assert code == 2 and "teacher.safetensors" in err and "--no-distill" in err and len(err.strip().splitlines()) == 1
+    assert not (gone / "controls" / "scratch").exists()

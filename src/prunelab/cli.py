@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "training images)")
     p.add_argument("--lr", type=float, default=None,
                    help="the scratch control's SGD learning rate (default: the run's control_lr, else its final fine-tune's lr)")
+    p.add_argument("--no-distill", dest="distill", action="store_false",
+                   help="train the scratch controls of a run that distilled on the labels alone (default: they distil "
+                        "from the run's teacher as the run did, so that the teacher's gain is not counted as pruning's)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's)")
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: the run's)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's)")
@@ -188,7 +191,8 @@ def cmd_control(args) -> None:
              if v is not None}
     cfg = make_config("seed", {**to_dict(open_existing(args.run_dir)[1]), **given})
     with torch_threads(cfg.num_threads):
-        for row in run_controls(args.run_dir, args.kind, runtime=cfg, budget=args.budget):
+        for row in run_controls(args.run_dir, args.kind, runtime=cfg, budget=args.budget,
+                                distill=args.distill):
             print(f"{row['control']} control: test accuracy {100 * row['accuracy']:.2f}%")
     print(f"wrote {args.run_dir}/controls/ and updated report.md, results.json, results.png")
 

@@ -75,7 +75,8 @@ class Config:
     memory_budget_gb: float = _f(0.0, "most GB of decoded images (train + test) held in memory (0 = half of this "
                                       "machine's RAM); larger image folders stream from disk", runtime=True)
     controls: list = _f([], "after the run: scratch (the pruned architecture trained from a random init for the same "
-                            "training time) and/or random (the same run with the random criterion), as report rows",
+                            "training time; distilled from the run's teacher when the run distils) and/or random (the "
+                            "same run with the random criterion), as report rows",
                         runtime=True)
     int8: bool = _f(False, "after the run: INT8 static quantisation of the final model (calibrated on 300 training "
                            "images), with its accuracy, size and latency in the report", runtime=True)

@@ -4,7 +4,10 @@
   same augmentation, for the same training wall time as the run's prune-and-fine-tune phase (`budget time`,
   the default) or for as many training images (`budget images`), at the final fine-tune's learning rate
   (`final_finetune_lr`, else `finetune_lr`; or `control_lr`). Liu et al., "Rethinking the Value of
-  Network Pruning" (ICLR 2019). Trains through train.fit like every stage; lives in `<run>/controls/scratch/`.
+  Network Pruning" (ICLR 2019). When the run distilled, the control distils from the same teacher (its --teacher,
+  else the run's dense model) in the same way, unless asked not to (`distill=False`): a teacher helps a network
+  from scratch too, and only a control that has it says what the pruning itself bought. Trains through train.fit
+  like every stage; lives in `<run>/controls/scratch/`.
 - **scratch-long**: the same, on as many training images as the dense training and the prune-and-fine-tune phase
   together (Liu et al.'s budget: what the pruned model cost in all, counted in images; a --baseline's own training
   images are given as `baseline_images`). `<run>/controls/scratch-long/`.
@@ -31,17 +34,19 @@ from .data import Data, load_data
 from .distributed import log
 from .errors import PrunelabError
 from .files import read_jsonl, write_json
-from .pipeline import check_same_test_images, from_dense_checkpoint, run
+from .pipeline import (cached_distillation, check_same_teacher, check_same_test_images, from_dense_checkpoint,
+                       frozen_teacher, load_teacher, model_spec, run)
 from .prune import count_macs_params
 from .rundir import RunDir, create, existing_run, open_existing
-from .train import Trainer, fit, make_optimizer, prepare_model, resolve_device, score, stage_bn_images, train_epoch
+from .train import Distillation, Trainer, fit, make_optimizer, prepare_model, resolve_device, score, stage_bn_images, train_epoch
 
 
 def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, model: torch.nn.Module | None = None,
-                 budget: str = "time") -> list[dict]:
+                 budget: str = "time", distill: bool = True) -> list[dict]:
     """Run the controls `kinds` of a finished run (skipping finished ones), then refresh the run's report;
     returns their result rows. `runtime`: a config whose runtime settings (device, threads, ...) the controls
-    use. `model`: the dense nn.Module, for a run made from one (as prunelab.run(model=...) needed it)."""
+    use. `model`: the dense nn.Module, for a run made from one (as prunelab.run(model=...) needed it).
+    `distill`: the scratch controls of a run that distilled distil too (False: they train on the labels alone)."""
     for kind in kinds:
         if kind not in CONTROLS:
             raise PrunelabError(f"unknown control '{kind}'; choose from: {', '.join(CONTROLS)}")
@@ -61,8 +66,11 @@ def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, mode
     if any(not rd.control(k).finished for k in kinds):
         data = load_data(cfg)
         check_same_test_images(rd, data)
-    rows = [scratch(rd, cfg, data, budget, model) if kind == "scratch" else
-            scratch(rd, cfg, data, "dense+images", model, kind=kind) if kind == "scratch-long" else
+    teacher = None  # checked before any control trains
+    if cfg.distill and distill and any(not rd.control(k).finished for k in kinds if k != "random"):
+        teacher = control_teacher(rd, cfg, data, model)
+    rows = [scratch(rd, cfg, data, budget, model, teacher=teacher) if kind == "scratch" else
+            scratch(rd, cfg, data, "dense+images", model, kind=kind, teacher=teacher) if kind == "scratch-long" else
             random_criterion(rd, cfg, model) for kind in kinds]
     report.refresh(rd.path)  # the summary, report and plot gain the controls' rows
     return rows
@@ -92,10 +100,25 @@ def _budget(rd: RunDir) -> tuple[float, int, int]:
             sum(r.get("images", n_train) for r in dense))
 
 
+def control_teacher(rd: RunDir, cfg: Config, data: Data, given: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The model the run distilled from: its --teacher (the same file: its weights' SHA-256 is checked), else the
+    run's dense model (its checkpoint). `given`: the dense nn.Module of a run made from one."""
+    if not cfg.teacher:
+        return modelfile.load(rd.model_file("dense"), model=given, named=cfg.model)[0]
+    if not Path(cfg.teacher).is_file():
+        raise PrunelabError(f"{rd.path} distilled from {cfg.teacher}, which is not there; put that file back (a path "
+                            "relative to where the run started), or train the controls on the labels alone "
+                            "(--no-distill)")
+    check_same_teacher(rd, cfg.teacher)
+    return load_teacher(cfg, data, model_spec(cfg, len(data.classes), given))
+
+
 def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
-            given: torch.nn.Module | None = None, kind: str = "scratch") -> dict:
+            given: torch.nn.Module | None = None, kind: str = "scratch",
+            teacher: torch.nn.Module | None = None) -> dict:
     """The final architecture, re-initialised and trained from scratch on `data` (the run's); returns its result
-    row (also its results.json). `budget`: time, images, or dense+images (the scratch-long control)."""
+    row (also its results.json). `budget`: time, images, or dense+images (the scratch-long control). `teacher`
+    (control_teacher): distil from it as the run did (a control planned without one keeps training without)."""
     crd = rd.control(kind)
     planned = json.loads(crd.plan.read_text()).get("budget") if crd.plan.is_file() else None
     if planned and planned != budget:  # a control keeps the budget it started with
@@ -115,6 +138,7 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
     if crd.plan.is_file():  # a resumed control keeps the epoch count it planned
         plan = json.loads(crd.plan.read_text())
         plan.setdefault("lr", cfg.lr)  # planned by a version that trained the control at the dense lr
+        plan.setdefault("distilled", False)  # planned by a version whose controls never distilled
     else:
         seconds, images, dense_images = _budget(rd)
         if budget == "dense+images":
@@ -125,7 +149,8 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
             per_epoch = seconds_per_epoch(model, train, trainer)
             epochs = epochs_for(seconds, per_epoch)
         plan = {"budget": budget, "budget_seconds": seconds, "budget_images": images, "epochs": epochs,
-                "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or final_lr(cfg)}
+                "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or final_lr(cfg),
+                "distilled": teacher is not None}
         if not crd.config.is_file():
             create(control)
         write_json(crd.plan, plan)
@@ -133,7 +158,19 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
         + {"time": "same training time as the prune-and-fine-tune phase",
            "images": "same training images as the prune-and-fine-tune phase",
            "dense+images": "as many training images as the dense training and the prune-and-fine-tune phase"}
-        [plan["budget"]] + f": {plan['budget_seconds']:.0f} s, {plan['budget_images']:,} images), lr {plan['lr']:g}")
+        [plan["budget"]] + f": {plan['budget_seconds']:.0f} s, {plan['budget_images']:,} images), lr {plan['lr']:g}"
+        + (", distilled from the run's teacher" if plan["distilled"] else ""))
+    distill, made = None, {}
+    if plan["distilled"]:
+        if teacher is None:
+            raise PrunelabError(f"control {kind} in {crd.path} started distilling from the run's teacher; resume it "
+                                f"without --no-distill, or delete {crd.path} to redo it without the teacher")
+        distill = Distillation(cfg.distill_temperature, cfg.distill_weight, teacher=frozen_teacher(teacher, trainer))
+        if cfg.distill_cached:
+            distill, made = cached_distillation(cfg, distill, train, trainer)
+    elif teacher is not None:
+        log(f"control {kind}: keeps training on the labels alone, as it was planned; delete {crd.path} to redo it "
+            "distilled")
 
     def replan(first_epoch_seconds: float) -> int:
         """The time budget again, from the first real epoch instead of the few probe batches: this machine's
@@ -150,14 +187,14 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
 
     start = time.perf_counter()
     fit(model, train, plan["epochs"], plan["lr"], trainer=trainer, stage=0, phase=f"{kind} control",
-        warmup_epochs=cfg.warmup_epochs, val=val, run_dir=crd, replan=replan,
+        warmup_epochs=cfg.warmup_epochs, val=val, run_dir=crd, replan=replan, distill=distill,
         bn_images=stage_bn_images(model, cfg.bn_reestimate_images))  # as the pruned run's stages do
     epoch_rows = [r for r in read_jsonl(crd.metrics) if r["event"] == "epoch"]
     macs, params = count_macs_params(model, data.inputs.image_size)
     row = {"control": kind, "accuracy": score(model, test, trainer.normalizer, cfg.eval_batch_size)["accuracy"],
            "params": params, "macs": macs, "epochs": plan["epochs"], "lr": plan["lr"],
            "train_seconds": sum(r["seconds"] for r in epoch_rows), "train_images": sum(r["images"] for r in epoch_rows),
-           **{k: plan[k] for k in ("budget", "budget_seconds", "budget_images")},
+           **{k: plan[k] for k in ("budget", "budget_seconds", "budget_images", "distilled")}, **made,
            "wall_seconds_this_session": time.perf_counter() - start}
     modelfile.save(crd.model, model, spec, desc.get("pruning_history") or [],
                    extra={"metrics": row, "config": to_dict(control)}, inputs=data.inputs)

@@ -210,6 +210,33 @@ def check_views(cfg: Config, trainer: Trainer, n_images: int, num_classes: int, 
                             f"budget of {budget / 1e9:.1f} GB; use fewer views")
 
 
+def frozen_teacher(model: torch.nn.Module, trainer: Trainer) -> torch.nn.Module:
+    """A frozen copy of `model` to distil from: eval mode, no gradients, on the training device in the trainer's
+    memory format."""
+    teacher = copy.deepcopy(model).to(trainer.device).eval()
+    teacher = teacher.to(memory_format=torch.channels_last if trainer.normalizer.channels_last
+                         else torch.contiguous_format)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def cached_distillation(cfg: Config, distill: Distillation, train, trainer: Trainer) -> tuple[Distillation, dict]:
+    """distill_cached: the outputs of `distill`'s teacher computed once for every image of `train` (with
+    distill_views, for that many fixed views drawn from the seed alone, so that a resumed run or a control replays
+    the same ones), or read from the cache an earlier run wrote; returns the Distillation on them (the teacher
+    dropped) and {"distill_targets": how they came}, for the row of the stage whose time included them."""
+    start, k = time.perf_counter(), cfg.distill_views
+    views = (draw_views(len(train), k, trainer.view_padding, trainer.flip,
+                        torch.Generator().manual_seed(cfg.seed)).to(train.labels.device) if k else None)
+    targets, how = teacher_targets(distill.teacher, train, trainer, views, cache_root(cfg.cache_dir))
+    log(f"  distillation targets for {len(targets)} images " + (f"x {k} views" if k else "(and their mirrors)")
+        + (f" read from {how['cache']} in {time.perf_counter() - start:.0f} s (the teacher passes took "
+           f"{how['seconds']:.0f} s in the run that wrote it)" if how["hit"]
+           else f" in {time.perf_counter() - start:.0f} s"))
+    return Distillation(distill.temperature, distill.weight, targets=targets, views=views), {"distill_targets": how}
+
+
 def check_same_teacher(rd: RunDir, teacher: str) -> None:
     """A resumed run distils from the teacher its finished stages distilled from (the weights' SHA-256, recorded
     with the dense stage; older runs recorded none and are not checked)."""
@@ -418,20 +445,7 @@ class _Stages:
         """The fine-tunes' distillation; with cached targets, they are computed once, inside the first
         fine-tune's time, and the teacher is dropped."""
         if self.distill is not None and self.distill.teacher is not None and self.cfg.distill_cached:
-            start, k = time.perf_counter(), self.cfg.distill_views
-            if k:  # fixed views, drawn from the run's seed alone: a resumed run replays the same ones
-                views = draw_views(len(self.train), k, self.trainer.view_padding, self.trainer.flip,
-                                   torch.Generator().manual_seed(self.cfg.seed)).to(self.train.labels.device)
-            else:
-                views = None
-            targets, how = teacher_targets(self.distill.teacher, self.train, self.trainer, views,
-                                           cache_root(self.cfg.cache_dir))
-            self.distill = Distillation(self.distill.temperature, self.distill.weight, targets=targets, views=views)
-            self.targets_made = {"distill_targets": how}
-            log(f"  distillation targets for {len(targets)} images " + (f"x {k} views" if k else "(and their mirrors)")
-                + (f" read from {how['cache']} in {time.perf_counter() - start:.0f} s (the teacher passes took "
-                   f"{how['seconds']:.0f} s in the run that wrote it)" if how["hit"]
-                   else f" in {time.perf_counter() - start:.0f} s"))
+            self.distill, self.targets_made = cached_distillation(self.cfg, self.distill, self.train, self.trainer)
         return self.distill
 
     def _take_targets_made(self) -> dict:
@@ -568,14 +582,9 @@ class _Stages:
         return self._prepare_model(model)
 
     def set_teacher(self, model) -> None:
-        """A frozen copy of `model` (the dense model, or --teacher) to distil from during every fine-tune, on the
-        training device in the run's memory format."""
-        teacher = copy.deepcopy(model).to(self.device).eval()
-        teacher = teacher.to(memory_format=torch.channels_last if self.trainer.normalizer.channels_last
-                             else torch.contiguous_format)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        self.distill = Distillation(self.cfg.distill_temperature, self.cfg.distill_weight, teacher=teacher)
+        """A frozen copy of `model` (the dense model, or --teacher) to distil from during every fine-tune."""
+        self.distill = Distillation(self.cfg.distill_temperature, self.cfg.distill_weight,
+                                    teacher=frozen_teacher(model, self.trainer))
 
     def resume_pruned(self, stage: int):
         """Model and pruner at the end of `stage`: the model file's dense model, its history replayed through a

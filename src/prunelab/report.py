@@ -180,6 +180,7 @@ def controls_markdown(results: dict) -> str:
                 how = f"{counted(c['epochs'], 'epoch')}, {c['train_images']:,} images"
                 how += f" for a budget of {c['budget_images']:,}" if "budget_images" in c else ""
             how += f", lr {c['lr']:g}" if "lr" in c else ""
+            how += ", distilled from the run's teacher" if c.get("distilled") else ""
         else:
             how = f"{c['train_seconds']:.0f} s, {c['train_images']:,} images after the dense stage"
         lines.append(f"| {c['control']} control: {CONTROL_WORDS.get(c['control'], '')} | {100 * c['accuracy']:.2f}% | "
@@ -619,6 +620,7 @@ def sweep_rows(sweep_dir: str | Path) -> list[dict]:
     for results_path in sorted(Path(sweep_dir).glob("*/results.json")):
         r = json.loads(results_path.read_text())
         c, f, d = r["config"], r["final"], r["dense"]
+        controls = control_rows(results_path.parent)
         rows.append({"run": r["name"], "group": re.sub(r"-s\d+$", "", r["name"]), "seed": c["seed"],
                      "importance": c["importance"], "global": c["global_pruning"],
                      "allocation": "global" if c["global_pruning"] else c.get("allocation", "uniform"),
@@ -628,7 +630,8 @@ def sweep_rows(sweep_dir: str | Path) -> list[dict]:
                      "dense_accuracy": d["accuracy"], "dense_macs": d["macs"],
                      "latency_ms_cpu_b1": find_latency(f, "cpu", 1), "wall_time_s": r["wall_time_s"]["total"],
                      "distill_targets": r.get("distill_targets", []),
-                     "controls": {k["control"]: k["accuracy"] for k in control_rows(results_path.parent)},
+                     "controls": {k["control"]: k["accuracy"] for k in controls},
+                     "distilled_controls": [k["control"] for k in controls if k.get("distilled")],
                      "cifar10_like": _cifar10_like(results_path.parent)})
     return rows
 
@@ -663,7 +666,8 @@ def sweep_groups(rows: list[dict]) -> list[dict]:
                     "accuracy_stats": mean_std([m["accuracy"] for m in members]),
                     "accuracy": sum(m["accuracy"] for m in members) / len(members),
                     "wall_time_s": sum(m["wall_time_s"] for m in members) / len(members), "controls": controls,
-                    "teacher_cached": any(t["hit"] for m in members for t in m["distill_targets"])})
+                    "teacher_cached": any(t["hit"] for m in members for t in m["distill_targets"]),
+                    "distilled_controls": sorted({k for m in members for k in m["distilled_controls"]})})
     return sorted(out, key=lambda g: g["macs"])
 
 
@@ -720,6 +724,9 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
                                         "from scratch on the dense training's images too"),
                                        ("random", "^", "tab:red", "random criterion")):
         pts = [g for g in groups if kind in g["controls"]]  # (groups are sorted by MACs: a line joins the series)
+        distilled = [g for g in pts if kind in g["distilled_controls"]]
+        what += ("" if not distilled else ", distilled from its run's teacher" if len(distilled) == len(pts)
+                 else ", distilled where its run distilled")
         if pts:
             legend.append(ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["controls"][kind]["mean"] for g in pts],
                         yerr=[100 * g["controls"][kind]["std"] for g in pts], fmt=marker + ":", ms=8, lw=1,
@@ -758,7 +765,9 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
                      f"{len(g['seeds'])} | {_fmt_count(g['macs'])} | {_fmt_count(g['params'])} | {lat} | "
                      f"{g['wall_time_s']:.0f}{' †' if g['teacher_cached'] else ''} | {'*' if g in front else ''} |"
                      + "".join(f" {acc(g['controls'][k]) if k in g['controls'] else ''} |" for k in kinds))
-    comparisons = [f"- {g['run']} vs its {k} control: {compare(g['accuracy_stats'], g['controls'][k])}"
+    comparisons = [f"- {g['run']} vs its {k} control"
+                   f"{' (distilled from the same teacher)' if k in g['distilled_controls'] else ''}: "
+                   f"{compare(g['accuracy_stats'], g['controls'][k])}"
                    for g in groups for k in kinds if k in g["controls"]]
     cached = teacher_time_sentence(rows)
     lines += ["", "Accuracy: mean ± standard deviation over seeds where there are several; wall time: mean per run"
