@@ -313,3 +313,30 @@ def test_the_scratch_control_of_a_distilled_run_distils_from_the_same_teacher(tm
     code, out, err = cli("control", gone, "--kind", "scratch", "--budget", "images")
     assert code == 2 and "teacher.safetensors" in err and "--no-distill" in err and len(err.strip().splitlines()) == 1
     assert not (gone / "controls" / "scratch").exists()
+
+
+def test_a_scratch_control_distils_from_the_run_s_dense_model_and_keeps_the_plan_it_started_with(tmp_path):
+    """The dense model as the teacher, run on every batch, under the time budget; then a control killed after its
+    plan and resumed: with --no-distill it is refused in one line (it started distilling); a plan of a version
+    whose controls never distilled goes on without the teacher."""
+    run_dir = prunelab.run(_cfg(tmp_path, name="r", distill=True))
+    code, out, err = cli("control", run_dir, "--kind", "scratch")
+    assert code == 0, err
+    ctl = run_dir / "controls" / "scratch"
+    row = json.loads((ctl / "results.json").read_text())
+    assert row["distilled"] and row["budget"] == "time" and "distill_targets" not in row
+
+    def kill():  # the state a crash after the last epoch's row leaves
+        for name in ("results.json", "model.json", "model.safetensors"):
+            (ctl / name).unlink()
+    kill()
+    code, out, err = cli("control", run_dir, "--kind", "scratch", "--no-distill")
+    assert code == 2 and "started distilling" in err and len(err.strip().splitlines()) == 1
+    assert not (ctl / "results.json").exists()
+    plan = json.loads((ctl / "plan.json").read_text())
+    del plan["distilled"]
+    (ctl / "plan.json").write_text(json.dumps(plan))
+    code, out, err = cli("control", run_dir, "--kind", "scratch")
+    assert code == 0, err
+    assert "keeps training on the labels alone" in out + err
+    assert not json.loads((ctl / "results.json").read_text())["distilled"]

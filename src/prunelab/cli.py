@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None,
                    help="the scratch control's SGD learning rate (default: the run's control_lr, else its final fine-tune's lr)")
     p.add_argument("--no-distill", dest="distill", action="store_false",
-                   help="train the scratch controls of a run that distilled on the labels alone (default: they distil "
-                        "from the run's teacher as the run did, so that the teacher's gain is not counted as pruning's)")
+                   help="train the scratch controls on the labels alone, even when the run distilled (default: they "
+                        "distil from the run's teacher as the run did, so that the teacher's gain is not counted as "
+                        "pruning's)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's)")
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: the run's)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's)")

@@ -38,7 +38,8 @@ from .pipeline import (cached_distillation, check_same_teacher, check_same_test_
                        frozen_teacher, load_teacher, model_spec, run)
 from .prune import count_macs_params
 from .rundir import RunDir, create, existing_run, open_existing
-from .train import Distillation, Trainer, fit, make_optimizer, prepare_model, resolve_device, score, stage_bn_images, train_epoch
+from .train import (Distillation, Trainer, fit, make_optimizer, prepare_model, resolve_device, score, stage_bn_images,
+                    train_epoch)
 
 
 def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, model: torch.nn.Module | None = None,
@@ -66,9 +67,16 @@ def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, mode
     if any(not rd.control(k).finished for k in kinds):
         data = load_data(cfg)
         check_same_test_images(rd, data)
-    teacher = None  # checked before any control trains
-    if cfg.distill and distill and any(not rd.control(k).finished for k in kinds if k != "random"):
-        teacher = control_teacher(rd, cfg, data, model)
+    # whether each unfinished scratch control distils: as planned when it started, else as the run did (unless not
+    # `distill`); the teacher loaded and checked once, before any control trains, when one of them needs it
+    planned = {k: json.loads(rd.control(k).plan.read_text()).get("distilled", False) if rd.control(k).plan.is_file()
+               else None for k in kinds if k != "random" and not rd.control(k).finished}
+    started = [k for k, d in planned.items() if d and not distill]
+    if started:
+        raise PrunelabError(f"control {started[0]} in {rd.control(started[0]).path} started distilling from the run's "
+                            f"teacher; resume it without --no-distill, or delete that folder to redo it on the labels")
+    need = cfg.distill and any(d or (d is None and distill) for d in planned.values())
+    teacher = control_teacher(rd, cfg, data, model) if need else None
     rows = [scratch(rd, cfg, data, budget, model, teacher=teacher) if kind == "scratch" else
             scratch(rd, cfg, data, "dense+images", model, kind=kind, teacher=teacher) if kind == "scratch-long" else
             random_criterion(rd, cfg, model) for kind in kinds]
@@ -118,7 +126,8 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
             teacher: torch.nn.Module | None = None) -> dict:
     """The final architecture, re-initialised and trained from scratch on `data` (the run's); returns its result
     row (also its results.json). `budget`: time, images, or dense+images (the scratch-long control). `teacher`
-    (control_teacher): distil from it as the run did (a control planned without one keeps training without)."""
+    (control_teacher): distil from it as the run did (a control planned without distillation keeps training
+    without)."""
     crd = rd.control(kind)
     planned = json.loads(crd.plan.read_text()).get("budget") if crd.plan.is_file() else None
     if planned and planned != budget:  # a control keeps the budget it started with
@@ -135,22 +144,34 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
                                   int8=False, baseline="")
     train, test = data.train.to(trainer.device), data.test.to(trainer.device)
     val = data.val.to(trainer.device) if data.val else None
-    if crd.plan.is_file():  # a resumed control keeps the epoch count it planned
-        plan = json.loads(crd.plan.read_text())
+    plan = json.loads(crd.plan.read_text()) if crd.plan.is_file() else None  # a resumed control keeps its plan
+    distilled = plan.get("distilled", False) if plan else teacher is not None  # (old plans never distilled)
+    distill, made = None, {}
+    if distilled:
+        if teacher is None:
+            raise PrunelabError(f"control {kind} in {crd.path} started distilling from the run's teacher; resume it "
+                                f"without --no-distill, or delete {crd.path} to redo it on the labels")
+        distill = Distillation(cfg.distill_temperature, cfg.distill_weight, teacher=frozen_teacher(teacher, trainer))
+        if cfg.distill_cached:
+            distill, made = cached_distillation(cfg, distill, train, trainer)
+    elif cfg.distill:
+        log(f"control {kind}: keeps training on the labels alone, as it was planned; delete {crd.path} to redo it "
+            "distilled" if plan else f"control {kind}: on the labels alone (--no-distill), though the run distilled")
+    if plan:
         plan.setdefault("lr", cfg.lr)  # planned by a version that trained the control at the dense lr
-        plan.setdefault("distilled", False)  # planned by a version whose controls never distilled
+        plan["distilled"] = distilled
     else:
         seconds, images, dense_images = _budget(rd)
         if budget == "dense+images":
             images += dense_images + (cfg.baseline_images if cfg.baseline else 0)  # a run's own dense: counted
         if budget in ("images", "dense+images"):
             epochs, per_epoch = max(1, round(images / len(train))), None
-        else:
-            per_epoch = seconds_per_epoch(model, train, trainer)
+        else:  # (a teacher run on every batch is in the run's epoch seconds, so in the probe's too)
+            per_epoch = seconds_per_epoch(model, train, trainer, distill=distill)
             epochs = epochs_for(seconds, per_epoch)
         plan = {"budget": budget, "budget_seconds": seconds, "budget_images": images, "epochs": epochs,
                 "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or final_lr(cfg),
-                "distilled": teacher is not None}
+                "distilled": distilled}
         if not crd.config.is_file():
             create(control)
         write_json(crd.plan, plan)
@@ -159,18 +180,7 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
            "images": "same training images as the prune-and-fine-tune phase",
            "dense+images": "as many training images as the dense training and the prune-and-fine-tune phase"}
         [plan["budget"]] + f": {plan['budget_seconds']:.0f} s, {plan['budget_images']:,} images), lr {plan['lr']:g}"
-        + (", distilled from the run's teacher" if plan["distilled"] else ""))
-    distill, made = None, {}
-    if plan["distilled"]:
-        if teacher is None:
-            raise PrunelabError(f"control {kind} in {crd.path} started distilling from the run's teacher; resume it "
-                                f"without --no-distill, or delete {crd.path} to redo it without the teacher")
-        distill = Distillation(cfg.distill_temperature, cfg.distill_weight, teacher=frozen_teacher(teacher, trainer))
-        if cfg.distill_cached:
-            distill, made = cached_distillation(cfg, distill, train, trainer)
-    elif teacher is not None:
-        log(f"control {kind}: keeps training on the labels alone, as it was planned; delete {crd.path} to redo it "
-            "distilled")
+        + (", distilled from the run's teacher" if distilled else ""))
 
     def replan(first_epoch_seconds: float) -> int:
         """The time budget again, from the first real epoch instead of the few probe batches: this machine's
@@ -179,7 +189,7 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
             return plan["epochs"]
         epochs = epochs_for(plan["budget_seconds"], first_epoch_seconds)
         if epochs != plan["epochs"]:
-            log(f"control scratch: the first epoch took {first_epoch_seconds:.0f} s, so "
+            log(f"control {kind}: the first epoch took {first_epoch_seconds:.0f} s, so "
                 f"{report.counted(epochs, 'epoch')} fit the budget (the probe said {plan['epochs']})")
             plan.update(epochs=epochs, probe_epochs=plan["epochs"], first_epoch_seconds=first_epoch_seconds)
             write_json(crd.plan, plan)  # before the epoch's partial checkpoint: a resume keeps the new count
@@ -222,15 +232,22 @@ def epochs_for(budget_seconds: float, seconds_per_epoch: float) -> int:
     return max(1, math.floor(budget_seconds / seconds_per_epoch + 0.5))
 
 
-def seconds_per_epoch(model: torch.nn.Module, split, trainer: Trainer, batches: int = 4) -> float:
+def seconds_per_epoch(model: torch.nn.Module, split, trainer: Trainer, batches: int = 4,
+                      distill: Distillation | None = None) -> float:
     """Training seconds per epoch of `model` on `split`, from `batches` full timed batches after one untimed
-    (on a copy, so the weights to be trained are not touched)."""
+    (on a copy, so the weights to be trained are not touched), with the loss of `distill` if given."""
     probe = copy.deepcopy(model)
     bs = min(trainer.batch_size, len(split))
     g = torch.Generator().manual_seed(0)
     opt = make_optimizer(probe, trainer, 0.1)  # the lr does not change the time
-    train_epoch(probe, split.subset(torch.arange(bs)), opt, None, trainer, g, desc="timing")
+
+    def part(idx: torch.Tensor) -> tuple:  # the images idx, and their rows of cached targets
+        cached = distill is not None and distill.targets is not None
+        return split.subset(idx), distill.subset(idx) if cached else distill
+
+    first, first_distill = part(torch.arange(bs))
+    train_epoch(probe, first, opt, None, trainer, g, desc="timing", distill=first_distill)
     timed = min(len(split) // bs, batches) * bs
-    stats = train_epoch(probe, split.subset(torch.arange(len(split) - timed, len(split))), opt, None, trainer, g,
-                        desc="timing")
+    last, last_distill = part(torch.arange(len(split) - timed, len(split)))
+    stats = train_epoch(probe, last, opt, None, trainer, g, desc="timing", distill=last_distill)
     return stats["seconds"] / timed * len(split)

@@ -23,7 +23,7 @@ import torch
 
 from . import distributed, modelfile, report, transfer
 from .config import Config, final_lr, latency_targeted, resumed_config, to_dict
-from .data import (Data, cache_root, distinct_views, draw_views, eval_batches, fingerprint, load_data,
+from .data import (Data, Split, cache_root, distinct_views, draw_views, eval_batches, fingerprint, load_data,
                    memory_budget_bytes)
 from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
@@ -221,7 +221,8 @@ def frozen_teacher(model: torch.nn.Module, trainer: Trainer) -> torch.nn.Module:
     return teacher
 
 
-def cached_distillation(cfg: Config, distill: Distillation, train, trainer: Trainer) -> tuple[Distillation, dict]:
+def cached_distillation(cfg: Config, distill: Distillation, train: Split, trainer: Trainer
+                        ) -> tuple[Distillation, dict]:
     """distill_cached: the outputs of `distill`'s teacher computed once for every image of `train` (with
     distill_views, for that many fixed views drawn from the seed alone, so that a resumed run or a control replays
     the same ones), or read from the cache an earlier run wrote; returns the Distillation on them (the teacher

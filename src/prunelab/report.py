@@ -726,7 +726,7 @@ def render_sweep(sweep_dir: str | Path) -> list[dict]:
         pts = [g for g in groups if kind in g["controls"]]  # (groups are sorted by MACs: a line joins the series)
         distilled = [g for g in pts if kind in g["distilled_controls"]]
         what += ("" if not distilled else ", distilled from its run's teacher" if len(distilled) == len(pts)
-                 else ", distilled where its run distilled")
+                 else ", some distilled from their run's teacher: pareto.md")
         if pts:
             legend.append(ax.errorbar([g["macs"] / 1e6 for g in pts], [100 * g["controls"][kind]["mean"] for g in pts],
                         yerr=[100 * g["controls"][kind]["std"] for g in pts], fmt=marker + ":", ms=8, lw=1,
