@@ -304,6 +304,10 @@ def test_the_scratch_control_of_a_distilled_run_distils_from_the_same_teacher(tm
     assert "distilled from the run's teacher" in (run_dir / "report.md").read_text()
     assert cli("collect", run_dir.parent)[0] == 0  # a sweep's table says so too
     assert "r vs its scratch control (distilled from the same teacher):" in (run_dir.parent / "pareto.md").read_text()
+    shutil.copytree(run_dir, tmp_path / "group" / "s0")  # and a group of seeds
+    from prunelab.report import seeds_summary
+    seeds_summary(tmp_path / "group")
+    assert "- pruned vs scratch control (distilled from the same teacher):" in (tmp_path / "group" / "seeds.md").read_text()
     code, out, err = cli("control", plain, "--kind", "scratch", "--budget", "images", "--no-distill")
     assert code == 0, err
     assert not json.loads((plain / "controls" / "scratch" / "results.json").read_text())["distilled"]

@@ -826,7 +826,8 @@ def seeds_summary(group: str | Path) -> dict:
         columns.setdefault("dense", []).append(r["dense"]["accuracy"])
         columns.setdefault("pruned", []).append(r["final"]["accuracy"])
         for c in control_rows(p.parent):
-            columns.setdefault(f"{c['control']} control", []).append(c["accuracy"])
+            name = f"{c['control']} control" + (" (distilled from the same teacher)" if c.get("distilled") else "")
+            columns.setdefault(name, []).append(c["accuracy"])
     summary = {"group": group.name, "seeds": seeds, "accuracy": {k: mean_std(v) for k, v in columns.items()},
                "macs": json.loads(runs[0].read_text())["final"]["macs"]}
     write_json(group / "seeds.json", summary)
@@ -853,6 +854,6 @@ def seeds_markdown(summary: dict) -> str:
                      + ", ".join(f"{100 * v:.2f}%" for v in s["values"]) + " |")
     lines.append("")
     for name in acc:
-        if name.endswith("control") and len(acc[name]["values"]) == len(acc["pruned"]["values"]):
+        if name not in ("dense", "pruned") and len(acc[name]["values"]) == len(acc["pruned"]["values"]):
             lines.append(f"- pruned vs {name}: {compare(acc['pruned'], acc[name])}.")
     return "\n".join(lines) + "\n"
