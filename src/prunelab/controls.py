@@ -73,8 +73,7 @@ def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, mode
                else None for k in kinds if k != "random" and not rd.control(k).finished}
     started = [k for k, d in planned.items() if d and not distill]
     if started:
-        raise PrunelabError(f"control {started[0]} in {rd.control(started[0]).path} started distilling from the run's "
-                            f"teacher; resume it without --no-distill, or delete that folder to redo it on the labels")
+        raise PrunelabError(started_distilling(rd.control(started[0])))
     need = cfg.distill and any(d or (d is None and distill) for d in planned.values())
     teacher = control_teacher(rd, cfg, data, model) if need else None
     rows = [scratch(rd, cfg, data, budget, model, teacher=teacher) if kind == "scratch" else
@@ -108,6 +107,11 @@ def _budget(rd: RunDir) -> tuple[float, int, int]:
             sum(r.get("images", n_train) for r in dense))
 
 
+def started_distilling(crd: RunDir) -> str:
+    return (f"control {crd.path.name} in {crd.path} started distilling from the run's teacher; resume it without "
+            f"--no-distill, or delete {crd.path} to redo it on the labels")
+
+
 def control_teacher(rd: RunDir, cfg: Config, data: Data, given: torch.nn.Module | None = None) -> torch.nn.Module:
     """The model the run distilled from: its --teacher (the same file: its weights' SHA-256 is checked), else the
     run's dense model (its checkpoint). `given`: the dense nn.Module of a run made from one."""
@@ -129,10 +133,10 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
     (control_teacher): distil from it as the run did (a control planned without distillation keeps training
     without)."""
     crd = rd.control(kind)
-    planned = json.loads(crd.plan.read_text()).get("budget") if crd.plan.is_file() else None
-    if planned and planned != budget:  # a control keeps the budget it started with
-        log(f"control {kind}: keeps the {planned} budget it was planned with, not {budget}; delete {crd.path} to "
-            "redo it")
+    plan = json.loads(crd.plan.read_text()) if crd.plan.is_file() else None  # a resumed control keeps its plan
+    if plan and plan.get("budget", budget) != budget:  # (its budget too)
+        log(f"control {kind}: keeps the {plan['budget']} budget it was planned with, not {budget}; delete {crd.path} "
+            "to redo it")
     if crd.finished:
         log(f"control {kind}: {crd.path} already finished")
         return report.control_row(crd)
@@ -144,19 +148,19 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
                                   int8=False, baseline="")
     train, test = data.train.to(trainer.device), data.test.to(trainer.device)
     val = data.val.to(trainer.device) if data.val else None
-    plan = json.loads(crd.plan.read_text()) if crd.plan.is_file() else None  # a resumed control keeps its plan
     distilled = plan.get("distilled", False) if plan else teacher is not None  # (old plans never distilled)
+    if distilled and teacher is None:
+        raise PrunelabError(started_distilling(crd))
     distill, made = None, {}
     if distilled:
-        if teacher is None:
-            raise PrunelabError(f"control {kind} in {crd.path} started distilling from the run's teacher; resume it "
-                                f"without --no-distill, or delete {crd.path} to redo it on the labels")
         distill = Distillation(cfg.distill_temperature, cfg.distill_weight, teacher=frozen_teacher(teacher, trainer))
         if cfg.distill_cached:
             distill, made = cached_distillation(cfg, distill, train, trainer)
-    elif cfg.distill:
+    elif cfg.distill and plan:
         log(f"control {kind}: keeps training on the labels alone, as it was planned; delete {crd.path} to redo it "
-            "distilled" if plan else f"control {kind}: on the labels alone (--no-distill), though the run distilled")
+            "distilled")
+    elif cfg.distill:
+        log(f"control {kind}: on the labels alone (--no-distill), though the run distilled")
     if plan:
         plan.setdefault("lr", cfg.lr)  # planned by a version that trained the control at the dense lr
         plan["distilled"] = distilled
