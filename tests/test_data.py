@@ -124,6 +124,23 @@ def test_validation_split_and_subsets_are_disjoint_and_sized(tmp_path):
     assert not train_rows & {tuple(x.flatten().tolist()) for x in data.val.images}
 
 
+def test_a_validation_seed_gives_every_seed_one_validation_split_and_the_seed_s_own_by_default(tmp_path):
+    """--val-seed S: seeds 0 and 1 validate on the same images (those a dense model trained with --val-seed S left
+    out) and still train in their own order; without it each seed draws its own split; --val-seed S with --seed S is
+    the default split exactly, training subset included."""
+    write_cifar_batches(tmp_path, n_per_batch=50)
+    own = [load_data(cfg_for(tmp_path, val_size=20, train_subset=60, seed=s)) for s in (0, 1)]
+    fixed = [load_data(cfg_for(tmp_path, val_size=20, train_subset=60, seed=s, val_seed=0)) for s in (0, 1)]
+    assert not torch.equal(own[0].val.images, own[1].val.images)
+    assert torch.equal(fixed[0].val.images, fixed[1].val.images) and torch.equal(fixed[0].val.images, own[0].val.images)
+    assert torch.equal(fixed[0].train.images, own[0].train.images)
+    assert not torch.equal(fixed[1].train.images, fixed[0].train.images)
+    val = {tuple(x.flatten().tolist()) for x in fixed[1].val.images}
+    assert not val & {tuple(x.flatten().tolist()) for x in fixed[1].train.images}
+    with pytest.raises(PrunelabError, match="val_seed must be -1"):
+        make_config("quick", {"val_seed": -2})
+
+
 def test_every_seed_is_scored_on_the_same_test_images_but_trains_on_its_own_subset(tmp_path):
     """With test_subset, seeds must differ in training only: otherwise their spread includes the sampling of the test
     set (0.6 points at 5,000 images and 77%) and a difference between seeds or controls is measured on other images."""

@@ -111,6 +111,8 @@ class Config:
                               "training split; the final fine-tune trains on all of it. A short dense phase, then "
                               "the cheap pruned model trains long ('early-bird' pruning). 0 = the whole split")
     val_size: int = _f(0, "images carved from train as a validation split (0 = none); the test set is only for reported numbers")
+    val_seed: int = _f(-1, "seed of the validation split's draw (-1 = --seed): with one, every seed validates on the same "
+                           "images, and a dense model trained with the same --val-size and --val-seed never saw them")
     synthetic_size: int = _f(512, "training images when data_format=synthetic (test gets a quarter)")
     image_size: int = _f(0, "side of the square images the model sees, px (0 = the data's own size, which must then "
                             "be the same for every image); larger images are resized (shorter side) and centre-cropped")
@@ -591,6 +593,7 @@ def validate(cfg: Config) -> None:
     need(cfg.taylor_batches >= 1, f"taylor_batches must be at least 1, got {cfg.taylor_batches}")
     need(cfg.train_subset >= 0 and cfg.test_subset >= 0 and cfg.val_size >= 0,
          "train_subset, test_subset and val_size must be 0 or more")
+    need(cfg.val_seed >= -1, f"val_seed must be -1 (the run's --seed) or a seed of 0 or more, got {cfg.val_seed}")
     need(cfg.early_images >= 0, f"early_images must be 0 (the whole training split) or more, got {cfg.early_images}")
     need(cfg.synthetic_size >= 16, f"synthetic_size must be at least 16, got {cfg.synthetic_size}")
     named = [v for v in (cfg.mean, cfg.std) if len(v) == 1 and isinstance(v[0], str)]

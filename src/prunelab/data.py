@@ -483,7 +483,9 @@ def load_data(cfg: Config) -> Data:
     if cfg.val_size:
         if cfg.val_size >= len(train):
             raise PrunelabError(f"val_size {cfg.val_size} leaves no training images (train has {len(train)}); lower it")
-        perm = torch.randperm(len(train), generator=g)
+        perm = torch.randperm(len(train), generator=g)  # (drawn with the seed either way: the later draws stay)
+        if cfg.val_seed >= 0:
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.val_seed))
         val, train = train.subset(perm[:cfg.val_size]), train.subset(perm[cfg.val_size:])
     if cfg.train_subset and cfg.train_subset < len(train):
         train = train.subset(torch.randperm(len(train), generator=g)[:cfg.train_subset])

@@ -331,7 +331,7 @@ def validation_seen(dense: dict, trained_here: bool) -> str:
     return (f"{scores}. It has probably trained on the validation images, so validation accuracy favours settings that "
             "keep the pruned model close to the dense one, distillation from it most (RESULTS 7.25). To compare "
             "settings fairly, validate on images it never trained on: let prunelab train it (no --baseline), or train "
-            "it without this split (the same --seed and --val-size)")
+            "it without this split (the same --val-size and --val-seed, or --seed)")
 
 
 def key_results_markdown(results: dict) -> str:
