@@ -202,6 +202,24 @@ def test_a_size_budget_that_rounding_leaves_idle_is_filled_to_the_last_group_tha
         assert any(a > limit for a, limit in zip(counts(ratio=0.0, group_ratios=wider), limits)), g
 
 
+def test_a_criterion_that_leaves_some_groups_whole_is_sized_with_that_criterion():
+    """The size searches cut with random importance where the criterion cannot change the widths (targets.
+    sizing_importance); bn_scale scores only groups with a batch norm and Torch-Pruning leaves the others whole, so
+    its searches must cut with bn_scale itself: the found ratio's real cut meets the target."""
+    import torch.nn as nn
+    from prunelab.prune import prune_once
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(),  # no batch norm: bn_scale leaves it whole
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    cfg = make_config("seed", {"importance": "bn_scale", "round_to": 1})
+    dense_macs = count_macs_params(model)[0]
+    target = 0.6 * dense_macs
+    ratio = ratio_for_target(model, cfg, target_macs=target, iterations=8)
+    assert count_macs_params(prune_once(model, cfg, ratio, num_classes=10))[0] <= target
+    l2 = ratio_for_target(model, make_config("seed", {"round_to": 1}), target_macs=target, iterations=8)
+    assert ratio > l2  # (bn_scale must cut its one scored group harder to reach the same MACs)
+
+
 def test_ratio_for_target_params():
     ratio = ratio_for_target(build_model("resnet18_cifar"), make_config("seed"), target_params=1e6)
     model = build_model("resnet18_cifar")

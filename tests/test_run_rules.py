@@ -272,3 +272,17 @@ def test_no_model_state_is_evaluated_twice_on_the_same_images(tmp_path, monkeypa
     assert len(seen) == 1 + 2 * cfg.iterative_steps + 1  # dense; before and after each step's fine-tune; final
     assert len(set(seen)) == len(seen)
     assert results["final"]["accuracy_before_finetune"] == results["steps"][-1]["accuracy"]
+
+
+def test_a_sweep_that_trains_its_dense_model_validates_every_seed_on_the_images_that_model_left_out(tmp_path):
+    """The sweep's first run trains the dense model that the others share; with --val-size and --seeds each seed
+    would otherwise carve its own split, partly from images that model trained on. So such a sweep draws every run's
+    split with its first seed (--val-seed); with a --baseline (trained elsewhere) or a --val-seed given, it leaves them."""
+    from prunelab.sweep import configs
+    base = make_config("tiny", {"val_size": 64, "seeds": [3, 4], "pruning_ratio": 0.5})
+    assert [c.val_seed for c in configs(base)] == [3, 3] and [c.seed for c in configs(base)] == [3, 4]
+    assert [c.val_seed for c in configs(dataclasses.replace(base, val_seed=7))] == [7, 7]
+    (tmp_path / "dense.safetensors").write_bytes(b"")  # (only its existence is checked here)
+    assert [c.val_seed for c in configs(dataclasses.replace(base, baseline=str(tmp_path / "dense.safetensors")))] \
+        == [-1, -1]
+    assert [c.val_seed for c in configs(dataclasses.replace(base, val_size=0))] == [-1, -1]

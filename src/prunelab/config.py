@@ -112,7 +112,9 @@ class Config:
                               "the cheap pruned model trains long ('early-bird' pruning). 0 = the whole split")
     val_size: int = _f(0, "images carved from train as a validation split (0 = none); the test set is only for reported numbers")
     val_seed: int = _f(-1, "seed of the validation split's draw (-1 = --seed): with one, every seed validates on the same "
-                           "images, and a dense model trained with the same --val-size and --val-seed never saw them")
+                           "images, and a dense model trained with the same --val-size and --val-seed never saw them "
+                           "(a sweep that trains its dense model sets it to its first seed). Synthetic data is drawn "
+                           "anew for each seed")
     synthetic_size: int = _f(512, "training images when data_format=synthetic (test gets a quarter)")
     image_size: int = _f(0, "side of the square images the model sees, px (0 = the data's own size, which must then "
                             "be the same for every image); larger images are resized (shorter side) and centre-cropped")

@@ -84,12 +84,17 @@ def configs(base: Config, targets: dict[str, list[float]] | None = None, importa
     """One config per (importance, target, seed), each named <importance>-<target>[-s<seed>] under the sweep's
     folder <out_dir>/<name>/, and each carrying base.controls. `targets`: values per kind of TARGET_KINDS (macs,
     params, latency_ms, speedup), one run each; none given: the base config's own target, or its ratio. Every
-    run's target is checked before any run starts (a latency or speed-up target is timed for that: seconds)."""
+    run's target is checked before any run starts (a latency or speed-up target is timed for that: seconds). With a
+    validation split, seeds and no --baseline, every run's split is drawn with the first seed (val_seed): the dense
+    model that the first run trains and the others share left those images out."""
     sweep_dir = Path(base.out_dir) / base.name
     listed = [(kind, value) for kind in TARGET_KINDS for value in (targets or {}).get(kind, ())]
     if not listed:  # no targets given: the base config's own target, or its ratio
         listed = [(kind, getattr(base, field)) for kind, (field, _) in TARGET_KINDS.items() if getattr(base, field)][:1]
     out, checked = [], set()
+    if base.val_size and base.val_seed < 0 and not base.baseline and base.seeds:
+        # the first run trains the dense model that every other run shares: all validate on the images it left out
+        base = dataclasses.replace(base, val_seed=base.seeds[0])
     spec = model_spec(base, base.num_classes or 10)  # the class count moves dense MACs by a few thousand at most;
     size = base.image_size or 32  # the image size is checked again by each run
     if base.drop_blocks:  # the cuts start from the dense model less its dropped blocks (build(spec) removes them)

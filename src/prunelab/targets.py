@@ -40,9 +40,10 @@ LATENCY_POINTS, LATENCY_ITERATIONS = 12, 4
 def sizing_importance(cfg: Config) -> str | None:
     """The importance that the MACs/parameter searches cut their candidates with. Under per-layer allocation a group
     keeps the number of channels its ratio fixes, whichever channels go, so "random" gives the same sizes as the
-    norms of every weight at about half the time (RESULTS 6); global pruning ranks channels across layers by cfg's
-    criterion, which sets the widths (None: cfg's)."""
-    return None if is_global(cfg) else "random"
+    norms of every weight at about half the time (RESULTS 6). None (cfg's own) where the criterion sets the widths:
+    global pruning ranks channels across layers, and bn_scale scores only groups with a batch norm (Torch-Pruning
+    leaves the others whole, which random would cut)."""
+    return None if is_global(cfg) or cfg.importance == "bn_scale" else "random"
 
 
 def bisect_ratio(fits: Callable[[float], bool], iterations: int, lo: float = 0.0, hi: float = MAX_RATIO) -> float:
@@ -93,13 +94,15 @@ def fill_budget(model: nn.Module, cfg: Config, ratio: float, target_macs: float 
     sizes = {}  # widths -> (MACs, params): a candidate re-chosen after its cost was found stale is not re-cut
 
     def size(widths: dict[str, int]) -> tuple[int, int]:
-        key = tuple(widths.values())
+        key = tuple(widths[g] for g in roots)
         if key not in sizes:
             sizes[key] = count_macs_params(prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
-                                                      group_ratios=ratios(widths), importance="random"), image_size)
-        return sizes[key]  # (per-layer allocation: sizing_importance)
+                                                      group_ratios=ratios(widths), importance=sizing_importance(cfg)),
+                                           image_size)
+        return sizes[key]
 
-    uniform = prune_once(model, cfg, ratio, image_size=image_size, num_classes=num_classes, importance="random")
+    uniform = prune_once(model, cfg, ratio, image_size=image_size, num_classes=num_classes,
+                         importance=sizing_importance(cfg))
     modules = dict(uniform.named_modules())
     keep = {g: getattr(modules[g], "out_channels", getattr(modules[g], "out_features", None)) for g in roots}
     if None in keep.values():
@@ -315,9 +318,9 @@ def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multip
     def fits(pruned: nn.Module) -> bool:
         return not _over_budget(_size_budget(cfg), pruned, image_size)
 
-    if not fits(pruned_at(MAX_RATIO, "random")):  # (each group's own ratio: sizing_importance)
+    if not fits(pruned_at(MAX_RATIO, sizing_importance(cfg))):
         return None
-    u = bisect_ratio(lambda u: fits(pruned_at(u, "random")), iterations)
+    u = bisect_ratio(lambda u: fits(pruned_at(u, sizing_importance(cfg))), iterations)
     return u, pruned_at(u), None
 
 
