@@ -280,7 +280,8 @@ def test_a_sweep_that_trains_its_dense_model_validates_every_seed_on_the_images_
     split with its first seed (--val-seed); with a --baseline (trained elsewhere) or a --val-seed given, it leaves them."""
     from prunelab.sweep import configs
     base = make_config("tiny", {"val_size": 64, "seeds": [3, 4], "pruning_ratio": 0.5})
-    assert [c.val_seed for c in configs(base)] == [3, 3] and [c.seed for c in configs(base)] == [3, 4]
+    runs = configs(base)
+    assert [c.val_seed for c in runs] == [3, 3] and [c.seed for c in runs] == [3, 4]
     assert [c.val_seed for c in configs(dataclasses.replace(base, val_seed=7))] == [7, 7]
     (tmp_path / "dense.safetensors").write_bytes(b"")  # (only its existence is checked here)
     assert [c.val_seed for c in configs(dataclasses.replace(base, baseline=str(tmp_path / "dense.safetensors")))] \
