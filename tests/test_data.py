@@ -190,6 +190,23 @@ def test_augmentation_crops_and_flips_and_is_reproducible_from_the_generator():
     assert any(r[5] > r[6] for r in first_columns)  # some rows are mirrored
 
 
+
+def test_augmentation_is_torchvisions_random_crop_with_padding_then_flip():
+    # the batched crop and flip give exactly what RandomCrop(32, padding=4) then RandomHorizontalFlip give one image at
+    # a time (zero fill), for the offsets and flips that augment() draws from its generator, in its order
+    import torchvision.transforms.v2.functional as TF
+    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    out = augment(images, 4, True, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    dy, dx = torch.randint(0, 9, (48,), generator=g), torch.randint(0, 9, (48,), generator=g)
+    flipped = torch.rand(48, generator=g) < 0.5
+    for i, img in enumerate(images):
+        want = TF.crop(TF.pad(img, [4, 4, 4, 4], fill=0), int(dy[i]), int(dx[i]), 32, 32)
+        want = TF.horizontal_flip(want) if flipped[i] else want
+        assert torch.equal(out[i], want), f"image {i}"
+    assert 0 < int(flipped.sum()) < 48 and len(set(zip(dy.tolist(), dx.tolist()))) > 20
+
+
 # ---------------------------------------------------------------- any image data (the any-model issue)
 
 def _cifar100(root, n=6):

@@ -14,14 +14,45 @@ from prunelab.models import build_model
 from prunelab.prune import build_pruner, count_macs_params, geometric_scheduler, prune_step
 from prunelab.targets import ratio_for_target
 from prunelab.data import Split, load_data
-from prunelab.train import (Distillation, Trainer, cosine_schedule, distillation_loss, soft_targets, train_epoch,
-                            view_targets)
+from prunelab.train import (Distillation, Trainer, cosine_schedule, distillation_loss, make_optimizer, soft_targets,
+                            train_epoch, view_targets)
 
 
 def test_distillation_loss_is_cross_entropy_at_weight_0_and_zero_kl_when_student_equals_teacher():
     logits, labels = torch.randn(8, 10), torch.randint(0, 10, (8,))
     assert torch.allclose(distillation_loss(logits, torch.randn(8, 10), labels, 4.0, 0.0), F.cross_entropy(logits, labels))
     assert distillation_loss(logits, logits.clone(), labels, 4.0, 1.0).abs() < 1e-6
+
+
+
+def test_a_training_epoch_is_plain_sgd_on_its_batches():
+    # train_epoch against the loop a notebook writes (cross-entropy, zero_grad, backward, SGD with momentum and weight
+    # decay) on the batches train_batches draws from the same generator: the same weights and running statistics after
+    # the epoch, and the same mean loss (RESULTS 7.28: prunelab's loop trains as a plain PyTorch loop does)
+    from prunelab.data import train_batches
+    cfg = make_config("tiny", {"precision": "fp32", "channels_last": False, "batch_size": 16, "progress": False})
+    trainer = Trainer.from_config(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    ref, start = copy.deepcopy(net), copy.deepcopy(net)
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (80, 3, 32, 32), dtype=torch.uint8, generator=g),
+                  torch.randint(0, 10, (80,), generator=g))
+    stats = train_epoch(net, split, make_optimizer(net, cfg, 0.1), None, trainer, torch.Generator().manual_seed(5))
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    losses = []
+    ref.train()
+    for images, labels in train_batches(split, 16, torch.Generator().manual_seed(5), cfg.crop_padding_px, cfg.flip):
+        loss = F.cross_entropy(ref(trainer.normalizer(images)), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item() * len(labels))
+    for (name, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    assert stats["loss"] == pytest.approx(sum(losses) / 80, rel=1e-5)
+    assert not torch.allclose(net[0].weight, start[0].weight, atol=1e-3)  # it trained
 
 
 def test_distillation_loss_pulls_the_student_toward_the_teacher():
