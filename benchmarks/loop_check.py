@@ -5,7 +5,8 @@
 - `--loop torchvision`: what a notebook writes: a DataLoader over per-image torchvision transforms (RandomCrop 32
   with padding 4, RandomHorizontalFlip, ToDtype, Normalize), shuffled, and a hand-written SGD step.
 
-Both: SGD lr --lr, momentum 0.9, weight decay 5e-4, cosine over the epochs stepped per epoch, batch 128,
+Both: SGD lr --lr, momentum 0.9, weight decay 5e-4, cosine over the epochs stepped per epoch (with
+--warmup-epochs, prunelab's loop only: a linear warm-up first, the schedule stepped per batch), batch 128,
 channels_last, bf16 autocast (or fp32 with --precision fp32); then top-1 accuracy on every 5th test image (2,000)
 in fp32. The data order and crops differ between the loops (each draws its own); the weights at the start do not.
 Prints each epoch's mean loss and writes a JSON of them (RESULTS 7.28).
@@ -38,6 +39,8 @@ def main() -> None:
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--init-seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--warmup-epochs", type=float, default=0.0,
+                    help="prunelab's loop only: linear warm-up over this many epochs, then cosine, stepped per batch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="")
     args = ap.parse_args()
@@ -52,12 +55,17 @@ def main() -> None:
     trainer = TR.Trainer.from_config(Config(precision=args.precision, progress=False), torch.device("cpu"))
     model = TR.prepare_model(model, trainer)
     rows = []
+    if args.warmup_epochs and args.loop != "prunelab":
+        ap.error("--warmup-epochs is for --loop prunelab")
     if args.loop == "prunelab":
         opt = TR.make_optimizer(model, trainer, args.lr)
-        sched = TR.cosine_schedule(opt, args.epochs)
+        per_epoch = D.batches_per_epoch(len(sub), trainer.batch_size) if args.warmup_epochs else 1
+        sched = TR.cosine_schedule(opt, args.epochs * per_epoch, round(args.warmup_epochs * per_epoch))
         for e in range(args.epochs):
-            stats = TR.train_epoch(model, sub, opt, None, trainer, torch.Generator().manual_seed(e))
-            sched.step()
+            stats = TR.train_epoch(model, sub, opt, sched if args.warmup_epochs else None, trainer,
+                                   torch.Generator().manual_seed(e))
+            if not args.warmup_epochs:
+                sched.step()
             rows.append({k: stats[k] for k in ("loss", "train_accuracy", "seconds")})
             print(args.loop, e + 1, rows[-1], flush=True)
     else:
