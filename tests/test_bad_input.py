@@ -104,6 +104,7 @@ CASES = [  # (case, extra CLI arguments, text the one-line message must contain)
     ("zero steps", ["--iterative-steps", "0"], "iterative_steps must be at least 1"),
     ("negative steps", ["--iterative-steps", "-3"], "iterative_steps must be at least 1"),
     ("negative fine-tune epochs", ["--final-finetune-epochs", "-1"], "final_finetune_epochs must be 0 or more"),
+    ("warm-up that a per-epoch schedule cannot ramp", ["--warmup-epochs", "1"], "add --lr-schedule-unit batch"),
     ("negative cutout", ["--cutout-px", "-4"], "cutout_px must be 0 (off) or more"),
     ("cutout as large as the images", ["--cutout-px", "64"], "cutout_px 64 is not below the data's"),
     ("text where a number belongs", ["--batch-size", "many"], "'batch_size' must be a int"),

@@ -161,7 +161,8 @@ class Config:
     weight_decay: float = _f(5e-4, "SGD weight decay")
     nesterov: bool = _f(False, "Nesterov momentum")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
-    warmup_epochs: float = _f(0.0, "linear learning-rate warm-up before the cosine decay, in epochs (dense training)")
+    warmup_epochs: float = _f(0.0, "linear learning-rate warm-up before the cosine decay, in epochs (dense training; needs "
+                                   "lr_schedule_unit batch)")
     lr_schedule_unit: str = _f("epoch", "how often the cosine schedule steps: epoch (the seed's CosineAnnealingLR(T_max="
                                         "epochs) stepped once per epoch: a 1-epoch fine-tune runs at a constant lr) | "
                                         "batch (a smooth decay to 0 within every stage)")
@@ -564,6 +565,9 @@ def validate(cfg: Config) -> None:
     need(cfg.distill_temperature > 0, f"distill_temperature must be positive, got {cfg.distill_temperature}")
     need(0.0 <= cfg.distill_weight <= 1.0, f"distill_weight must be in [0, 1], got {cfg.distill_weight}")
     need(cfg.warmup_epochs >= 0, f"warmup_epochs must be 0 or more, got {cfg.warmup_epochs}")
+    need(not (cfg.warmup_epochs and cfg.lr_schedule_unit == "epoch"),
+         f"warmup_epochs {cfg.warmup_epochs:g} with lr_schedule_unit epoch: a schedule stepped once an epoch cannot ramp "
+         "up inside one (the first epoch would run at the full lr); add --lr-schedule-unit batch")
     need(0.0 < cfg.max_pruning_ratio <= 1.0, f"max_pruning_ratio must be in (0, 1], got {cfg.max_pruning_ratio}")
     need(cfg.iterative_steps >= 1, f"iterative_steps must be at least 1, got {cfg.iterative_steps}")
     need(cfg.epochs >= 1 or bool(cfg.baseline), f"epochs must be at least 1, got {cfg.epochs} (or pass --baseline PATH to skip training)")
