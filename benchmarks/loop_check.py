@@ -107,7 +107,6 @@ def main() -> None:
           f"on {len(test):,} images", flush=True)
     if args.json:
         result = {**vars(args), "epochs_run": rows, "test_accuracy": accuracy, "test_images": len(test)}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(args.json), lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
 
 

@@ -190,7 +190,6 @@ def test_augmentation_crops_and_flips_and_is_reproducible_from_the_generator():
     assert any(r[5] > r[6] for r in first_columns)  # some rows are mirrored
 
 
-
 def test_augmentation_is_torchvisions_random_crop_with_padding_then_flip():
     # the batched crop and flip give exactly what RandomCrop(32, padding=4) then RandomHorizontalFlip give one image at
     # a time (zero fill), for the offsets and flips that augment() draws from its generator, in its order

@@ -24,7 +24,6 @@ def test_distillation_loss_is_cross_entropy_at_weight_0_and_zero_kl_when_student
     assert distillation_loss(logits, logits.clone(), labels, 4.0, 1.0).abs() < 1e-6
 
 
-
 def test_a_training_epoch_is_plain_sgd_on_its_batches():
     # train_epoch against the loop a notebook writes (cross-entropy, zero_grad, backward, SGD with momentum and weight
     # decay) on the batches train_batches draws from the same generator: the same weights and running statistics after
