@@ -157,6 +157,31 @@ def test_every_searched_candidate_meets_its_kind_of_target(kind):
     assert [c.get("group_ratios") for c in again["candidates"]] == [c.get("group_ratios") for c in best["candidates"]]
 
 
+def test_under_a_macs_and_a_parameter_limit_each_candidate_is_tilted_until_both_are_spent():
+    """A candidate scaled until one limit binds leaves the other idle (RESULTS 7.29: 31% of the parameters); the
+    search tilts it towards the idle limit (the 32x32 group costs 4x the MACs per parameter of the 16x16 one) and
+    widens into what rounding leaves. Without fill_budget the candidates are as drawn and scaled."""
+    from prunelab.models import build_model
+    model = build_model("user_nets:build_net", 10, kwargs={"width": 16})
+    macs, params = count_macs_params(model, 32)
+    limits = {"target_macs": 0.3 * macs, "target_params": 0.3 * params}
+    settings = {"allocation": "search", "val_size": 8, "search_budget": 6, "round_to": 1, **limits}
+
+    def idle(c):  # the share of the less used limit left idle
+        return 1 - min(c["macs"] / limits["target_macs"], c["params"] / limits["target_params"])
+
+    runs = {fill: search_widths(model, make_config("tiny", {**settings, "fill_budget": fill}), image_size=32,
+                                num_classes=10, proxy=lambda m: 0.0, iterations=8)["candidates"]
+            for fill in (False, True)}
+    drawn, balanced = ([c for c in runs[fill] if c["feasible"]] for fill in (False, True))
+    assert len(drawn) == len(balanced) >= 4
+    for c in balanced:
+        assert c["macs"] <= limits["target_macs"] and c["params"] <= limits["target_params"]
+    assert max(idle(c) for c in drawn) > 0.2  # some drawn candidate leaves a fifth of a limit idle
+    assert max(idle(c) for c in balanced[1:]) < 0.08  # (candidate 0, uniform, is filled, not tilted)
+    assert set(balanced[0]["multipliers"].values()) == {1.0}  # uniform allocation stays uniform
+
+
 def test_the_search_report_times_uniform_and_searched_widths_when_the_target_is_a_latency():
     """Under a latency target every candidate is timed: the report's table shows uniform allocation's latency beside
     the chosen candidate's (under a MACs target nothing is timed, and the column stays out)."""

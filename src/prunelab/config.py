@@ -208,8 +208,9 @@ class Config:
     global_pruning: bool = _f(False, "rank channels across layers instead of within each layer (= --allocation global)")
     max_pruning_ratio: float = _f(1.0, "with global pruning: no layer loses more than this share of its channels")
     round_to: int = _f(2, "keep channel counts a multiple of this (0 = no rounding)")
-    fill_budget: bool = _f(True, "with a MACs/params target and uniform allocation: widen groups by round_to channels "
-                                 "while the budget holds, into what rounding the kept channels down left idle")
+    fill_budget: bool = _f(True, "with a MACs/params target: widen groups by round_to channels while the budget "
+                                 "holds, into what rounding the kept channels down left idle (uniform allocation) "
+                                 "or what the limit that did not bind left idle (each width-search candidate)")
     taylor_batches: int = _f(4, "batches of training data whose gradients feed the taylor importance")
     sparse_epochs: int = _f(0, "epochs of sparse training between the dense stage and the first pruning step: "
                                "Torch-Pruning's group-norm regularisation (GroupNormPruner) pushes the weights of "

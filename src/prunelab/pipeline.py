@@ -35,7 +35,7 @@ from .models import ModelSpec, build, check_drop_blocks, check_name, drop_blocks
 from .prune import build_pruner, build_sparsifier, check_prunable, history, is_global, prune_step, restore, step_ratio
 from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
 from .runtimes import latency, missing
-from .targets import check_targets, fill_budget, ratio_for_latency, ratio_for_target, search_widths
+from .targets import check_targets, fill_budget, fills_budget, ratio_for_latency, ratio_for_target, search_widths
 from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, reestimate_batchnorm, resolve_device,
                     score, stage_bn_images, teacher_targets, torch_threads)
 
@@ -508,7 +508,7 @@ class _Stages:
             log(f"dense: pruning ratio {self.pruning_ratio:.4f} reaches the target of "
                 + " and ".join(f"{t:.4g} {unit}" for t, unit in ((cfg.target_macs, "MACs"),
                                                                 (cfg.target_params, "parameters")) if t))
-            if cfg.fill_budget and not is_global(cfg):
+            if fills_budget(cfg):
                 filled = fill_budget(self.shallow(model), cfg, self.pruning_ratio, cfg.target_macs, cfg.target_params,
                                      image_size=self.inputs.image_size, num_classes=self.spec.num_classes)
                 if filled:

@@ -265,10 +265,12 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
              if c.get("pretrained") or c.get("init_from") else "")
     dense = (f"baseline {c['baseline']}" if c.get("baseline")
              else f"{counted(c['epochs'], 'dense epoch')}{early} (lr {c['lr']}{start})")
+    fill = c.get("fill_budget", False) and (c.get("target_macs") or c.get("target_params"))
     allocation = ("global" if c["global_pruning"] or c.get("allocation") == "global" else
-                  f"widths searched ({c['search_budget']} candidates)" if c.get("allocation") == "search" else "per-layer"
-                  + (", widened into what rounding leaves of the budget" if c.get("fill_budget", False)
-                     and (c.get("target_macs") or c.get("target_params")) else ""))
+                  f"widths searched ({c['search_budget']} candidates"
+                  + (", each widened into what its binding limit leaves of the budget)" if fill else ")")
+                  if c.get("allocation") == "search" else
+                  "per-layer" + (", widened into what rounding leaves of the budget" if fill else ""))
     depth = f"blocks {' '.join(c['drop_blocks'])} removed, then " if c.get("drop_blocks") else ""
     return (f"{c['model']}, {dense}; {depth}{c['importance']} importance, {allocation}, "
             f"{goal} in {counted(c['iterative_steps'], c.get('schedule', 'linear') + ' step')}; "

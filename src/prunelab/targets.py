@@ -4,7 +4,8 @@ one-shot prune (`prune.prune_once`); and the width search
 (`search_widths`), which allocates the budget across the prunable groups and scales each candidate the same way.
 
     MACs / params   counted by Torch-Pruning on the pruned copy (exact; 14 halvings of [0, MAX_RATIO]); then
-                    `fill_budget` widens groups one rounding step at a time into what rounding left idle
+                    `fill_budget` widens groups one rounding step at a time into what rounding left idle; a
+                    search candidate under both limits is first tilted (`balance_candidate`) until both bind
     latency         one batch timed in the chosen runtime on this machine (a grid of 12 ratios, 4 halvings from
                     the smallest that fits, re-timed: latency is not monotone in the ratio; the noise of five
                     dense timings widens the check at MAX_RATIO); a speed-up target is the dense model's latency,
@@ -16,6 +17,7 @@ searches take the trained dense model.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -74,16 +76,19 @@ def ratio_for_target(model: nn.Module, cfg: Config, target_macs: float = 0, targ
 
 
 def fill_budget(model: nn.Module, cfg: Config, ratio: float, target_macs: float = 0, target_params: float = 0,
-                image_size: int = 32, num_classes: int | None = None) -> tuple[dict[str, float], tuple[int, int]] | None:
+                image_size: int = 32, num_classes: int | None = None,
+                group_ratios: dict[str, float] | None = None) -> tuple[dict[str, float], tuple[int, int]] | None:
     """Per-group ratios that spend what rounding leaves of a MACs/parameter budget. Uniform pruning at `ratio` (the
     smallest that meets the budget) rounds every group's kept channels down to a multiple of cfg.round_to, and the
     next lower ratio widens every group at once: with round_to 8 at the seed's size, 40% of the parameter budget
-    stayed idle (RESULTS 7.10), and leaving a budget idle loses accuracy (7.8). So, from the uniform widths at
-    `ratio`, widen one group by cfg.round_to channels at a time while the pruned model still meets the budget,
-    choosing the widening that takes the smallest share of what is left of the scarcer limit (its cost measured on
+    stayed idle (RESULTS 7.10), and leaving a budget idle loses accuracy (7.8). A width-search candidate
+    (`group_ratios`, which then replace the uniform `ratio`) scaled until one limit binds leaves the other idle: one
+    searched model at the seed's size kept 31% fewer parameters than uniform (7.29; balance_candidate tilts it first,
+    this spends what is left). So, from the uniform widths at `ratio` (or the candidate's), widen one group by
+    cfg.round_to channels at a time while the pruned model still meets the budget, choosing the widening that takes the smallest share of what is left of the scarcer limit (its cost measured on
     the pruned copy, re-measured when stale); a group that no longer fits is not tried again (the cost of widening
     it only grows). Returns ({group root: ratio} for build_pruner's group_ratios, (MACs, parameters) of the filled
-    model), or None when no group could be widened (uniform at `ratio` stands)."""
+    model), or None when no group could be widened (the start stands)."""
     roots = group_roots(model, cfg, image_size, num_classes)
     step = max(cfg.round_to, 1)
     limits = [target_macs or float("inf"), target_params or float("inf")]
@@ -101,13 +106,13 @@ def fill_budget(model: nn.Module, cfg: Config, ratio: float, target_macs: float 
                                            image_size)
         return sizes[key]
 
-    uniform = prune_once(model, cfg, ratio, image_size=image_size, num_classes=num_classes,
-                         importance=sizing_importance(cfg))
-    modules = dict(uniform.named_modules())
+    start = prune_once(model, cfg, 0.0 if group_ratios else ratio, image_size=image_size, num_classes=num_classes,
+                       importance=sizing_importance(cfg), group_ratios=group_ratios)
+    modules = dict(start.named_modules())
     keep = {g: getattr(modules[g], "out_channels", getattr(modules[g], "out_features", None)) for g in roots}
     if None in keep.values():
         return None  # a group whose width this cannot read: left uniform
-    now, grown = count_macs_params(uniform, image_size), False
+    now, grown = count_macs_params(start, image_size), False
     cost = {g: None for g in roots if keep[g] + step <= roots[g]}  # g -> (MACs, params) its widening adds
 
     def share(g: str) -> float:  # of what is left of the scarcer limit
@@ -324,6 +329,69 @@ def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multip
     return u, pruned_at(u), None
 
 
+def macs_per_param(model: nn.Module, cfg: Config, roots: dict[str, int], *, image_size: int,
+                   num_classes: int) -> dict[str, float]:
+    """Each group's log MACs per parameter, centred on the groups' mean and scaled into [-1, 1]: what halving that
+    group alone removes from the pruned copy, counted (a channel at 32x32 costs 64x the MACs per parameter of one at
+    4x4 in ResNet-18). balance_candidate tilts candidates along it."""
+    full = count_macs_params(model, image_size)
+    logs = {}
+    for g in roots:
+        macs, params = count_macs_params(prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
+                                                    group_ratios={g: 0.5}, importance=sizing_importance(cfg)),
+                                         image_size)
+        logs[g] = math.log(max(full[0] - macs, 1) / max(full[1] - params, 1))
+    mean = sum(logs.values()) / len(logs)
+    reach = max(abs(v - mean) for v in logs.values()) or 1.0
+    return {g: (v - mean) / reach for g, v in logs.items()}
+
+
+def balance_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multipliers: dict[str, float],
+                      scores: dict[str, float], *, image_size: int, num_classes: int, iterations: int = 10,
+                      tilts: int = 5, span: float = 2.0) -> tuple[float, dict[str, float], nn.Module] | None:
+    """Under a MACs and a parameter limit both, a candidate scaled until one binds leaves the other idle (a
+    searched model at the seed's size kept 31% fewer parameters than uniform, RESULTS 7.29) and what a budget leaves
+    idle loses accuracy (7.8). So tilt the candidate: multiplier m of a group whose log MACs per parameter is s
+    (macs_per_param) becomes m * exp(t * s), t > 0 cutting the MAC-heavy groups harder and sparing the
+    parameter-heavy ones (t < 0 the reverse). Each tilt is scaled by scale_candidate; the far end (t = +-span)
+    first, then `tilts` - 1 halvings towards the tilt where the binding limit changes; the tilt whose scaled model
+    uses the most of its idler limit wins. Returns (u, the tilted multipliers, the pruned copy), or None where even
+    MAX_RATIO does not meet the budget untilted."""
+    def tilted(t: float) -> dict[str, float]:
+        return {g: m * math.exp(t * scores[g]) for g, m in multipliers.items()}
+
+    def scaled(t: float):
+        return scale_candidate(model, cfg, roots, tilted(t), image_size=image_size, num_classes=num_classes,
+                               iterations=iterations)
+
+    def usage(pruned: nn.Module) -> tuple[float, float]:  # shares of the MACs and parameter limits it uses
+        macs, params = count_macs_params(pruned, image_size)
+        return macs / cfg.target_macs, params / cfg.target_params
+
+    start = scaled(0.0)
+    if start is None:
+        return None
+    used = usage(start[1])
+    toward = 1.0 if used[0] > used[1] else -1.0  # MACs bind: tilt towards cutting the MAC-heavy groups harder
+    best, best_idle = (0.0, start), min(used)
+    lo, hi = 0.0, toward * span
+    for i in range(tilts):
+        t = hi if i == 0 else (lo + hi) / 2  # the far end first: if it is not past balance, it is the best
+        at = scaled(t)
+        if at is not None:
+            used = usage(at[1])
+            if min(used) > best_idle:
+                best, best_idle = (t, at), min(used)
+        if at is None or (used[0] > used[1]) != (toward > 0):
+            hi = t  # tilted past balance (or out of reach): back off
+        elif i == 0:
+            break
+        else:
+            lo = t
+    t, (u, pruned, _) = best
+    return u, tilted(t), pruned
+
+
 def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes: int,
                   proxy: Callable[[nn.Module], float], done: list[dict] | None = None,
                   record: Callable[[dict], None] | None = None, iterations: int = 10,
@@ -347,19 +415,35 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
         target_ms = recorded[0]
     elif cfg.target_speedup and len(rows) < cfg.search_budget:
         target_ms = ratio_for_latency(model, cfg, image_size, num_classes, iterations=0, reference=reference)["target_ms"]
+    both = fills_budget(cfg) and bool(cfg.target_macs and cfg.target_params) and len(rows) < cfg.search_budget
+    scores = macs_per_param(model, cfg, roots, image_size=image_size, num_classes=num_classes) if both else None
     for index in range(len(rows), cfg.search_budget):
         start = time.perf_counter()
         multipliers = draw_multipliers(roots, index, cfg.seed)
-        scaled = scale_candidate(model, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
-                                 iterations=iterations, target_ms=target_ms, fallback=index == 0)
+        if scores and index > 0:  # (uniform allocation, candidate 0, is left as uniform pruning gives it)
+            balanced = balance_candidate(model, cfg, roots, multipliers, scores, image_size=image_size,
+                                         num_classes=num_classes, iterations=iterations)
+            scaled = None if balanced is None else (balanced[0], balanced[2], None)
+            multipliers = multipliers if balanced is None else balanced[1]  # (tilted)
+        else:
+            scaled = scale_candidate(model, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
+                                     iterations=iterations, target_ms=target_ms, fallback=index == 0)
         if scaled is None:  # this direction cannot reach the budget: skipped
             row = {"index": index, "feasible": False, "multipliers": multipliers,
                    **({"target_ms": target_ms} if target_ms else {})}
         else:
             u, pruned, ms = scaled
+            ratios, filled = candidate_ratios(roots, multipliers, u), None
+            if fills_budget(cfg):  # what rounding (or the limit that did not bind) left idle is spent too
+                filled = fill_budget(model, cfg, u, cfg.target_macs, cfg.target_params, image_size=image_size,
+                                     num_classes=num_classes, group_ratios=ratios)
+            if filled:
+                ratios = filled[0]
+                pruned = prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
+                                    group_ratios=ratios)
             macs, params = count_macs_params(pruned, image_size)
-            row = {"index": index, "feasible": True, "multipliers": multipliers, "u": u,
-                   "group_ratios": candidate_ratios(roots, multipliers, u), "macs": macs, "params": params,
+            row = {"index": index, "feasible": True, "multipliers": multipliers, "u": u, "filled": bool(filled),
+                   "group_ratios": ratios, "macs": macs, "params": params,
                    **({"latency_ms": ms, "target_ms": target_ms} if ms is not None else {}),
                    "widths": layer_widths(pruned), "proxy_accuracy": proxy(pruned)}
         row["seconds"] = time.perf_counter() - start
@@ -372,6 +456,13 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
     best = max(feasible, key=lambda r: (r["proxy_accuracy"], -r["index"]))
     return {**best, "group_channels": roots, "candidates": rows, "seconds": sum(r["seconds"] for r in rows),
             **({"other_cores": other_cores(mark)} if latency_targeted(cfg) else {})}
+
+
+def fills_budget(cfg: Config) -> bool:
+    """Whether pruned widths are widened into what a MACs/parameter budget leaves idle (fill_budget): on by
+    cfg.fill_budget, for a size target under per-layer allocation (a global ranking sets the widths itself)."""
+    return cfg.fill_budget and bool(cfg.target_macs or cfg.target_params) and not latency_targeted(cfg) \
+        and not is_global(cfg)
 
 
 def _size_budget(cfg: Config) -> dict:
