@@ -159,8 +159,9 @@ def test_every_searched_candidate_meets_its_kind_of_target(kind):
 
 def test_under_a_macs_and_a_parameter_limit_each_candidate_is_tilted_until_both_are_spent():
     """A candidate scaled until one limit binds leaves the other idle (RESULTS 7.29: 31% of the parameters); the
-    search tilts it towards the idle limit (the 32x32 group costs 4x the MACs per parameter of the 16x16 one) and
-    widens into what rounding leaves. Without fill_budget the candidates are as drawn and scaled."""
+    search tilts it towards the idle limit (halving the 32x32 group removes 1.3x the MACs per parameter that halving
+    the 16x16 one does) and widens into what rounding leaves. Without fill_budget the candidates are as drawn and
+    scaled."""
     from prunelab.models import build_model
     model = build_model("user_nets:build_net", 10, kwargs={"width": 16})
     macs, params = count_macs_params(model, 32)
@@ -180,6 +181,11 @@ def test_under_a_macs_and_a_parameter_limit_each_candidate_is_tilted_until_both_
     assert max(idle(c) for c in drawn) > 0.2  # some drawn candidate leaves a fifth of a limit idle
     assert max(idle(c) for c in balanced[1:]) < 0.08  # (candidate 0, uniform, is filled, not tilted)
     assert set(balanced[0]["multipliers"].values()) == {1.0}  # uniform allocation stays uniform
+    idlest = max(range(len(drawn)), key=lambda i: idle(drawn[i]))
+    assert balanced[idlest]["multipliers"] != drawn[idlest]["multipliers"]  # tilted, not only filled
+    again = prune_once(model, make_config("tiny", settings), 0.0, image_size=32, num_classes=10,
+                       group_ratios=balanced[idlest]["group_ratios"])  # the recorded ratios give the recorded widths
+    assert count_macs_params(again, 32) == (balanced[idlest]["macs"], balanced[idlest]["params"])
 
 
 def test_the_search_report_times_uniform_and_searched_widths_when_the_target_is_a_latency():

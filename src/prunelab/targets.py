@@ -85,8 +85,9 @@ def fill_budget(model: nn.Module, cfg: Config, ratio: float, target_macs: float 
     (`group_ratios`, which then replace the uniform `ratio`) scaled until one limit binds leaves the other idle: one
     searched model at the seed's size kept 31% fewer parameters than uniform (7.29; balance_candidate tilts it first,
     this spends what is left). So, from the uniform widths at `ratio` (or the candidate's), widen one group by
-    cfg.round_to channels at a time while the pruned model still meets the budget, choosing the widening that takes the smallest share of what is left of the scarcer limit (its cost measured on
-    the pruned copy, re-measured when stale); a group that no longer fits is not tried again (the cost of widening
+    cfg.round_to channels at a time while the pruned model still meets the budget, choosing the widening that takes
+    the smallest share of what is left of the scarcer limit (its cost measured on the pruned copy, re-measured when
+    stale); a group that no longer fits is not tried again (the cost of widening
     it only grows). Returns ({group root: ratio} for build_pruner's group_ratios, (MACs, parameters) of the filled
     model), or None when no group could be widened (the start stands)."""
     roots = group_roots(model, cfg, image_size, num_classes)
@@ -111,7 +112,7 @@ def fill_budget(model: nn.Module, cfg: Config, ratio: float, target_macs: float 
     modules = dict(start.named_modules())
     keep = {g: getattr(modules[g], "out_channels", getattr(modules[g], "out_features", None)) for g in roots}
     if None in keep.values():
-        return None  # a group whose width this cannot read: left uniform
+        return None  # a group whose width this cannot read: the start stands
     now, grown = count_macs_params(start, image_size), False
     cost = {g: None for g in roots if keep[g] + step <= roots[g]}  # g -> (MACs, params) its widening adds
 
@@ -332,18 +333,20 @@ def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multip
 def macs_per_param(model: nn.Module, cfg: Config, roots: dict[str, int], *, image_size: int,
                    num_classes: int) -> dict[str, float]:
     """Each group's log MACs per parameter, centred on the groups' mean and scaled into [-1, 1]: what halving that
-    group alone removes from the pruned copy, counted (a channel at 32x32 costs 64x the MACs per parameter of one at
-    4x4 in ResNet-18). balance_candidate tilts candidates along it."""
+    group alone removes from `model`, counted (a channel at 32x32 costs 64x the MACs per parameter of one at 4x4 in
+    ResNet-18). A group that halving leaves whole (narrower than cfg.round_to, or not cut by the criterion) scores 0,
+    the mean. balance_candidate tilts candidates along it."""
     full = count_macs_params(model, image_size)
     logs = {}
     for g in roots:
         macs, params = count_macs_params(prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
                                                     group_ratios={g: 0.5}, importance=sizing_importance(cfg)),
                                          image_size)
-        logs[g] = math.log(max(full[0] - macs, 1) / max(full[1] - params, 1))
-    mean = sum(logs.values()) / len(logs)
-    reach = max(abs(v - mean) for v in logs.values()) or 1.0
-    return {g: (v - mean) / reach for g, v in logs.items()}
+        if macs < full[0] and params < full[1]:
+            logs[g] = math.log((full[0] - macs) / (full[1] - params))
+    mean = sum(logs.values()) / len(logs) if logs else 0.0
+    reach = max((abs(v - mean) for v in logs.values()), default=0.0) or 1.0
+    return {g: (logs[g] - mean) / reach if g in logs else 0.0 for g in roots}
 
 
 def balance_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multipliers: dict[str, float],
@@ -396,10 +399,11 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
                   proxy: Callable[[nn.Module], float], done: list[dict] | None = None,
                   record: Callable[[dict], None] | None = None, iterations: int = 10,
                   reference: nn.Module | None = None) -> dict:
-    """Widths for the budget (cfg.target_macs / target_params / target_latency_ms / target_speedup) that keep the most accuracy, by
-    random search over cfg.search_budget candidates (EagleEye, Li et al., ECCV 2020): each candidate is a vector of
+    """Widths for the budget (cfg.target_macs / target_params / target_latency_ms / target_speedup) that keep the
+    most accuracy, by random search over cfg.search_budget candidates (EagleEye, Li et al., ECCV 2020): each candidate is a vector of
     per-group multipliers (draw_multipliers); scale_candidate scales it until its one-shot pruning of `model`
-    just meets the target; `proxy(pruned)` scores the pruned copy (the pipeline re-estimates its batch-norm statistics
+    just meets the target (under a MACs and a parameter limit, with cfg.fill_budget, balance_candidate tilts it
+    until both bind; fill_budget then spends what rounding leaves, the row's "filled"); `proxy(pruned)` scores the pruned copy (the pipeline re-estimates its batch-norm statistics
     on training images and returns its accuracy on the validation split). `done`: candidate rows already scored
     (a resumed search), `record(row)`: called with each new row before the next starts. A speed-up is turned into
     ms once, by timing `reference` (default `model`: see ratio_for_latency) before the first candidate; each row
