@@ -268,7 +268,9 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
     fill = c.get("fill_budget", False) and (c.get("target_macs") or c.get("target_params"))
     allocation = ("global" if c["global_pruning"] or c.get("allocation") == "global" else
                   f"widths searched ({c['search_budget']} candidates"
-                  + (", each tilted and widened to spend what the budget leaves idle)" if fill else ")")
+                  + ((", each tilted and widened to spend what the budget leaves idle)" if c.get("target_macs")
+                      and c.get("target_params") else ", each widened into what rounding leaves of the budget)")
+                     if fill else ")")
                   if c.get("allocation") == "search" else
                   "per-layer" + (", widened into what rounding leaves of the budget" if fill else ""))
     depth = f"blocks {' '.join(c['drop_blocks'])} removed, then " if c.get("drop_blocks") else ""
