@@ -376,15 +376,15 @@ def balance_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], mult
         return None
     used = usage(start[1])
     toward = 1.0 if used[0] > used[1] else -1.0  # MACs bind: tilt towards cutting the MAC-heavy groups harder
-    best, best_idle = (0.0, start), min(used)
+    best, best_least = (0.0, start), min(used)  # the share its less used limit reaches
     lo, hi = 0.0, toward * span
     for i in range(tilts):
         t = hi if i == 0 else (lo + hi) / 2  # the far end first: if it is not past balance, it is the best
         at = scaled(t)
         if at is not None:
             used = usage(at[1])
-            if min(used) > best_idle:
-                best, best_idle = (t, at), min(used)
+            if min(used) > best_least:
+                best, best_least = (t, at), min(used)
         if at is None or (used[0] > used[1]) != (toward > 0):
             hi = t  # tilted past balance (or out of reach): back off
         elif i == 0:
