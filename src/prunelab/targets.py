@@ -399,18 +399,18 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
                   proxy: Callable[[nn.Module], float], done: list[dict] | None = None,
                   record: Callable[[dict], None] | None = None, iterations: int = 10,
                   reference: nn.Module | None = None) -> dict:
-    """Widths for the budget (cfg.target_macs / target_params / target_latency_ms / target_speedup) that keep the
-    most accuracy, by random search over cfg.search_budget candidates (EagleEye, Li et al., ECCV 2020): each candidate is a vector of
-    per-group multipliers (draw_multipliers); scale_candidate scales it until its one-shot pruning of `model`
-    just meets the target (under a MACs and a parameter limit, with cfg.fill_budget, balance_candidate tilts it
-    until both bind; fill_budget then spends what rounding leaves, the row's "filled"); `proxy(pruned)` scores the pruned copy (the pipeline re-estimates its batch-norm statistics
-    on training images and returns its accuracy on the validation split). `done`: candidate rows already scored
-    (a resumed search), `record(row)`: called with each new row before the next starts. A speed-up is turned into
-    ms once, by timing `reference` (default `model`: see ratio_for_latency) before the first candidate; each row
-    records the target it was scaled to, and a resumed search takes it from the rows done (so a killed search
-    resumes to the same widths however the machine's speed has moved). Returns the best row
-    (candidate 0, uniform, wins ties) with every row under "candidates" (and, for a latency target, the CPU cores
-    other processes kept busy during this search: "other_cores")."""
+    """Widths for the budget (cfg.target_macs / target_params / target_latency_ms / target_speedup) that keep the most
+    accuracy, by random search over cfg.search_budget candidates (EagleEye, Li et al., ECCV 2020): each candidate is
+    a vector of per-group multipliers (draw_multipliers); scale_candidate scales it until its one-shot pruning of
+    `model` just meets the target (under a MACs and a parameter limit, with cfg.fill_budget, balance_candidate tilts
+    it until both bind; fill_budget then spends what rounding leaves, the row's "filled"); `proxy(pruned)` scores
+    the pruned copy (the pipeline re-estimates its batch-norm statistics on training images and returns its accuracy
+    on the validation split). `done`: candidate rows already scored (a resumed search), `record(row)`: called with
+    each new row before the next starts. A speed-up is turned into ms once, by timing `reference` (default `model`:
+    see ratio_for_latency) before the first candidate; each row records the target it was scaled to, and a resumed
+    search takes it from the rows done (so a killed search resumes to the same widths however the machine's speed
+    has moved). Returns the best row (candidate 0, uniform, wins ties) with every row under "candidates" (and, for a
+    latency target, the CPU cores other processes kept busy during this search: "other_cores")."""
     roots = group_roots(model, cfg, image_size, num_classes)
     rows, mark = list(done or []), load_mark()
     target_ms = cfg.target_latency_ms
