@@ -265,14 +265,15 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
              if c.get("pretrained") or c.get("init_from") else "")
     dense = (f"baseline {c['baseline']}" if c.get("baseline")
              else f"{counted(c['epochs'], 'dense epoch')}{early} (lr {c['lr']}{start})")
-    fill = c.get("fill_budget", False) and (c.get("target_macs") or c.get("target_params"))
-    allocation = ("global" if c["global_pruning"] or c.get("allocation") == "global" else
-                  f"widths searched ({c['search_budget']} candidates"
-                  + ((", each tilted and widened to spend what the budget leaves idle)" if c.get("target_macs")
-                      and c.get("target_params") else ", each widened into what rounding leaves of the budget)")
-                     if fill else ")")
-                  if c.get("allocation") == "search" else
-                  "per-layer" + (", widened into what rounding leaves of the budget" if fill else ""))
+    fill = ("" if not c.get("fill_budget", False) or not (c.get("target_macs") or c.get("target_params")) else
+            "tilted and widened to spend what the budget leaves idle" if c.get("target_macs") and c.get("target_params")
+            and c.get("allocation") == "search" else "widened into what rounding leaves of the budget")
+    if c["global_pruning"] or c.get("allocation") == "global":
+        allocation = "global"
+    elif c.get("allocation") == "search":
+        allocation = f"widths searched ({c['search_budget']} candidates{', each ' + fill if fill else ''})"
+    else:
+        allocation = "per-layer" + (f", {fill}" if fill else "")
     depth = f"blocks {' '.join(c['drop_blocks'])} removed, then " if c.get("drop_blocks") else ""
     return (f"{c['model']}, {dense}; {depth}{c['importance']} importance, {allocation}, "
             f"{goal} in {counted(c['iterative_steps'], c.get('schedule', 'linear') + ' step')}; "

@@ -321,13 +321,21 @@ def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multip
                                    iterations=LATENCY_ITERATIONS)
         return u, pruned_at(u), _median(timed[u])
 
-    def fits(pruned: nn.Module) -> bool:
-        return not _over_budget(_size_budget(cfg), pruned, image_size)
+    u = size_ratio(model, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
+                   iterations=iterations)
+    return None if u is None else (u, pruned_at(u), None)
 
-    if not fits(pruned_at(MAX_RATIO, sizing_importance(cfg))):
-        return None
-    u = bisect_ratio(lambda u: fits(pruned_at(u, sizing_importance(cfg))), iterations)
-    return u, pruned_at(u), None
+
+def size_ratio(model: nn.Module, cfg: Config, roots: dict[str, int], multipliers: dict[str, float], *,
+               image_size: int, num_classes: int, iterations: int = 10) -> float | None:
+    """The u at which the candidate `multipliers` (candidate_ratios) just meets cfg's MACs/parameter budget, by a
+    bisection of `iterations` halvings over copies cut with sizing_importance; None where even MAX_RATIO does not."""
+    def fits(u: float) -> bool:
+        return not _over_budget(_size_budget(cfg), prune_once(
+            model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
+            group_ratios=candidate_ratios(roots, multipliers, u), importance=sizing_importance(cfg)), image_size)
+
+    return bisect_ratio(fits, iterations) if fits(MAX_RATIO) else None
 
 
 def macs_per_param(model: nn.Module, cfg: Config, roots: dict[str, int], *, image_size: int,
@@ -351,48 +359,47 @@ def macs_per_param(model: nn.Module, cfg: Config, roots: dict[str, int], *, imag
 
 def balance_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multipliers: dict[str, float],
                       scores: dict[str, float], *, image_size: int, num_classes: int, iterations: int = 10,
-                      tilts: int = 5, span: float = 2.0) -> tuple[float, dict[str, float], nn.Module] | None:
+                      tilts: int = 5, span: float = 2.0) -> tuple[float, dict[str, float]] | None:
     """Under a MACs and a parameter limit both, a candidate scaled until one binds leaves the other idle (a
     searched model at the seed's size kept 31% fewer parameters than uniform, RESULTS 7.29) and what a budget leaves
     idle loses accuracy (7.8). So tilt the candidate: multiplier m of a group whose log MACs per parameter is s
     (macs_per_param) becomes m * exp(t * s), t > 0 cutting the MAC-heavy groups harder and sparing the
-    parameter-heavy ones (t < 0 the reverse). Each tilt is scaled by scale_candidate; the far end (t = +-span)
-    first, then `tilts` - 1 halvings towards the tilt where the binding limit changes; the tilt whose scaled model
-    uses the most of its idler limit wins. Returns (u, the tilted multipliers, the pruned copy), or None where even
-    MAX_RATIO does not meet the budget untilted."""
+    parameter-heavy ones (t < 0 the reverse). Each tilt is scaled by size_ratio; the far end (t = +-span) first,
+    then `tilts` - 1 halvings towards the tilt where the binding limit changes; the tilt whose scaled candidate
+    uses the most of its less used limit wins. Returns (u, the tilted multipliers), or None where even MAX_RATIO
+    does not meet the budget untilted."""
     def tilted(t: float) -> dict[str, float]:
         return {g: m * math.exp(t * scores[g]) for g, m in multipliers.items()}
 
-    def scaled(t: float):
-        return scale_candidate(model, cfg, roots, tilted(t), image_size=image_size, num_classes=num_classes,
-                               iterations=iterations)
+    def sized(t: float) -> tuple[float, tuple[float, float]] | None:  # (u, the shares of both limits it uses)
+        u = size_ratio(model, cfg, roots, tilted(t), image_size=image_size, num_classes=num_classes,
+                       iterations=iterations)
+        if u is None:
+            return None
+        macs, params = count_macs_params(prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
+                                                    group_ratios=candidate_ratios(roots, tilted(t), u),
+                                                    importance=sizing_importance(cfg)), image_size)
+        return u, (macs / cfg.target_macs, params / cfg.target_params)
 
-    def usage(pruned: nn.Module) -> tuple[float, float]:  # shares of the MACs and parameter limits it uses
-        macs, params = count_macs_params(pruned, image_size)
-        return macs / cfg.target_macs, params / cfg.target_params
-
-    start = scaled(0.0)
+    start = sized(0.0)
     if start is None:
         return None
-    used = usage(start[1])
-    toward = 1.0 if used[0] > used[1] else -1.0  # MACs bind: tilt towards cutting the MAC-heavy groups harder
-    best, best_least = (0.0, start), min(used)  # the share its less used limit reaches
+    toward = 1.0 if start[1][0] > start[1][1] else -1.0  # MACs bind: cut the MAC-heavy groups harder
+    best_t, (best_u, used) = 0.0, start
+    best_least = min(used)  # the share its less used limit reaches
     lo, hi = 0.0, toward * span
     for i in range(tilts):
         t = hi if i == 0 else (lo + hi) / 2  # the far end first: if it is not past balance, it is the best
-        at = scaled(t)
-        if at is not None:
-            used = usage(at[1])
-            if min(used) > best_least:
-                best, best_least = (t, at), min(used)
-        if at is None or (used[0] > used[1]) != (toward > 0):
+        at = sized(t)
+        if at is not None and min(at[1]) > best_least:
+            best_t, best_u, best_least = t, at[0], min(at[1])
+        if at is None or (at[1][0] > at[1][1]) != (toward > 0):
             hi = t  # tilted past balance (or out of reach): back off
         elif i == 0:
             break
         else:
             lo = t
-    t, (u, pruned, _) = best
-    return u, tilted(t), pruned
+    return best_u, tilted(best_t)
 
 
 def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes: int,
@@ -427,7 +434,7 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
         if scores and index > 0:  # (uniform allocation, candidate 0, is left as uniform pruning gives it)
             balanced = balance_candidate(model, cfg, roots, multipliers, scores, image_size=image_size,
                                          num_classes=num_classes, iterations=iterations)
-            scaled = None if balanced is None else (balanced[0], balanced[2], None)
+            scaled = None if balanced is None else (balanced[0], None, None)  # (cut below, once)
             multipliers = multipliers if balanced is None else balanced[1]  # (tilted)
         else:
             scaled = scale_candidate(model, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
@@ -443,6 +450,7 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
                                      num_classes=num_classes, group_ratios=ratios)
             if filled:
                 ratios = filled[0]
+            if filled or pruned is None:
                 pruned = prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
                                     group_ratios=ratios)
             macs, params = count_macs_params(pruned, image_size)
