@@ -14,7 +14,7 @@ from prunelab.data import Split, fingerprint
 from prunelab.models import ModelSpec, InputSpec
 from prunelab.modelfile import save
 from prunelab.prune import count_macs_params, group_roots, prune_once
-from prunelab.targets import search_widths
+from prunelab.targets import SEARCH_VERSION, search_widths
 from prunelab.train import STAGE_BN_IMAGES, Trainer, fit, reestimate_batchnorm, score, stage_bn_images
 
 FAST = {"progress": False, "export_onnx": False, "measure_latency_every_step": False, "latency_batch_sizes": [1]}
@@ -321,6 +321,8 @@ def test_the_search_and_the_fresh_statistics_never_read_test_images(searched):
     assert len(last) == len(steps) + 2 and all(r.get("bn_reestimated") == 64 for r in last.values())
     report = (run_dir / "report.md").read_text()
     assert "Acc. after cut (stale BN)" in report and "## Width search" in report and "**Teacher:**" in report
+    assert "channel ratio found" not in report  # (a search scales its candidate's multipliers: no channel ratio)
+    assert "Channel ratio reached" in report
 
 
 def test_the_searched_widths_are_the_end_point_and_load_in_a_fresh_process(searched):
@@ -337,7 +339,10 @@ def test_the_searched_widths_are_the_end_point_and_load_in_a_fresh_process(searc
     assert json.loads(r.stdout.strip().splitlines()[-1]) == final_widths
 
 
-def test_a_killed_search_resumes_to_the_same_widths(searched, tmp_path):
+@pytest.mark.parametrize("older", [False, True])
+def test_a_killed_search_resumes_to_the_same_widths(searched, tmp_path, older):
+    """`older`: the scored line was written by a search that drew or sized its candidates otherwise (no "version",
+    as before the tilt): it is scored again, not ranked beside the new ones."""
     import shutil
     run_dir, _, _ = searched
     cut = tmp_path / "s"
@@ -345,7 +350,11 @@ def test_a_killed_search_resumes_to_the_same_widths(searched, tmp_path):
     search = json.loads((cut / "search.json").read_text())
     # the state a kill during the second candidate leaves: one scored line, a half-written one, no result
     lines = (cut / "search.jsonl").read_text().splitlines()
-    (cut / "search.jsonl").write_text(lines[0] + "\n" + lines[1][:40])
+    first = json.loads(lines[0])
+    if older:
+        del first["version"]
+        first["proxy_accuracy"] = 2.0  # (an older row that would win if it were ranked)
+    (cut / "search.jsonl").write_text(json.dumps(first) + "\n" + lines[1][:40])
     for p in [cut / "search.json", cut / "results.json", *[p for p in (cut / "checkpoints").iterdir()
                                                           if not p.name.startswith("dense")]]:
         p.unlink()
@@ -353,10 +362,12 @@ def test_a_killed_search_resumes_to_the_same_widths(searched, tmp_path):
     (cut / "metrics.jsonl").write_text("\n".join(metrics) + "\n")
     code, out, err = cli("run", "--resume", cut, "--no-progress")
     assert code == 0, err
-    assert "1 already scored" in out + err
+    assert ("holds 1 candidate drawn by another version" in out + err) == older
+    assert ("1 already scored" in out + err) != older
     again = json.loads((cut / "search.json").read_text())
     assert again["group_ratios"] == search["group_ratios"] and again["index"] == search["index"]
-    assert len((cut / "search.jsonl").read_text().splitlines()) == 3
+    rows = [json.loads(ln) for ln in (cut / "search.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["version"] == SEARCH_VERSION for r in rows)
 
 
 # ---------------------------------------------------------------- bad input, one line, before any work

@@ -35,7 +35,8 @@ from .models import ModelSpec, build, check_drop_blocks, check_name, drop_blocks
 from .prune import build_pruner, build_sparsifier, check_prunable, history, is_global, prune_step, restore, step_ratio
 from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
 from .runtimes import latency, missing
-from .targets import check_targets, fill_budget, fills_budget, ratio_for_latency, ratio_for_target, search_widths
+from .targets import (SEARCH_VERSION, check_targets, fill_budget, fills_budget, ratio_for_latency, ratio_for_target,
+                      search_widths)
 from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, reestimate_batchnorm, resolve_device,
                     score, stage_bn_images, teacher_targets, torch_threads)
 
@@ -390,6 +391,10 @@ class _Stages:
             self.search_split = self.train.subset(torch.randperm(len(self.train), generator=g)[
                 :cfg.search_train_images].to(self.train.labels.device))
             done = read_jsonl(rd.search_log)  # (rewritten without a line a crash may have cut short)
+            if any(r.get("version", 1) != SEARCH_VERSION for r in done):
+                log(f"width search: search.jsonl holds {report.counted(len(done), 'candidate')} drawn by another "
+                    "version of the search; scoring from the first again")
+                done = []
             if distributed.WORLD.main and rd.search_log.is_file():
                 write_text(rd.search_log, "".join(json.dumps(r) + "\n" for r in done))
             log(f"width search: {report.counted(cfg.search_budget, 'candidate')} for the target"

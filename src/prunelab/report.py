@@ -256,8 +256,10 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
     if c.get("target_speedup"):
         limits = [f"{c['target_speedup']:g}x the dense model's speed ({c['latency_runtime']}, batch "
                   f"{c['latency_batch_size']}, both timed on this machine)"]
-    goal = (f"target {' and '.join(limits)}" + (f" (channel ratio found: {ratio:.4f})" if pruning_ratio is not None
-                                                else "") if limits else f"channel ratio {ratio}")
+    # (a width search's u scales its chosen candidate's multipliers: not a channel ratio, so not shown)
+    found = pruning_ratio is not None and c.get("allocation") != "search"
+    goal = (f"target {' and '.join(limits)}" + (f" (channel ratio found: {ratio:.4f})" if found else "")
+            if limits else f"channel ratio {ratio}")
     per_unit = f"cosine stepped per {c.get('lr_schedule_unit', 'batch')}"
     early = f" on {c['early_images']:,} images" if c.get("early_images") else ""
     start = (f" from {'pretrained weights ' + c['pretrained'] if c.get('pretrained') else c.get('init_from')}"
@@ -384,6 +386,13 @@ def steps_markdown(results: dict) -> str:
 TRAINING_PRECISION_WORDS = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "fp32": "fp32"}
 
 
+def _found(results: dict) -> str:
+    """What the run found for its target: a channel ratio, or (a width search) the candidate it chose."""
+    chosen = (results.get("search") or {}).get("chosen")
+    return (f"widths searched: candidate {chosen['index']}" if chosen
+            else f"channel ratio found: {results.get('pruning_ratio', 0):.4f}")
+
+
 def report_markdown(results: dict) -> str:
     cfg, m, w = results["config"], results.get("machine") or {}, results["wall_time_s"]
     budget = results.get("budget_vs_seed", "")
@@ -410,14 +419,12 @@ def report_markdown(results: dict) -> str:
         parts += ["", f"**Latency target:** {t['target_speedup']:g}x the dense model's speed per batch of "
                   f"{t['batch_size']} in {t['runtime']}; timed side by side at the end (medians of fresh sessions), "
                   f"the final model runs in **{t['achieved_ms']:.3g} ms** against the dense model's "
-                  f"{t['dense_ms']:.3g} ms: **{t['achieved_speedup']:.2f}x** (channel ratio found: "
-                  f"{results.get('pruning_ratio', 0):.4f}, for {search.get('target_ms', float('nan')):.3g} ms in the "
-                  "search)."]
+                  f"{t['dense_ms']:.3g} ms: **{t['achieved_speedup']:.2f}x** ({_found(results)}, for "
+                  f"{search.get('target_ms', float('nan')):.3g} ms in the search)."]
     elif t:
         search = results["dense"].get("latency_search") or {}
         parts += ["", f"**Latency target:** {t['target_ms']:g} ms per batch of {t['batch_size']} in {t['runtime']}; "
-                  f"the final model runs in **{t['achieved_ms']:.3g} ms** (channel ratio found: "
-                  f"{results.get('pruning_ratio', 0):.4f}; dense {search.get('dense_latency_ms', float('nan')):.3g} ms; "
+                  f"the final model runs in **{t['achieved_ms']:.3g} ms** ({_found(results)}; dense {search.get('dense_latency_ms', float('nan')):.3g} ms; "
                   f"timing noise measured on this machine: {100 * search.get('noise', float('nan')):.1f}%)."]
     if t:
         parts += busy_markdown(results)

@@ -37,6 +37,10 @@ from .runtimes import latency
 MAX_RATIO = 0.95
 # A latency target's search (smallest_fitting_ratio): grid points over (0, MAX_RATIO], then halvings.
 LATENCY_POINTS, LATENCY_ITERATIONS = 12, 4
+# How the width search draws and sizes its candidates, in each search.jsonl row: a resumed search scores rows of
+# another version again rather than rank them beside its own (2: candidates tilted under two limits, RESULTS 7.30;
+# rows without it are 1, drawn and scaled only).
+SEARCH_VERSION = 2
 
 
 def sizing_importance(cfg: Config) -> str | None:
@@ -440,7 +444,7 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
             scaled = scale_candidate(model, cfg, roots, multipliers, image_size=image_size, num_classes=num_classes,
                                      iterations=iterations, target_ms=target_ms, fallback=index == 0)
         if scaled is None:  # this direction cannot reach the budget: skipped
-            row = {"index": index, "feasible": False, "multipliers": multipliers,
+            row = {"index": index, "version": SEARCH_VERSION, "feasible": False, "multipliers": multipliers,
                    **({"target_ms": target_ms} if target_ms else {})}
         else:
             u, pruned, ms = scaled
@@ -454,7 +458,8 @@ def search_widths(model: nn.Module, cfg: Config, *, image_size: int, num_classes
                 pruned = prune_once(model, cfg, 0.0, image_size=image_size, num_classes=num_classes,
                                     group_ratios=ratios)
             macs, params = count_macs_params(pruned, image_size)
-            row = {"index": index, "feasible": True, "multipliers": multipliers, "u": u, "filled": bool(filled),
+            row = {"index": index, "version": SEARCH_VERSION, "feasible": True, "multipliers": multipliers, "u": u,
+                   "filled": bool(filled),
                    "group_ratios": ratios, "macs": macs, "params": params,
                    **({"latency_ms": ms, "target_ms": target_ms} if ms is not None else {}),
                    "widths": layer_widths(pruned), "proxy_accuracy": proxy(pruned)}
