@@ -232,6 +232,35 @@ def test_a_size_budget_that_rounding_leaves_idle_is_filled_to_the_last_group_tha
         assert any(a > limit for a, limit in zip(counts(ratio=0.0, group_ratios=wider), limits)), g
 
 
+def test_a_budget_is_filled_through_depthwise_convolutions_that_share_their_groups_widths():
+    """A depthwise convolution (groups == channels) is pruned with the convolution before it, so its group's width
+    is read from the group's root: filling a MobileNet-like network's budget keeps every width a multiple of 8,
+    reports the size its widths really have, and meets both limits."""
+    import torch
+    import torch.nn as nn
+    from prunelab.prune import layer_widths, prune_once
+    from prunelab.targets import fill_budget
+
+    def block(i, o):
+        return [nn.Conv2d(i, i, 3, 2, 1, groups=i, bias=False), nn.BatchNorm2d(i), nn.ReLU(),
+                nn.Conv2d(i, o, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), *block(32, 64),
+                          *block(64, 96), *block(96, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+    cfg, size = make_config("seed", {"round_to": 8}), 16
+    dense = count_macs_params(model, size)
+    limits = (0.3 * dense[0], 0.3 * dense[1])
+    ratio = ratio_for_target(model, cfg, *limits, image_size=size, iterations=8)
+    uniform = count_macs_params(prune_once(model, cfg, ratio, image_size=size, num_classes=10), size)
+    filled, reported = fill_budget(model, cfg, ratio, *limits, image_size=size, num_classes=10)
+    pruned = prune_once(model, cfg, 0.0, image_size=size, num_classes=10, group_ratios=filled)
+    after, widths = count_macs_params(pruned, size), layer_widths(pruned)
+    assert tuple(after) == tuple(reported) and all(a <= limit for a, limit in zip(after, limits))
+    assert after[1] > uniform[1] and all(w % 8 == 0 for w in widths.values()), widths
+    assert widths["3"] == widths["0"] and widths["9"] == widths["6"]  # each depthwise keeps its input's channels
+    assert pruned(torch.randn(2, 3, size, size)).shape == (2, 10)
+
+
 def test_a_criterion_that_leaves_some_groups_whole_is_sized_with_that_criterion():
     """The size searches cut with random importance where the criterion cannot change the widths (targets.
     sizing_importance); bn_scale scores only groups with a batch norm and Torch-Pruning leaves the others whole, so
