@@ -363,7 +363,9 @@ def test_a_run_with_a_latency_target_reports_target_achieved_and_ratio(tmp_path)
     t = results["final"]["target_latency"]
     assert t["runtime"] == "onnxruntime" and t["target_ms"] == target and t["achieved_ms"] > 0
     assert results["pruning_ratio"] > 0.1  # the search had to prune to get there
-    assert f"**Latency target:** {target:g} ms per batch of 1 in onnxruntime" in (tmp_path / "tiny" / "report.md").read_text()
+    report = (tmp_path / "tiny" / "report.md").read_text()
+    assert f"**Latency target:** {target:g} ms per batch of 1 in onnxruntime" in report
+    assert f"(channel ratio found: {results['pruning_ratio']:.4f}; dense " in report
 
 
 def test_a_speedup_target_is_the_dense_latency_timed_in_the_same_run_and_is_reported_side_by_side(tmp_path):

@@ -323,6 +323,11 @@ def test_the_search_and_the_fresh_statistics_never_read_test_images(searched):
     assert "Acc. after cut (stale BN)" in report and "## Width search" in report and "**Teacher:**" in report
     assert "channel ratio found" not in report  # (a search scales its candidate's multipliers: no channel ratio)
     assert "Channel ratio reached" in report
+    results = json.loads((run_dir / "results.json").read_text())  # as a searched run with a latency target reports
+    results["final"]["target_latency"] = {"target_ms": 1.0, "batch_size": 1, "runtime": "onnxruntime",
+                                          "achieved_ms": 0.9}
+    md = prunelab.report.report_markdown(results)
+    assert f"(the width search chose candidate {results['search']['chosen']['index']})." in md and "nan" not in md
 
 
 def test_the_searched_widths_are_the_end_point_and_load_in_a_fresh_process(searched):
@@ -341,8 +346,9 @@ def test_the_searched_widths_are_the_end_point_and_load_in_a_fresh_process(searc
 
 @pytest.mark.parametrize("older", [False, True])
 def test_a_killed_search_resumes_to_the_same_widths(searched, tmp_path, older):
-    """`older`: the scored line was written by a search that drew or sized its candidates otherwise (no "version",
-    as before the tilt): it is scored again, not ranked beside the new ones."""
+    """`older`: the scored line was written by a search that drew or sized its candidates otherwise (neither
+    "version" nor "filled", as before the tilt): it is scored again, not ranked beside the new ones. Otherwise the
+    line carries no "version" but "filled", as the first tilted searches wrote it: it stands."""
     import shutil
     run_dir, _, _ = searched
     cut = tmp_path / "s"
@@ -351,8 +357,9 @@ def test_a_killed_search_resumes_to_the_same_widths(searched, tmp_path, older):
     # the state a kill during the second candidate leaves: one scored line, a half-written one, no result
     lines = (cut / "search.jsonl").read_text().splitlines()
     first = json.loads(lines[0])
+    del first["version"]
     if older:
-        del first["version"]
+        del first["filled"]
         first["proxy_accuracy"] = 2.0  # (an older row that would win if it were ranked)
     (cut / "search.jsonl").write_text(json.dumps(first) + "\n" + lines[1][:40])
     for p in [cut / "search.json", cut / "results.json", *[p for p in (cut / "checkpoints").iterdir()
@@ -362,12 +369,12 @@ def test_a_killed_search_resumes_to_the_same_widths(searched, tmp_path, older):
     (cut / "metrics.jsonl").write_text("\n".join(metrics) + "\n")
     code, out, err = cli("run", "--resume", cut, "--no-progress")
     assert code == 0, err
-    assert ("holds 1 candidate drawn by another version" in out + err) == older
+    assert ("holds 1 candidate scored by search version 1 (now 2)" in out + err) == older
     assert ("1 already scored" in out + err) != older
     again = json.loads((cut / "search.json").read_text())
     assert again["group_ratios"] == search["group_ratios"] and again["index"] == search["index"]
     rows = [json.loads(ln) for ln in (cut / "search.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 and all(r["version"] == SEARCH_VERSION for r in rows)
+    assert len(rows) == 3 and all(r.get("version") == SEARCH_VERSION for r in rows[0 if older else 1:])
 
 
 # ---------------------------------------------------------------- bad input, one line, before any work

@@ -36,7 +36,7 @@ from .prune import build_pruner, build_sparsifier, check_prunable, history, is_g
 from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
 from .runtimes import latency, missing
 from .targets import (SEARCH_VERSION, check_targets, fill_budget, fills_budget, ratio_for_latency, ratio_for_target,
-                      search_widths)
+                      row_version, search_widths)
 from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, reestimate_batchnorm, resolve_device,
                     score, stage_bn_images, teacher_targets, torch_threads)
 
@@ -391,12 +391,16 @@ class _Stages:
             self.search_split = self.train.subset(torch.randperm(len(self.train), generator=g)[
                 :cfg.search_train_images].to(self.train.labels.device))
             done = read_jsonl(rd.search_log)  # (rewritten without a line a crash may have cut short)
-            if any(r.get("version", 1) != SEARCH_VERSION for r in done):
-                log(f"width search: search.jsonl holds {report.counted(len(done), 'candidate')} drawn by another "
-                    "version of the search; scoring from the first again")
+            # rows another version of the search scored are not ranked beside this one's (a candidate that cannot
+            # reach the budget is the same in every version)
+            older = {row_version(r) for r in done if r["feasible"]} - {SEARCH_VERSION}
+            if older:
+                log(f"width search: search.jsonl holds {report.counted(len(done), 'candidate')} scored by search "
+                    f"version {min(older)} (now {SEARCH_VERSION}); scoring from the first again")
                 done = []
             if distributed.WORLD.main and rd.search_log.is_file():
                 write_text(rd.search_log, "".join(json.dumps(r) + "\n" for r in done))
+            distributed.barrier()  # (every rank has read the rows before rank 0 appends the next)
             log(f"width search: {report.counted(cfg.search_budget, 'candidate')} for the target"
                 + (f", {len(done)} already scored" if done else ""))
 

@@ -389,7 +389,7 @@ TRAINING_PRECISION_WORDS = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "f
 def _found(results: dict) -> str:
     """What the run found for its target: a channel ratio, or (a width search) the candidate it chose."""
     chosen = (results.get("search") or {}).get("chosen")
-    return (f"widths searched: candidate {chosen['index']}" if chosen
+    return (f"the width search chose candidate {chosen['index']}" if chosen
             else f"channel ratio found: {results.get('pruning_ratio', 0):.4f}")
 
 
@@ -422,10 +422,11 @@ def report_markdown(results: dict) -> str:
                   f"{t['dense_ms']:.3g} ms: **{t['achieved_speedup']:.2f}x** ({_found(results)}, for "
                   f"{search.get('target_ms', float('nan')):.3g} ms in the search)."]
     elif t:
-        search = results["dense"].get("latency_search") or {}
+        search = results["dense"].get("latency_search")  # (the ratio's search; a width search times no dense model)
         parts += ["", f"**Latency target:** {t['target_ms']:g} ms per batch of {t['batch_size']} in {t['runtime']}; "
-                  f"the final model runs in **{t['achieved_ms']:.3g} ms** ({_found(results)}; dense {search.get('dense_latency_ms', float('nan')):.3g} ms; "
-                  f"timing noise measured on this machine: {100 * search.get('noise', float('nan')):.1f}%)."]
+                  f"the final model runs in **{t['achieved_ms']:.3g} ms** ({_found(results)}"
+                  + (f"; dense {search['dense_latency_ms']:.3g} ms; timing noise measured on this machine: "
+                     f"{100 * search['noise']:.1f}%" if search else "") + ")."]
     if t:
         parts += busy_markdown(results)
     parts += ["", "## Key results", "", key_results_markdown(results), "",

@@ -43,6 +43,12 @@ LATENCY_POINTS, LATENCY_ITERATIONS = 12, 4
 SEARCH_VERSION = 2
 
 
+def row_version(row: dict) -> int:
+    """The SEARCH_VERSION a search.jsonl row was scored by (rows of the first tilted searches carry no version but
+    record "filled"; rows before the tilt carry neither)."""
+    return row.get("version", 2 if "filled" in row else 1)
+
+
 def sizing_importance(cfg: Config) -> str | None:
     """The importance that the MACs/parameter searches cut their candidates with. Under per-layer allocation a group
     keeps the number of channels its ratio fixes, whichever channels go, so "random" gives the same sizes as the
