@@ -37,7 +37,7 @@ def pin(rows: list[dict], candidate: int) -> None:
             raise SystemExit(f"the search scored {len(rows)} candidates, this run asks for {cfg.search_budget}; "
                              f"pass --search-budget {len(rows)}")
         result = real(model, cfg, **{**kwargs, "done": rows, "record": None})  # scores nothing: every row is done
-        return {**result, **chosen[0]}
+        return {**result, **chosen[0], "seconds": result["seconds"]}  # (the whole search's time, as it ran)
 
     pipeline.search_widths = pinned
 
