@@ -66,8 +66,9 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 def final_of(run: Path) -> dict:
     results = json.loads((run / "results.json").read_text())
     epochs = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("event") == "epoch" and "val_accuracy" in r]
+    final = [r["val_accuracy"] for r in epochs if r.get("phase") == "final fine-tune"]
     return {"test": results["final"]["accuracy"], "val": epochs[-1]["val_accuracy"] if epochs else None,
-            "params": results["final"]["params"], "macs": results["final"]["macs"]}
+            "params": results["final"]["params"], "macs": results["final"]["macs"], "final_epochs_val": final}
 
 
 def table(searches: list[Path], finals: dict[int, Path], out: Path | None) -> None:
@@ -99,6 +100,11 @@ def table(searches: list[Path], finals: dict[int, Path], out: Path | None) -> No
         print(f"proxy {i + 1} ({search}): Spearman with final val {c['spearman_val']:+.2f}, with test "
               f"{c['spearman_test']:+.2f} over {len(have)} candidates")
     print(f"final val against test: Spearman {spearman([r['val'] for r in rows], [r['test'] for r in rows]):+.2f}")
+    epochs = min(len(r["final_epochs_val"]) for r in rows)
+    prefix = [spearman([r["final_epochs_val"][k] for r in rows], [r["test"] for r in rows]) for k in range(epochs)]
+    print("the final fine-tune's own val accuracy after epoch 1, 2, ... as the proxy: Spearman with test "
+          + " ".join(f"{c:+.2f}" for c in prefix))
+    correlations.append({"final_epoch_val_against_test": prefix})
     if out:
         write_json(out, {"rows": rows, "correlations": correlations})
 
