@@ -195,9 +195,10 @@ class Config:
                                "(an error lists them)")
     allocation: str = _f("uniform", "how the channels to remove are spread over the layers: uniform (every group loses the "
                                     "same share) | global (channels ranked across layers by the importance) | search "
-                                    "(each group's width searched for the target: candidates ranked on the validation "
-                                    "split by one-shot pruning + fresh batch-norm statistics; needs a target and "
-                                    "--val-size)")
+                                    "(each group's width searched for the target: candidates cut once, given fresh "
+                                    "batch-norm statistics and a short fine-tune, ranked on the validation split; needs "
+                                    "a target and --val-size; it gains under a latency target, and ties or loses to "
+                                    "uniform under a size target at 100x fewer MACs: docs/RESULTS.md 7.10, 7.32)")
     search_budget: int = _f(16, "with allocation search: width candidates scored (the first is uniform allocation)")
     search_images: int = _f(1024, "with allocation search: training images that re-estimate each candidate's batch-norm "
                                   "statistics; the candidate is then scored on the validation split")
