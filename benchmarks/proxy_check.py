@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from allocation_study import spearman  # (benchmarks/, on the path of a script run from it)
 from prunelab.files import read_jsonl, write_json
 
 
@@ -40,27 +41,6 @@ def pin(rows: list[dict], candidate: int) -> None:
         return {**result, **chosen[0], "seconds": result["seconds"]}  # (the whole search's time, as it ran)
 
     pipeline.search_widths = pinned
-
-
-def spearman(xs: list[float], ys: list[float]) -> float:
-    """Spearman's rank correlation (ties share their mean rank)."""
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-    return cov / var if var else float("nan")
 
 
 def final_of(run: Path) -> dict:
