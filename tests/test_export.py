@@ -341,7 +341,7 @@ def test_a_smaller_latency_budget_picks_a_smaller_model_and_an_unreachable_one_s
     from prunelab.targets import ratio_for_latency
     model = build_model("resnet18_cifar")
     dense = fastest_dense_ms(tmp_path)
-    cfg = make_config("seed", {"latency_runtime": "onnxruntime"})
+    cfg = make_config("seed", {"latency_runtime": "onnxruntime", "latency_min_seconds": 0.1})  # (search: 0.3 s)
     loose = ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=0.6 * dense), 32, 10, points=6)
     tight = ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=0.15 * dense), 32, 10, points=6)
     assert tight["ratio"] > loose["ratio"] > 0 and loose["fits"] and tight["fits"]
@@ -419,6 +419,26 @@ def test_a_latency_search_beside_a_busy_process_measures_the_load_and_the_report
         in warning and "while the final model was timed" not in warning  # (0.05: below BUSY_CORES)
     quiet = {"dense": {"latency_search": {**search, "other_cores": BUSY_CORES / 2}}, "final": {}}
     assert busy_markdown(quiet) == []
+
+
+def test_a_latency_search_times_each_candidate_for_at_most_the_seconds_the_config_gives(monkeypatch):
+    """Each timing of a latency search takes targets.SEARCH_SECONDS, or less where --latency-min-seconds asks every
+    timing to be shorter (the tiny preset's 0, a user's quick look)."""
+    from prunelab import targets
+    from prunelab.config import make_config
+    seen, real = [], targets.latency
+
+    def spy(*args, min_seconds, **kwargs):
+        seen.append(min_seconds)
+        return real(*args, min_seconds=min_seconds, **kwargs)
+
+    monkeypatch.setattr(targets, "latency", spy)
+    model = build_model("resnet18_cifar")
+    for given, expected in ((1.0, targets.SEARCH_SECONDS), (0.02, 0.02)):
+        seen.clear()
+        cfg = make_config("tiny", {"latency_runtime": "pytorch", "target_speedup": 1.2, "latency_min_seconds": given})
+        targets.ratio_for_latency(model, cfg, 16, 10, iterations=1, points=2)
+        assert len(seen) > 6 and set(seen) == {expected}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -506,7 +506,7 @@ def test_the_width_search_scales_each_candidate_to_a_latency_target_with_the_gri
                                       group_ratios=targets.candidate_ratios(roots, {g: 1.0 for g in roots}, u)), 32)[1]
                  for u in (0.60, 0.66, 0.84)}
 
-    def rugged(pruned, runtime, image_size, batch_size, work):
+    def rugged(pruned, runtime, image_size, batch_size, work, min_seconds):
         params = count_macs_params(pruned, image_size)[1]
         return 0.3 if params_at[0.66] <= params <= params_at[0.60] else 0.5 if params > params_at[0.84] and \
             params < params_at[0.66] else 0.2 if params <= params_at[0.84] else 1.0
@@ -528,7 +528,7 @@ def test_a_latency_target_passed_as_within_the_noise_ends_the_search_at_uniform_
     dense_params = count_macs_params(model, 16)[1]
     dense_timings = [1.0, 1.0, 1.2, 1.0, 1.0]
 
-    def timing(pruned, runtime, image_size, batch_size, work):
+    def timing(pruned, runtime, image_size, batch_size, work, min_seconds):
         params = count_macs_params(pruned, image_size)[1]
         return dense_timings.pop(0) if params == dense_params and dense_timings else max(0.55, params / dense_params)
 
@@ -551,7 +551,7 @@ def test_the_width_search_meets_a_speedup_as_the_dense_latency_timed_first_over_
     dense_params = count_macs_params(model, 32)[1]
     timed = []
 
-    def proportional(pruned, runtime, image_size, batch_size, work):
+    def proportional(pruned, runtime, image_size, batch_size, work, min_seconds):
         timed.append(count_macs_params(pruned, image_size)[1])
         return 10.0 * timed[-1] / dense_params
 
@@ -576,7 +576,7 @@ def test_a_resumed_speedup_search_keeps_the_target_of_its_first_candidates(monke
     dense_params = count_macs_params(model, 32)[1]
     scale, timed = [10.0], []
 
-    def proportional(pruned, runtime, image_size, batch_size, work):
+    def proportional(pruned, runtime, image_size, batch_size, work, min_seconds):
         timed.append(count_macs_params(pruned, image_size)[1])
         return scale[0] * timed[-1] / dense_params
 
@@ -603,7 +603,7 @@ def test_a_sweep_over_speedups_and_latencies_plans_one_run_per_target_checked_be
     model = build(spec)
     dense_params = count_macs_params(model, 16)[1]
     monkeypatch.setattr(targets, "latency",
-                        lambda pruned, runtime, size, batch, work: 10.0 * count_macs_params(pruned, size)[1] / dense_params)
+                        lambda pruned, runtime, size, batch, work, min_seconds: 10.0 * count_macs_params(pruned, size)[1] / dense_params)
     save(tmp_path / "dense", model, spec, [])
     common = ("sweep", "--preset", "tiny", "--out-dir", tmp_path / "runs", "--name", "sw", "--baseline",
               tmp_path / "dense.safetensors")

@@ -254,7 +254,8 @@ class Config:
     latency_batch_sizes: list = _f([1, 128], "batch sizes at which latency is measured")
     latency_warmup: int = _f(3, "untimed forward passes before timing")
     latency_min_reps: int = _f(5, "timed forward passes at least")
-    latency_min_seconds: float = _f(1.0, "keep timing until this many seconds have passed (median and p90 are reported)")
+    latency_min_seconds: float = _f(1.0, "keep timing until this many seconds have passed (median and p90 are "
+                                    "reported); a latency target's search times each candidate for at most 0.3 s")
     measure_latency_every_step: bool = _f(True, "measure latency after every pruning step, not only dense and final")
 
     # --- export ---

@@ -663,7 +663,8 @@ class _Stages:
         out, mark = {"runtime": cfg.latency_runtime, "batch_size": cfg.latency_batch_size}, load_mark()
         with tempfile.TemporaryDirectory() as tmp:
             def timed(m, name: str) -> float:
-                return latency(m, cfg.latency_runtime, size, cfg.latency_batch_size, Path(tmp) / name, min_seconds=1.0)
+                return latency(m, cfg.latency_runtime, size, cfg.latency_batch_size, Path(tmp) / name,
+                               min_seconds=cfg.latency_min_seconds)
 
             if not cfg.target_speedup:
                 out |= {"target_ms": cfg.target_latency_ms, "achieved_ms": timed(model, "final")}

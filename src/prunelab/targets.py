@@ -37,6 +37,8 @@ from .runtimes import latency
 MAX_RATIO = 0.95
 # A latency target's search (smallest_fitting_ratio): grid points over (0, MAX_RATIO], then halvings.
 LATENCY_POINTS, LATENCY_ITERATIONS = 12, 4
+# Seconds of timing per candidate in a latency search, at most (less where cfg.latency_min_seconds asks for less).
+SEARCH_SECONDS = 0.3
 # How the width search draws and sizes its candidates, in each search.jsonl row: a resumed search scores rows of
 # another version again rather than rank them beside its own (2: candidates tilted under two limits, RESULTS 7.30;
 # rows without it are 1, drawn and scaled only).
@@ -47,6 +49,12 @@ def row_version(row: dict) -> int:
     """The SEARCH_VERSION a search.jsonl row was scored by (rows of the first tilted searches carry no version but
     record "filled"; rows before the tilt carry neither)."""
     return row.get("version", 2 if "filled" in row else 1)
+
+
+def search_seconds(cfg: Config) -> float:
+    """How long a latency search times each candidate: SEARCH_SECONDS, or cfg.latency_min_seconds where the user
+    asked every timing to be shorter (a quick look, a slow machine; fewer timed passes, noisier medians)."""
+    return min(SEARCH_SECONDS, cfg.latency_min_seconds)
 
 
 def sizing_importance(cfg: Config) -> str | None:
@@ -215,7 +223,8 @@ def ratio_for_latency(model: nn.Module, cfg: Config, image_size: int, num_classe
             work = Path(tmp) / (name or f"r{count[0]}")
             work.mkdir(parents=True, exist_ok=True)
             pruned = prune_once(of, cfg, ratio, image_size=image_size, num_classes=num_classes).eval()
-            return latency(pruned, cfg.latency_runtime, image_size, cfg.latency_batch_size, work)
+            return latency(pruned, cfg.latency_runtime, image_size, cfg.latency_batch_size, work,
+                           min_seconds=search_seconds(cfg))
 
         runs = [at(0.0, "dense") for _ in range(5)]  # one ONNX export, five fresh sessions
         dense = sorted(runs)[2]
@@ -322,7 +331,8 @@ def scale_candidate(model: nn.Module, cfg: Config, roots: dict[str, int], multip
     if target_ms:
         def time_at(u: float) -> float:
             with tempfile.TemporaryDirectory() as tmp:
-                return latency(pruned_at(u).eval(), cfg.latency_runtime, image_size, cfg.latency_batch_size, tmp)
+                return latency(pruned_at(u).eval(), cfg.latency_runtime, image_size, cfg.latency_batch_size, tmp,
+                               min_seconds=search_seconds(cfg))
 
         timed = {MAX_RATIO: [time_at(MAX_RATIO)]}
         if timed[MAX_RATIO][0] > target_ms:
