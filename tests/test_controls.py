@@ -238,7 +238,7 @@ def test_a_sweep_plan_runs_as_independent_processes_and_collect_groups_seeds(tmp
     code, out, err = cli("sweep", "--preset", "tiny", "--out-dir", tmp_path / "runs", "--name", "sw", "--no-progress",
                          "--no-export-onnx", "--no-measure-latency-every-step", "--baseline", dense,
                          "--targets-macs", "40e6", "--seeds", "0", "1", "--controls", "scratch",
-                         "--control-budget", "images", "--plan", tmp_path / "plan")
+                         "--control-budget", "images", "--no-fill-budget", "--plan", tmp_path / "plan")
     assert code == 0, err
     commands = (tmp_path / "plan" / "commands.txt").read_text().splitlines()
     assert len(commands) == 2 and all(c.startswith("prunelab run --or-resume --config ") for c in commands)
