@@ -1,10 +1,11 @@
 """Which block type spends the seed's budget (<= 5.29 M MACs and <= 105,428 params) best, before any training:
-ResNet-18 (resnet18_cifar), MLPerf Tiny's ResNet-8 and a CIFAR MobileNetV2 (benchmarks/cifar_nets.py), each pruned
-uniformly by prunelab (`ratio_for_target` under both caps, the `full` preset's L2 criterion and round_to 8, the
-classifier kept). For each: the ratio, MACs, params, the distinct widths left, and how fast the pruned network
-trains on this CPU (SGD steps on random 32 px batches of 128 in prunelab's Trainer precision, NCHW, the threads
-given; median of the timed steps) with the epochs of 50,000 images that two hours of training would hold at that
-speed (training only: no evaluation, no data loading). Prints a table and writes JSON (optional path).
+ResNet-18 (resnet18_cifar), MLPerf Tiny's ResNet-8 (as published, and 24 wide with its first stage at 16 x 16) and a
+CIFAR MobileNetV2 (benchmarks/cifar_nets.py), each pruned uniformly by prunelab (`ratio_for_target` under both caps,
+the `full` preset's settings: L2, round_to 2, the classifier kept; no fill_budget). For each: the ratio, MACs,
+params, the distinct widths left, and how fast the pruned network trains on this CPU (SGD steps on random 32 px
+batches of 128, bf16 autocast where prunelab would use it, NCHW, the threads given; median of the timed steps) with
+the epochs of 50,000 images that two hours of training would hold at that speed (training only: no evaluation, no
+data loading). Prints a table and writes JSON (optional path).
 
     PYTHONPATH=benchmarks python benchmarks/block_type_budget.py [--threads 2] [--json OUT]
 """
@@ -63,6 +64,7 @@ def main() -> None:
     cfg = make_config("full", {})
     rows = {}
     for name, build in (("resnet18_cifar", resnet18_cifar), ("resnet8 (MLPerf Tiny)", resnet8),
+                        ("resnet8, width 24, first stride 2", lambda num_classes: resnet8(num_classes, 24, 2)),
                         ("mobilenet_v2_cifar", mobilenet_v2_cifar)):
         dense = build(num_classes=10)
         dense_macs, dense_params = count_macs_params(dense, 32)

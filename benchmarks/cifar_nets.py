@@ -38,15 +38,16 @@ def resnet8(num_classes: int = 10, width: int = 16, first_stride: int = 1) -> nn
     width 18 with first_stride 2 is 4.52 M MACs and 98,884 params (RESULTS 7.33)."""
     a = width
     return nn.Sequential(*_conv_bn(3, a, 3), BasicBlock(a, a, first_stride), BasicBlock(a, 2 * a, 2),
-                         BasicBlock(2 * a, 4 * a, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * a, num_classes))
+                         BasicBlock(2 * a, 4 * a, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4 * a, num_classes))
 
 
 class InvertedResidual(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, expansion: int):
         super().__init__()
         mid = cin * expansion
-        self.body = nn.Sequential(*(_conv_bn(cin, mid, 1) if expansion != 1 else []), *_conv_bn(mid, mid, 3, stride, mid),
-                                  *_conv_bn(mid, cout, 1, relu=False))
+        expand = _conv_bn(cin, mid, 1) if expansion != 1 else []
+        self.body = nn.Sequential(*expand, *_conv_bn(mid, mid, 3, stride, mid), *_conv_bn(mid, cout, 1, relu=False))
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x):
