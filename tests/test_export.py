@@ -341,7 +341,7 @@ def test_a_smaller_latency_budget_picks_a_smaller_model_and_an_unreachable_one_s
     from prunelab.targets import ratio_for_latency
     model = build_model("resnet18_cifar")
     dense = fastest_dense_ms(tmp_path)
-    cfg = make_config("seed", {"latency_runtime": "onnxruntime", "latency_min_seconds": 0.1})  # (search: 0.3 s)
+    cfg = make_config("seed", {"latency_runtime": "onnxruntime", "latency_min_seconds": 0.1})  # 0.1 s a timing
     loose = ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=0.6 * dense), 32, 10, points=6)
     tight = ratio_for_latency(model, dataclasses.replace(cfg, target_latency_ms=0.15 * dense), 32, 10, points=6)
     assert tight["ratio"] > loose["ratio"] > 0 and loose["fits"] and tight["fits"]

@@ -549,16 +549,19 @@ def test_the_width_search_meets_a_speedup_as_the_dense_latency_timed_first_over_
     from prunelab.models import build_model
     model = build_model("user_nets:build_net", 10, kwargs={"width": 16})
     dense_params = count_macs_params(model, 32)[1]
-    timed = []
+    timed, seconds = [], set()
 
     def proportional(pruned, runtime, image_size, batch_size, work, min_seconds):
         timed.append(count_macs_params(pruned, image_size)[1])
+        seconds.add(min_seconds)
         return 10.0 * timed[-1] / dense_params
 
     monkeypatch.setattr(targets, "latency", proportional)
-    cfg = make_config("tiny", {"allocation": "search", "val_size": 8, "search_budget": 3, "target_speedup": 2.0})
+    cfg = make_config("tiny", {"allocation": "search", "val_size": 8, "search_budget": 3, "target_speedup": 2.0,
+                               "latency_min_seconds": 0.05})
     best = search_widths(model, cfg, image_size=32, num_classes=10, proxy=lambda m: 0.0)
     assert timed[0] == dense_params  # the dense model first
+    assert seconds == {0.05}  # every candidate timed for the seconds the config gives (targets.search_seconds)
     feasible = [c for c in best["candidates"] if c["feasible"]]
     assert len(feasible) >= 2
     for c in feasible:
