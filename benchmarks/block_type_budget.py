@@ -24,7 +24,7 @@ from prunelab.config import make_config
 from prunelab.files import write_json
 from prunelab.measurement import machine
 from prunelab.models import resnet18_cifar
-from prunelab.prune import count_macs_params, prune_once
+from prunelab.prune import count_macs_params, layer_widths, prune_once
 from prunelab.targets import ratio_for_target
 from prunelab.train import autocast_dtype
 
@@ -36,9 +36,9 @@ def prune_to_caps(model: nn.Module, cfg) -> tuple[float, nn.Module]:
     return ratio, prune_once(model, cfg, ratio, image_size=32, num_classes=10)
 
 
-def train_speed(model: nn.Module, cfg, steps: int = 30, warmup: int = 5, batch: int = 128) -> float:
-    """Training images per second: median over `steps` SGD steps after `warmup`."""
-    amp = autocast_dtype(cfg.precision, torch.device("cpu"))
+def train_speed(model: nn.Module, amp: torch.dtype | None, steps: int = 30, warmup: int = 5,
+                batch: int = 128) -> float:
+    """Training images per second (autocast to `amp`, None: fp32): median over `steps` SGD steps after `warmup`."""
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
@@ -62,6 +62,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = make_config("full", {})
+    amp = autocast_dtype(cfg.precision, torch.device("cpu"))  # as prunelab trains on this CPU
     rows = {}
     for name, build in (("resnet18_cifar", resnet18_cifar), ("resnet8 (MLPerf Tiny)", resnet8),
                         ("resnet8, width 24, first stride 2", lambda num_classes: resnet8(num_classes, 24, 2)),
@@ -70,12 +71,10 @@ def main() -> None:
         dense_macs, dense_params = count_macs_params(dense, 32)
         ratio, pruned = prune_to_caps(dense, cfg)
         macs, params = count_macs_params(pruned, 32)
-        speed = train_speed(pruned, cfg)
+        speed = train_speed(pruned, amp)
         rows[name] = {"dense_macs": dense_macs, "dense_params": dense_params, "ratio": ratio, "macs": macs,
-                      "params": params, "widths": sorted({m.out_channels for m in pruned.modules()
-                                                          if isinstance(m, nn.Conv2d)}),
+                      "params": params, "widths": sorted(set(layer_widths(pruned).values())),
                       "train_images_per_s": speed, "epochs_in_2h": 7200 * speed / 50_000}
-    amp = autocast_dtype(cfg.precision, torch.device("cpu"))
     rows = {"machine": machine(), "threads": args.threads, "autocast": str(amp), "networks": rows}
     print(f"{rows['machine']['processor']}, bf16 {rows['machine']['cpu_bf16']}, {args.threads} threads, autocast {amp}\n")
     print("| network | dense MACs / params | ratio | MACs | params | widths | train img/s | epochs in 2 h |")

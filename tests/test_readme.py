@@ -109,7 +109,7 @@ def run_readme_commands(commands: list[str], tmp_path: Path, real_data: Path) ->
             continue
         args = [str(real_data) if a in ("../shared/data/cifar10-jpeg", "data") else a for a in args]
         args = ["64" if before == "--val-size" else a for before, a in zip([""] + args, args)]  # (the dense model
-        # scores the validation split: 2,000 images took ~10 of the searched run's ~25 s)
+        # scores the validation split: 2,000 images were ~15 of the searched run's ~25 s)
         args = [str(tmp_path / "runs" / "quick" / "checkpoints" / "dense.safetensors") if a == "dense.safetensors"
                 else a for a in args if a != "--download"]  # offline: the local copy stands in for a download
         if "--data-dir" not in args:

@@ -255,7 +255,7 @@ class Config:
     latency_warmup: int = _f(3, "untimed forward passes before timing")
     latency_min_reps: int = _f(5, "timed forward passes at least")
     latency_min_seconds: float = _f(1.0, "keep timing until this many seconds have passed (median and p90 are "
-                                    "reported); a latency target's search times each candidate for at most 0.3 s")
+                                    "reported); a latency target's search times each candidate for this long at most")
     measure_latency_every_step: bool = _f(True, "measure latency after every pruning step, not only dense and final")
 
     # --- export ---
