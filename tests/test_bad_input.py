@@ -106,6 +106,8 @@ CASES = [  # (case, extra CLI arguments, text the one-line message must contain)
     ("negative fine-tune epochs", ["--final-finetune-epochs", "-1"], "final_finetune_epochs must be 0 or more"),
     ("warm-up that a per-epoch schedule cannot ramp", ["--warmup-epochs", "1"], "add --lr-schedule-unit batch"),
     ("negative cutout", ["--cutout-px", "-4"], "cutout_px must be 0 (off) or more"),
+    ("negative reconstruction", ["--reconstruct-images", "-1"], "reconstruct_images must be 0 (off) or more"),
+    ("zero reconstruction steps", ["--reconstruct-steps", "0"], "reconstruct_steps must be at least 1"),
     ("cutout as large as the images", ["--cutout-px", "64"], "cutout_px 64 is not below the data's"),
     ("text where a number belongs", ["--batch-size", "many"], "'batch_size' must be a int"),
     ("negative learning rate", ["--lr", "-0.1"], "must be positive"),

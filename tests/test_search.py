@@ -211,17 +211,22 @@ def test_the_search_report_times_uniform_and_searched_widths_when_the_target_is_
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    """A tiny run with the width search, fresh batch-norm statistics after each cut, and distillation from a
-    teacher of another architecture (a user's SmallNet saved as a prunelab model file); every split handed to
-    the batch-norm re-estimation and to scoring is recorded."""
+    """A tiny run with the width search, fresh batch-norm statistics and a reconstruction after each cut, and
+    distillation from a teacher of another architecture (a user's SmallNet saved as a prunelab model file); every
+    split handed to the batch-norm re-estimation, the reconstruction and to scoring is recorded."""
     import prunelab.pipeline as pipeline
     out = tmp_path_factory.mktemp("searched")
     teacher = prunelab.models.build_model("user_nets:build_net", 10)
     save(out / "teacher", teacher, ModelSpec("user_nets:build_net", 10), [],
          inputs=InputSpec(make_config("tiny").image_size, (0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610),
                           tuple(f"class{i}" for i in range(10))))
-    seen = {"reestimate": [], "search_scores": [], "searching": False, "proxy_lr_per_batch": []}
+    seen = {"reestimate": [], "search_scores": [], "searching": False, "proxy_lr_per_batch": [], "reconstruct": []}
     real_reestimate, real_score, real_search = pipeline.reestimate_batchnorm, pipeline.score, pipeline.search_widths
+    real_reconstruct = pipeline.reconstruct
+
+    def reconstruct(before, model, removed, split, *a, **k):
+        seen["reconstruct"].append(fingerprint(split))
+        return real_reconstruct(before, model, removed, split, *a, **k)
     real_fit = pipeline.fit
 
     def fit(*a, **k):
@@ -248,13 +253,14 @@ def searched(tmp_path_factory):
     cfg = make_config("tiny", {**FAST, "out_dir": str(out), "name": "s", "allocation": "search", "target_macs": 30e6,
                                "val_size": 64, "search_budget": 3, "bn_reestimate_images": 64, "distill": True,
                                "teacher": str(out / "teacher.json"), "teacher_model": "user_nets:build_net",
-                               "early_images": 128,
+                               "early_images": 128, "reconstruct_images": 64, "reconstruct_steps": 5,
                                "lr_schedule_unit": "epoch"})  # the proxy's fine-tune anneals its lr all the same
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "reestimate_batchnorm", reestimate)
         mp.setattr(pipeline, "score", scored)
         mp.setattr(pipeline, "search_widths", search)
         mp.setattr(pipeline, "fit", fit)
+        mp.setattr(pipeline, "reconstruct", reconstruct)
         run_dir = prunelab.run(cfg)
     data = prunelab.data.load_data(cfg)
     return run_dir, seen, data
@@ -314,6 +320,11 @@ def test_the_search_and_the_fresh_statistics_never_read_test_images(searched):
     assert seen["reestimate"] and test not in seen["reestimate"] and val not in seen["reestimate"]
     steps = json.loads((run_dir / "results.json").read_text())["steps"]
     assert all("accuracy_stale_bn" in s and "accuracy_before_finetune" in s for s in steps)
+    # every cut is followed by a reconstruction on the stage's training images, never validation or test ones
+    assert len(seen["reconstruct"]) == len(steps) and not {test, val} & set(seen["reconstruct"])
+    assert all(s["reconstruction"]["images"] == 64 and "accuracy_before_reconstruction" in s for s in steps)
+    assert any(isinstance(u, list) for s in steps for u in s["reconstruction"]["units"].values())
+    assert "units refitted to the model before it on 64 images" in (run_dir / "report.md").read_text()
     last = {}  # every training stage (dense, steps, final) ends with statistics re-estimated on its own images
     for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
         if row.get("event") == "epoch":
@@ -620,3 +631,59 @@ def test_a_sweep_over_speedups_and_latencies_plans_one_run_per_target_checked_be
     code, _, err = cli(*common, "--targets-speedup", "1.5", "1000", "--plan", tmp_path / "plan2")
     assert code != 0 and "target_speedup 1000 is out of reach" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "plan2").exists() and not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- reconstruction after a cut
+
+class SmallResNet(nn.Module):
+    def __init__(self):
+        from torchvision.models.resnet import BasicBlock
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        down = nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+        self.blocks = nn.Sequential(BasicBlock(16, 16), BasicBlock(16, 32, stride=2, downsample=down))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(self.blocks(torch.relu(self.bn1(self.conv1(x)))).mean((2, 3)))
+
+
+def test_reconstruction_refits_a_cut_resnet_to_the_model_before_the_cut():
+    """A small ResNet cut to half its channels: prune_step names the channels it removed (the batch norms' affine weights
+    show which survived), and fitting each unit to the uncut model brings the logits on images it never saw several
+    times closer to the uncut model's than fresh statistics alone do."""
+    from prunelab.prune import build_pruner, prune_step
+    from prunelab.reconstruct import kept_out_channels, reconstruct, units
+    cfg = make_config("tiny", {"batch_size": 32, "augmentation": "none", "pruning_ratio": 0.5, "round_to": 0})
+    trainer = Trainer.from_config(cfg, torch.device("cpu"), InputSpec(16, (0.5,) * 3, (0.25,) * 3, tuple("abcdefghij")))
+    g = torch.Generator().manual_seed(0)
+    train = Split(torch.randint(0, 256, (256, 3, 16, 16), dtype=torch.uint8, generator=g), torch.zeros(256).long())
+    held = trainer.normalizer(torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=g))
+    torch.manual_seed(0)
+    model = SmallResNet()
+    with torch.no_grad():  # distinct channels, as training leaves them
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.normal_(0, 0.2)
+    reestimate_batchnorm(model, train, trainer, 256, seed=0)
+    uncut = __import__("copy").deepcopy(model).eval()
+    removed = prune_step(build_pruner(model, cfg, 0.5, iterative_steps=1, image_size=16, num_classes=10), model)
+    assert units(model) == ["conv1", "bn1", "blocks.0", "blocks.1", "fc"]
+    for name, bn in model.named_modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            before = uncut.get_submodule(name)
+            keep = kept_out_channels(model, removed, name, before.num_features, bn.num_features)
+            assert bn.num_features < before.num_features and torch.equal(bn.weight, before.weight[keep])
+    reestimate_batchnorm(model, train, trainer, 256, seed=0)
+
+    def error() -> float:
+        with torch.no_grad():
+            return float(((model.eval()(held) - uncut(held)) ** 2).mean() / uncut(held).pow(2).mean())
+
+    cut = error()
+    done = reconstruct(uncut, model, removed, train, trainer.normalizer, 256, 60, seed=0)
+    reestimate_batchnorm(model, train, trainer, 256, seed=0)
+    assert done["images"] == 256 and all(isinstance(v, list) for v in done["units"].values())
+    assert error() < cut / 3, (cut, error())
+    assert model.blocks[0].conv1.weight.shape[0] < uncut.blocks[0].conv1.weight.shape[0]  # still the cut widths

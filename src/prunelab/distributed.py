@@ -119,6 +119,14 @@ def sync_buffers(model: torch.nn.Module) -> None:
             dist.broadcast(b, src=0)
 
 
+def broadcast_model(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's weights and buffers (after work each rank did alone, such as a reconstruction, whose
+    floating-point results may differ between devices)."""
+    if WORLD.active:
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
 def barrier() -> None:
     if WORLD.active:
         dist.barrier()

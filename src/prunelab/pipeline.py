@@ -33,6 +33,7 @@ from .measurement import (busy_warning, file_size_bytes, latency_devices, load_m
                           other_cores)
 from .models import ModelSpec, build, check_drop_blocks, check_name, drop_blocks, num_outputs, pretrained_weights
 from .prune import build_pruner, build_sparsifier, check_prunable, history, is_global, prune_step, restore, step_ratio
+from .reconstruct import reconstruct
 from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, open_existing
 from .runtimes import latency, missing
 from .targets import (SEARCH_VERSION, check_targets, fill_budget, fills_budget, ratio_for_latency, ratio_for_target,
@@ -615,13 +616,23 @@ class _Stages:
         cfg = self.cfg
         start = time.perf_counter()
         torch.manual_seed(cfg.seed * 1000 + k)  # random importance draws from the global generator
-        prune_step(pruner, model, self._gradient_batches() if cfg.importance == "taylor" else None)
+        uncut = copy.deepcopy(model) if cfg.reconstruct_images else None
+        removed = prune_step(pruner, model, self._gradient_batches() if cfg.importance == "taylor" else None)
         self._prepare_model(model)
         before = self._accuracy(model, self.test)
         fresh = {}
         if cfg.bn_reestimate_images:  # from the training images of this stage, never the test set
             reestimate_batchnorm(model, self.early, self.trainer, cfg.bn_reestimate_images, seed=cfg.seed * 7919 + k)
             fresh = {"accuracy_stale_bn": before}
+            before = fresh["accuracy_before_finetune"] = self._accuracy(model, self.test)
+        if uncut is not None:  # refit to the model before the cut, on this stage's training images
+            fresh["accuracy_before_reconstruction"] = before
+            fresh["reconstruction"] = reconstruct(uncut, model, removed, self.early, self.trainer.normalizer,
+                                                  cfg.reconstruct_images, cfg.reconstruct_steps, seed=cfg.seed * 7919 + k)
+            del uncut
+            distributed.broadcast_model(model)
+            if cfg.bn_reestimate_images:
+                reestimate_batchnorm(model, self.early, self.trainer, cfg.bn_reestimate_images, seed=cfg.seed * 7919 + k)
             before = fresh["accuracy_before_finetune"] = self._accuracy(model, self.test)
         self._fit(model, k, f"step {k}/{self.n} fine-tune", cfg.finetune_epochs_per_step, cfg.finetune_lr)
         row = {"event": "step", "stage": k, "step": k, "ratio": step_ratio(pruner, k), **fresh,
@@ -631,7 +642,9 @@ class _Stages:
         self._save(model, k, history(pruner), row)
         self.step_accuracy = row["accuracy"]
         log(f"step {k}/{self.n}: ratio {row['ratio']:.3f}  acc "
-            + (f"{fresh['accuracy_stale_bn']:.4f} (stale batch norms) " if fresh else "")
+            + (f"{fresh['accuracy_stale_bn']:.4f} (stale batch norms) " if "accuracy_stale_bn" in fresh else "")
+            + (f"{fresh['accuracy_before_reconstruction']:.4f} (before reconstruction) "
+               if "reconstruction" in fresh else "")
             + f"{before:.4f} -> {row['accuracy']:.4f}  "
             f"{row['params'] / 1e6:.3f} M params  {row['macs'] / 1e6:.1f} M MACs  ({row['seconds']:.0f} s)")
 

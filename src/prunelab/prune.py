@@ -200,9 +200,10 @@ def step_ratio(pruner: tp.pruner.BasePruner, step: int) -> float:
     return float(pruner.per_step_pruning_ratio[step])
 
 
-def prune_step(pruner: tp.pruner.BasePruner, model: nn.Module, gradient_batches=None) -> None:
+def prune_step(pruner: tp.pruner.BasePruner, model: nn.Module, gradient_batches=None) -> dict[str, list[int]]:
     """Remove the next share of channels. For gradient-based importance (taylor), `gradient_batches`
-    yields (inputs, labels) whose loss gradients are accumulated first."""
+    yields (inputs, labels) whose loss gradients are accumulated first. Returns the out-channel indices removed from
+    each module (by name), as they were numbered before the step."""
     if isinstance(pruner.importance, tp.importance.GroupTaylorImportance):
         if gradient_batches is None:
             raise PrunelabError("taylor importance needs training batches for its gradients")
@@ -211,8 +212,16 @@ def prune_step(pruner: tp.pruner.BasePruner, model: nn.Module, gradient_batches=
         for x, y in gradient_batches:
             F.cross_entropy(model(x), y).backward()
         distributed.average_gradients(model)  # under torchrun every rank must rank channels alike
-    pruner.step()
+    names = {m: n for n, m in model.named_modules()}
+    removed = {}
+    for group in pruner.step(interactive=True):
+        for dep, idxs in group:
+            module = dep.target.module
+            if module in names and pruner.DG.is_out_channel_pruning_fn(dep.handler):
+                removed[names[module]] = [int(getattr(i, "idx", i)) for i in idxs]
+        group.prune()
     model.zero_grad(set_to_none=True)
+    return removed
 
 
 def history(pruner: tp.pruner.BasePruner) -> list:
