@@ -11,8 +11,9 @@ norm, each residual block, and the classifier. For each unit, in order:
 - it is trained alone (Adam, cosine to zero, batch 128, in train mode) to minimise the squared error relative to the
   target's mean square.
 
-Units whose output the cut left as it was (error below 1e-6), that run more than once per forward pass, or take other
-than one tensor are left alone. Training images only, mirrored at random, no other augmentation; the caller
+The targets of all units come from one forward pass of the model before the cut (only the kept channels are stored);
+each unit's input from a pass of the pruned network that stops at it. Units whose output the cut left as it was (error
+below 1e-6), that run more than once per forward pass, or take or return other than one tensor are left alone. Training images only, mirrored at random, no other augmentation; the caller
 re-estimates the batch-norm statistics afterwards (the units trained in train mode).
 """
 from __future__ import annotations
@@ -27,13 +28,13 @@ from torch import nn
 from .data import Split, augment_batch, eval_batches
 from .distributed import log
 
-# what one captured unit input or target may hold, in bytes; fewer images are used where a feature map is larger
-CAPTURE_BYTES = 1 << 30
+# what the dense targets of all units may hold together, in bytes; fewer images are used where they would not fit
+TARGET_BYTES = 2 << 30
 BATCH = 128
 
 
 class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the unit's tensor is captured."""
+    """Raised by a hook to end a forward pass once the unit's input is captured."""
 
 
 def units(model: nn.Module) -> list[str]:
@@ -69,113 +70,139 @@ def kept_out_channels(model: nn.Module, removed: dict[str, list[int]], unit: str
     return None
 
 
-def _capture(model: nn.Module, unit: str, x: torch.Tensor, want: str) -> torch.Tensor | None:
-    """The input (want="input") or output of `unit` for the images `x`, by forward passes in eval mode that stop
-    there; None if the unit runs more than once per pass or its input/output is not one tensor."""
-    module = model.get_submodule(unit)
-    got, calls = [], []
-
-    def hook(m, args, out):
-        calls.append(1)
-        t = args[0] if want == "input" and len(args) == 1 else out if want == "output" else None
-        if not isinstance(t, torch.Tensor):
-            raise _Stop
-        got.append(t.detach().float())
-        raise _Stop
-
-    handle = module.register_forward_hook(hook)
+def _outputs(model: nn.Module, names: list[str], x: torch.Tensor, keep: dict[str, torch.Tensor] | None = None
+             ) -> dict[str, torch.Tensor]:
+    """The output of every unit in `names` for the images `x` (eval mode, no gradient), only the channels `keep`
+    names for a unit where given; units that run more than once per pass or return other than one tensor are left
+    out."""
+    got, calls = {n: [] for n in names}, {n: 0 for n in names}
+    handles = []
+    for name in names:
+        def hook(m, args, out, name=name):
+            calls[name] += 1
+            if isinstance(out, torch.Tensor):
+                t = out.detach().float()
+                got[name].append(t[:, keep[name]] if keep is not None and name in keep else t)
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
             for start in range(0, len(x), 256):
-                n = len(got)
+                model(x[start:start + 256])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    batches = -(-len(x) // 256)
+    return {n: torch.cat(got[n]) for n in names if calls[n] == batches and len(got[n]) == batches}
+
+
+def _input(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor | None:
+    """The input of unit `name` for the images `x`, by forward passes in eval mode that stop there; None unless it
+    is one tensor."""
+    got = []
+
+    def hook(m, args):
+        if len(args) == 1 and isinstance(args[0], torch.Tensor):
+            got.append(args[0].detach().float())
+        raise _Stop
+
+    handle = model.get_submodule(name).register_forward_pre_hook(hook)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x), 256):
                 try:
                     model(x[start:start + 256])
                 except _Stop:
                     pass
-                if len(got) != n + 1:
-                    return None
     finally:
         handle.remove()
         model.train(was)
-    return torch.cat(got)
+    return torch.cat(got) if len(got) == -(-len(x) // 256) else None
 
 
-def _relative_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(out, target) / target.pow(2).mean().clamp_min(1e-12)
+def _relative_error(unit: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> float:
+    with torch.no_grad():
+        err = sum(F.mse_loss(unit(inputs[i:i + 256]), target[i:i + 256], reduction="sum")
+                  for i in range(0, len(inputs), 256))
+    return float(err / target.pow(2).sum().clamp_min(1e-12))
 
 
 def reconstruct(before: nn.Module, pruned: nn.Module, removed: dict[str, list[int]], split: Split, normalizer,
                 images: int, steps: int, seed: int, lr: float = 1e-3) -> dict:
     """Fit `pruned` unit by unit to `before` (the model just before the cut; see the module doc) on `images` images
-    of `split` drawn with `seed`. `removed`: the out-channel indices the cut removed, per module name. Both models on
-    the CPU or the same device; `before` is left as it was. Returns what was done: seconds, images, and per unit the
-    relative error before and after (or why it was left alone)."""
+    of `split` drawn with `seed` (fewer where the dense targets of all units would pass TARGET_BYTES). `removed`: the
+    out-channel indices the cut removed, per module name. Both models on the same device; `before` is put in fp32.
+    Returns what was done: seconds, images, and per unit the relative error before and after (or why it was left
+    alone)."""
     start = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
-    n = min(images, len(split))
-    part = split.subset(torch.randperm(len(split), generator=g)[:n].to(split.labels.device))
-    x = torch.cat([normalizer(augment_batch(u8, "none", 0, True, g)).float() for u8, _ in eval_batches(part, 256)])
     device = next(pruned.parameters()).device
-    x = x.to(device)
-    before_units, names = set(units(before)), units(pruned)
-    was = pruned.training
-    dtype = next(pruned.parameters()).dtype
+    was, dtype = pruned.training, next(pruned.parameters()).dtype
     pruned.float()
     before = before.float()
-    report = {}
+    names = [n for n in units(pruned) if n in set(units(before))]
+    report = {n: "not in the model before the cut" for n in units(pruned) if n not in names}
+    perm = torch.randperm(len(split), generator=g)
+
+    def images_of(idx: torch.Tensor) -> torch.Tensor:  # normalised, mirrored at random
+        part = split.subset(idx.to(split.labels.device))
+        return torch.cat([normalizer(augment_batch(u8, "none", 0, True, g)).float()
+                          for u8, _ in eval_batches(part, 256)]).to(device)
+
+    probe = images_of(perm[:2])  # the output shapes: which channels each unit kept
+    shapes_before, shapes_after = _outputs(before, names, probe), _outputs(pruned, names, probe)
+    keep = {}
     for name in names:
-        if name not in before_units:
-            report[name] = "not in the model before the cut"
-            continue
-        target = _capture(before, name, x[:1], "output")
-        if target is None:
+        if name not in shapes_before or name not in shapes_after or shapes_before[name].dim() < 2:
             report[name] = "not one tensor, or runs more than once per forward pass"
             continue
-        m = min(n, CAPTURE_BYTES // max(1, target[0].numel() * 4))  # images whose maps fit the memory
-        if m < 2:
-            report[name] = "too few images for a batch"
-            continue
-        target = _capture(before, name, x[:m], "output")
-        inputs = _capture(pruned, name, x[:m], "input")
-        if inputs is None:
-            report[name] = "input not one tensor, or runs more than once per forward pass"
-            continue
-        keep = kept_out_channels(pruned, removed, name, target.shape[1], _capture(pruned, name, x[:1], "output").shape[1]) \
-            if target.dim() >= 2 else None
-        if keep is None:
+        k = kept_out_channels(pruned, removed, name, shapes_before[name].shape[1], shapes_after[name].shape[1])
+        if k is None:
             report[name] = "cannot tell which output channels the cut kept"
+        else:
+            keep[name] = k.to(device)
+    per_image = sum(shapes_after[n][0].numel() for n in keep) * 4
+    n = min(images, len(split), max(2, TARGET_BYTES // max(1, per_image)))
+    if n < 2 or not keep:
+        log("reconstruction: skipped (" + ("fewer than 2 images" if n < 2 else "no unit to fit") + ")")
+        pruned.to(dtype).train(was)
+        return {"seconds": round(time.perf_counter() - start, 1), "images": 0, "steps": steps, "units": report}
+    x = images_of(perm[:n])
+    targets = _outputs(before, list(keep), x, keep)  # one pass of the model before the cut
+    del before
+    for name in names:
+        if name not in keep:
             continue
-        target = target[:, keep.to(target.device)]
-        unit = pruned.get_submodule(name)
+        inputs, target, unit = _input(pruned, name, x), targets.pop(name), pruned.get_submodule(name)
+        if inputs is None:
+            report[name] = "input not one tensor"
+            continue
         unit.eval()
-        with torch.no_grad():
-            err0 = float(sum(_relative_error(unit(inputs[i:i + 256]), target[i:i + 256]) * len(target[i:i + 256])
-                             for i in range(0, m, 256)) / m)
+        err0 = _relative_error(unit, inputs, target)
         if err0 < 1e-6:
             report[name] = [err0, err0]
             continue
-        params = [p for p in unit.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=lr)
+        opt = torch.optim.Adam([p for p in unit.parameters() if p.requires_grad], lr=lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
         unit.train()
         for _ in range(steps):
-            b = torch.randint(0, m, (min(BATCH, m),), generator=g).to(device)
-            loss = _relative_error(unit(inputs[b]), target[b])
+            b = torch.randint(0, n, (min(BATCH, n),), generator=g).to(device)
+            out, t = unit(inputs[b]), target[b]
+            loss = F.mse_loss(out, t) / t.pow(2).mean().clamp_min(1e-12)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         unit.eval()
-        with torch.no_grad():
-            err1 = float(sum(_relative_error(unit(inputs[i:i + 256]), target[i:i + 256]) * len(target[i:i + 256])
-                             for i in range(0, m, 256)) / m)
-        report[name] = [round(err0, 5), round(err1, 5)]
+        report[name] = [round(err0, 5), round(_relative_error(unit, inputs, target), 5)]
         del inputs, target
     pruned.to(dtype).train(was)
     seconds = time.perf_counter() - start
     fitted = [k for k, v in report.items() if isinstance(v, list) and v[0] != v[1]]
-    log(f"reconstruction: {len(fitted)} of {len(names)} units fitted to the model before the cut on {n:,} images "
+    log(f"reconstruction: {len(fitted)} of {len(report)} units fitted to the model before the cut on {n:,} images "
         f"({seconds:.0f} s)")
     return {"seconds": round(seconds, 1), "images": n, "steps": steps, "units": report}
