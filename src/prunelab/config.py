@@ -225,8 +225,8 @@ class Config:
                                       "2,560 at the end of every training stage)")
     reconstruct_images: int = _f(0, "after every pruning step (and its batch-norm re-estimate), fit each unit of the "
                                     "pruned model (stem, block, classifier) to reproduce, on the channels kept, the "
-                                    "outputs of the model before the step, from this many training images; then "
-                                    "re-estimate the batch-norm statistics again (0 = off; RESULTS 7.34)")
+                                    "outputs of the model before the step, from this many training images, each "
+                                    "unit's batch-norm statistics re-estimated after its fit (0 = off; RESULTS 7.34)")
     reconstruct_steps: int = _f(300, "with reconstruct_images: Adam steps of 128 images per unit")
     finetune_epochs_per_step: int = _f(1, "fine-tune epochs after each pruning step (0 = none)")
     final_finetune_epochs: int = _f(10, "fine-tune epochs after the last step (cosine over them)")

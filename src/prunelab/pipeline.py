@@ -630,9 +630,7 @@ class _Stages:
             fresh["reconstruction"] = reconstruct(uncut, model, removed, self.early, self.trainer.normalizer,
                                                   cfg.reconstruct_images, cfg.reconstruct_steps, seed=cfg.seed * 7919 + k)
             del uncut
-            distributed.broadcast_model(model)
-            if cfg.bn_reestimate_images:
-                reestimate_batchnorm(model, self.early, self.trainer, cfg.bn_reestimate_images, seed=cfg.seed * 7919 + k)
+            distributed.broadcast_model(model)  # (each unit's statistics were re-estimated as it was fitted)
             before = fresh["accuracy_before_finetune"] = self._accuracy(model, self.test)
         self._fit(model, k, f"step {k}/{self.n} fine-tune", cfg.finetune_epochs_per_step, cfg.finetune_lr)
         row = {"event": "step", "stage": k, "step": k, "ratio": step_ratio(pruner, k), **fresh,
