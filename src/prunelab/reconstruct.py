@@ -15,7 +15,8 @@ norm, each residual block, and the classifier. For each unit, in order:
 - its batch-norm statistics are then re-estimated from its inputs, so that the next unit's input is what the
   network computes in eval mode, as deployed.
 
-The targets of all units come from one forward pass of the model before the cut (only the kept channels are stored);
+If in the end the pruned network's logits on the held-out images are no closer to those of the model before the cut
+than the cut left them, the whole reconstruction is undone. The targets of all units come from one forward pass of the model before the cut (only the kept channels are stored);
 each unit's input from a pass of the pruned network that stops at it. Units whose output the cut left as it was (error
 below 1e-6), that run more than once per forward pass, or take or return other than one tensor (such as a block that
 concatenates branches, where the kept channels are not those of one layer) are left alone. Training images only,
@@ -166,6 +167,19 @@ def _relative_error(unit: nn.Module, inputs: torch.Tensor, target: torch.Tensor)
     return float(err / target.pow(2).sum().clamp_min(1e-12))
 
 
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(x[i:i + 256]).float() for i in range(0, len(x), 256)])
+    model.train(was)
+    return out
+
+
+def _logits_error(model: nn.Module, x: torch.Tensor, reference: torch.Tensor) -> float:
+    return float(F.mse_loss(_logits(model, x), reference) / reference.pow(2).mean().clamp_min(1e-12))
+
+
 def reconstruct(before: nn.Module, pruned: nn.Module, removed: dict[str, list[int]], split: Split, normalizer,
                 images: int, steps: int, seed: int, lr: float = 1e-3) -> dict:
     """Fit `pruned` unit by unit to `before` (the model just before the cut; see the module doc) on `images` images
@@ -209,7 +223,11 @@ def reconstruct(before: nn.Module, pruned: nn.Module, removed: dict[str, list[in
         return {"seconds": round(time.perf_counter() - start, 1), "images": 0, "steps": steps, "units": report}
     x = images_of(perm[:n])
     targets = _outputs(before, list(keep), x, keep)  # one pass of the model before the cut
+    held_out = x[n - n // CHECK_SHARE:]
+    logits = _logits(before, held_out)
     del before
+    logits_error = _logits_error(pruned, held_out, logits)
+    as_cut = copy.deepcopy(pruned.state_dict())
     for name in names:
         if name not in keep:
             continue
@@ -244,9 +262,15 @@ def reconstruct(before: nn.Module, pruned: nn.Module, removed: dict[str, list[in
             unit.load_state_dict(kept)
             report[name] = f"left as cut: error on held-out images {err0:.4f} -> {err1:.4f}"
         del inputs, target
+    logits_error = [logits_error, _logits_error(pruned, held_out, logits)]
+    undone = not logits_error[1] < logits_error[0]
+    if undone:  # units each closer to their targets, the whole further from the model before the cut
+        pruned.load_state_dict(as_cut)
     pruned.to(dtype).train(was)
     seconds = time.perf_counter() - start
     fitted = [k for k, v in report.items() if isinstance(v, list) and v[0] != v[1]]
     log(f"reconstruction: {len(fitted)} of {len(report)} units fitted to the model before the cut on {n:,} images "
-        f"({seconds:.0f} s)")
-    return {"seconds": round(seconds, 1), "images": n, "steps": steps, "units": report}
+        f"({seconds:.0f} s); relative error of the logits on {len(held_out):,} held-out images {logits_error[0]:.4f} "
+        f"-> {logits_error[1]:.4f}" + ("; further than the cut left them, so undone" if undone else ""))
+    return {"seconds": round(seconds, 1), "images": n, "steps": steps, "units": report,
+            "logits_error": [round(e, 5) for e in logits_error], "undone": undone}
