@@ -324,7 +324,9 @@ def test_the_search_and_the_fresh_statistics_never_read_test_images(searched):
     assert len(seen["reconstruct"]) == len(steps) and not {test, val} & set(seen["reconstruct"])
     assert all(s["reconstruction"]["images"] == 64 and "accuracy_before_reconstruction" in s for s in steps)
     assert any(isinstance(u, list) for s in steps for u in s["reconstruction"]["units"].values())
-    assert "units refitted to the model before it on 64 images" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "units refitted to the model before it on 64 images" in report
+    assert "| Acc. after cut (fresh BN) | Acc. before FT (reconstructed) |" in report
     last = {}  # every training stage (dense, steps, final) ends with statistics re-estimated on its own images
     for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
         if row.get("event") == "epoch":

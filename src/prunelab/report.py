@@ -367,8 +367,11 @@ def steps_markdown(results: dict) -> str:
     rows = [results["dense"], *([results["sparse"]] if results.get("sparse") else []), *results["steps"], results["final"]]
     settings = _lat_settings(results["final"])
     stale = any("accuracy_stale_bn" in r for r in rows)  # batch-norm statistics re-estimated after each cut
+    rebuilt = any("accuracy_before_reconstruction" in r for r in rows)  # each cut followed by a reconstruction
     head = ["Stage", "Channel ratio", *(["Acc. after cut (stale BN)"] if stale else []),
-            "Acc. before FT" + (" (fresh BN)" if stale else ""), "Acc. after FT", "Params", "MACs",
+            *([f"Acc. after cut{' (fresh BN)' if stale else ''}"] if rebuilt else []),
+            "Acc. before FT" + (" (reconstructed)" if rebuilt else " (fresh BN)" if stale else ""), "Acc. after FT",
+            "Params", "MACs",
             *[latency_label({"runtime": rt, "device": dv, "batch_size": b}) + " (ms)" for rt, dv, b in settings],
             "Wall time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
@@ -378,6 +381,9 @@ def steps_markdown(results: dict) -> str:
         before = f"{100 * r['accuracy_before_finetune']:.2f}%" if "accuracy_before_finetune" in r else ""
         lats = [find_latency(r, dv, b, rt) for rt, dv, b in settings]
         cut = [f"{100 * r['accuracy_stale_bn']:.2f}%" if "accuracy_stale_bn" in r else ""] if stale else []
+        if rebuilt:
+            cut.append(f"{100 * r['accuracy_before_reconstruction']:.2f}%" if "accuracy_before_reconstruction" in r
+                       else "")
         lines.append("| " + " | ".join([stage, f"{r['ratio']:.3f}", *cut, before, f"{100 * r['accuracy']:.2f}%",
                                         _fmt_count(r["params"]), _fmt_count(r["macs"]),
                                         *[f"{v:.2f}" if v is not None else "" for v in lats],
