@@ -628,7 +628,8 @@ class _Stages:
         if uncut is not None:  # refit to the model before the cut, on this stage's training images
             fresh["accuracy_before_reconstruction"] = before
             fresh["reconstruction"] = reconstruct(uncut, model, removed, self.early, self.trainer.normalizer,
-                                                  cfg.reconstruct_images, cfg.reconstruct_steps, seed=cfg.seed * 7919 + k)
+                                                  cfg.reconstruct_images, cfg.reconstruct_steps, seed=cfg.seed * 7919 + k,
+                                                  amp=self.trainer.amp_dtype)
             del uncut
             distributed.broadcast_model(model)  # (each unit's statistics were re-estimated as it was fitted)
             before = fresh["accuracy_before_finetune"] = self._accuracy(model, self.test)
