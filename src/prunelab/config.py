@@ -225,8 +225,9 @@ class Config:
                                       "2,560 at the end of every training stage)")
     reconstruct_images: int = _f(0, "after every pruning step (and its batch-norm re-estimate), fit each unit of the "
                                     "pruned model (stem, block, classifier) to reproduce, on the channels kept, the "
-                                    "outputs of the model before the step, from this many training images, each "
-                                    "unit's batch-norm statistics re-estimated after its fit (0 = off; RESULTS 7.34)")
+                                    "outputs of the model before the step, from up to this many training images "
+                                    "(fewer where their feature maps would pass 2 GiB), each unit's batch-norm "
+                                    "statistics re-estimated after its fit (0 = off; RESULTS 7.34)")
     reconstruct_steps: int = _f(300, "with reconstruct_images: Adam steps of 128 images per unit")
     finetune_epochs_per_step: int = _f(1, "fine-tune epochs after each pruning step (0 = none)")
     final_finetune_epochs: int = _f(10, "fine-tune epochs after the last step (cosine over them)")
@@ -603,7 +604,8 @@ def validate(cfg: Config) -> None:
     need(cfg.search_images >= 1, f"search_images must be at least 1, got {cfg.search_images}")
     need(cfg.search_train_images >= 0, f"search_train_images must be 0 (one-shot) or more, got {cfg.search_train_images}")
     need(cfg.bn_reestimate_images >= 0, f"bn_reestimate_images must be 0 (off) or more, got {cfg.bn_reestimate_images}")
-    need(cfg.reconstruct_images >= 0, f"reconstruct_images must be 0 (off) or more, got {cfg.reconstruct_images}")
+    need(cfg.reconstruct_images == 0 or cfg.reconstruct_images >= 16, "reconstruct_images must be 0 (off) or at least "
+         f"16 (one in 8 judges each unit's fit), got {cfg.reconstruct_images}")
     need(cfg.reconstruct_steps >= 1, f"reconstruct_steps must be at least 1, got {cfg.reconstruct_steps}")
     need(cfg.round_to >= 0, f"round_to must be 0 or more, got {cfg.round_to}")
     need(cfg.taylor_batches >= 1, f"taylor_batches must be at least 1, got {cfg.taylor_batches}")

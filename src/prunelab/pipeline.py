@@ -629,7 +629,7 @@ class _Stages:
             fresh["accuracy_before_reconstruction"] = before
             fresh["reconstruction"] = reconstruct(uncut, model, removed, self.early, self.trainer.normalizer,
                                                   cfg.reconstruct_images, cfg.reconstruct_steps, seed=cfg.seed * 7919 + k,
-                                                  amp=self.trainer.amp_dtype)
+                                                  amp=self.trainer.amp_dtype, flip=self.trainer.flip)
             del uncut
             distributed.broadcast_model(model)  # (each unit's statistics were re-estimated as it was fitted)
             before = fresh["accuracy_before_finetune"] = self._accuracy(model, self.test)

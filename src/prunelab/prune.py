@@ -203,7 +203,8 @@ def step_ratio(pruner: tp.pruner.BasePruner, step: int) -> float:
 def prune_step(pruner: tp.pruner.BasePruner, model: nn.Module, gradient_batches=None) -> dict[str, list[int]]:
     """Remove the next share of channels. For gradient-based importance (taylor), `gradient_batches`
     yields (inputs, labels) whose loss gradients are accumulated first. Returns the out-channel indices removed from
-    each module (by name), as they were numbered before the step."""
+    each module (by name), as they were numbered before the step; a module that several groups cut in one step (a
+    batch norm after a concatenation) keeps only the last group's indices, numbered after the earlier cuts."""
     if isinstance(pruner.importance, tp.importance.GroupTaylorImportance):
         if gradient_batches is None:
             raise PrunelabError("taylor importance needs training batches for its gradients")

@@ -20,7 +20,7 @@ than the cut left them, the whole reconstruction is undone. The targets of all u
 each unit's input from a pass of the pruned network that stops at it. Units whose output the cut left as it was (error
 below 1e-6), that run more than once per forward pass, or take or return other than one tensor (such as a block that
 concatenates branches, where the kept channels are not those of one layer) are left alone. Training images only,
-mirrored at random, no other augmentation. Forward passes in the run's autocast precision (bf16 where the CPU has it:
+mirrored at random where training mirrors, no other augmentation. Forward passes in the run's autocast precision (bf16 where the CPU has it:
 1.4-1.6x faster than fp32 at the same start accuracy, RESULTS 7.34), targets and losses in fp32.
 """
 from __future__ import annotations
@@ -64,15 +64,17 @@ def units(model: nn.Module) -> list[str]:
 
 def kept_out_channels(model: nn.Module, removed: dict[str, list[int]], unit: str, before_channels: int,
                       after_channels: int) -> torch.Tensor | None:
-    """Which of the `before_channels` output channels of `unit` the cut kept: those of the last module inside it whose
-    out-channel count went from `before_channels` to `after_channels`, by the indices `removed` records per module
-    name. All of them where the count did not change; None where no module inside explains the change."""
+    """Which of the `before_channels` output channels of `unit` the cut kept: those of the last module inside it (in
+    `model`, after the cut) that is now `after_channels` wide and lost channels of `before_channels`, by the indices
+    `removed` records per module name. All of them where the count did not change; None where no module inside
+    explains the change (a unit that concatenates branches: one branch's channels are not the unit's)."""
     if before_channels == after_channels:
         return torch.arange(before_channels)
-    inside = [n for n, _ in model.get_submodule(unit).named_modules(prefix=unit)]
-    for name in reversed(inside):
+    for name, module in reversed(list(model.get_submodule(unit).named_modules(prefix=unit))):
         gone = removed.get(name)
-        if gone is not None and before_channels - len(set(gone)) == after_channels:
+        width = next((getattr(module, a) for a in ("out_channels", "num_features", "out_features")
+                      if isinstance(getattr(module, a, None), int)), None)
+        if gone is not None and width == after_channels and before_channels - len(set(gone)) == after_channels:
             keep = sorted(set(range(before_channels)) - set(gone))
             if len(keep) == after_channels:
                 return torch.tensor(keep)
@@ -104,7 +106,7 @@ def _outputs(model: nn.Module, names: list[str], x: torch.Tensor, keep: dict[str
             h.remove()
         model.train(was)
     batches = -(-len(x) // 256)
-    return {n: torch.cat(got[n]) for n in names if calls[n] == batches and len(got[n]) == batches}
+    return {n: torch.cat(got.pop(n)) for n in names if calls[n] == batches and len(got[n]) == batches}
 
 
 def _input(model: nn.Module, name: str, x: torch.Tensor, amp: torch.dtype | None = None) -> torch.Tensor | None:
@@ -157,8 +159,8 @@ def _refresh_statistics(unit: nn.Module, inputs: torch.Tensor, amp: torch.dtype 
     _fitting_mode(unit)
     try:
         with torch.no_grad(), _autocast(inputs, amp):
-            for i in range(0, len(inputs), BATCH):
-                unit(inputs[i:i + BATCH])
+            for chunk in torch.tensor_split(inputs, max(1, len(inputs) // BATCH)):  # equal batches: equal weights
+                unit(chunk)
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
@@ -186,13 +188,16 @@ def _logits_error(model: nn.Module, x: torch.Tensor, reference: torch.Tensor, am
 
 
 def reconstruct(before: nn.Module, pruned: nn.Module, removed: dict[str, list[int]], split: Split, normalizer,
-                images: int, steps: int, seed: int, lr: float = 1e-3, amp: torch.dtype | None = None) -> dict:
+                images: int, steps: int, seed: int, lr: float = 1e-3, amp: torch.dtype | None = None,
+                flip: bool = True) -> dict:
     """Fit `pruned` unit by unit to `before` (the model just before the cut; see the module doc) on `images` images
     of `split` drawn with `seed` (fewer where the dense targets of all units would pass TARGET_BYTES). `removed`: the
     out-channel indices the cut removed, per module name. Both models on the same device; `before` is put in fp32.
     Returns what was done: seconds, images, and per unit the relative error before and after (or why it was left
     alone)."""
     start = time.perf_counter()
+    if amp is torch.float16:  # (no gradient scaler here: fp16 gradients of a mean over feature maps underflow)
+        amp = None
     g = torch.Generator().manual_seed(seed)
     device = next(pruned.parameters()).device
     was, dtype = pruned.training, next(pruned.parameters()).dtype
@@ -202,9 +207,9 @@ def reconstruct(before: nn.Module, pruned: nn.Module, removed: dict[str, list[in
     report = {n: "not in the model before the cut" for n in units(pruned) if n not in names}
     perm = torch.randperm(len(split), generator=g)
 
-    def images_of(idx: torch.Tensor) -> torch.Tensor:  # normalised, mirrored at random
+    def images_of(idx: torch.Tensor) -> torch.Tensor:  # normalised, mirrored at random where training mirrors
         part = split.subset(idx.to(split.labels.device))
-        return torch.cat([normalizer(augment_batch(u8, "none", 0, True, g)).float()
+        return torch.cat([normalizer(augment_batch(u8, "none", 0, flip, g)).float()
                           for u8, _ in eval_batches(part, 256)]).to(device)
 
     probe = images_of(perm[:2])  # the output shapes: which channels each unit kept
@@ -222,8 +227,9 @@ def reconstruct(before: nn.Module, pruned: nn.Module, removed: dict[str, list[in
     per_image = sum(shapes_after[n][0].numel() for n in keep) * 4
     n = min(images, len(split), max(2, TARGET_BYTES // max(1, per_image)))
     if n < 2 * CHECK_SHARE or not keep:
-        log("reconstruction: skipped (" + (f"fewer than {2 * CHECK_SHARE} images" if n < 2 * CHECK_SHARE
-                                           else "no unit to fit") + ")")
+        log("reconstruction: skipped (" + (f"fewer than {2 * CHECK_SHARE} images, or their feature maps pass "
+                                           f"{TARGET_BYTES >> 30} GiB" if n < 2 * CHECK_SHARE else "no unit to fit")
+            + ")")
         pruned.to(dtype).train(was)
         return {"seconds": round(time.perf_counter() - start, 1), "images": 0, "steps": steps, "units": report}
     x = images_of(perm[:n])
@@ -246,8 +252,12 @@ def reconstruct(before: nn.Module, pruned: nn.Module, removed: dict[str, list[in
         if err0 < 1e-6:
             report[name] = [err0, err0]
             continue
+        trainable = [p for p in unit.parameters() if p.requires_grad]
+        if not trainable:
+            report[name] = "no trainable parameters"
+            continue
         kept = copy.deepcopy(unit.state_dict())
-        opt = torch.optim.Adam([p for p in unit.parameters() if p.requires_grad], lr=lr)
+        opt = torch.optim.Adam(trainable, lr=lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
         _fitting_mode(unit)
         m = fit.stop

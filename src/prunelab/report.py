@@ -282,7 +282,7 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
             + (f"batch-norm statistics re-estimated on {c['bn_reestimate_images']:,} images after each step and "
                "training stage; "
                if c.get("bn_reestimate_images") else "")
-            + (f"each cut's units refitted to the model before it on {c['reconstruct_images']:,} images "
+            + (f"each cut's units refitted to the model before it on up to {c['reconstruct_images']:,} images "
                f"({c.get('reconstruct_steps', 300)} steps each); " if c.get("reconstruct_images") else "")
             + f"{counted(c['finetune_epochs_per_step'], 'fine-tune epoch')} per step{early} (lr {c.get('finetune_lr', 0.1)}), "
             f"{counted(c['final_finetune_epochs'], 'final epoch')} (lr {final_lr(c)}); batch {c['batch_size']}, {per_unit}"
