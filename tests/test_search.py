@@ -1,4 +1,5 @@
 """Better pruned models: fresh batch-norm statistics after a cut, the width search (allocation search), --teacher."""
+import copy
 import json
 import subprocess
 import sys
@@ -651,9 +652,9 @@ class SmallResNet(nn.Module):
 
 
 def test_reconstruction_refits_a_cut_resnet_to_the_model_before_the_cut():
-    """A small ResNet cut to half its channels: prune_step names the channels it removed (the batch norms' affine weights
-    show which survived), and fitting each unit to the uncut model brings the logits on images it never saw several
-    times closer to the uncut model's than fresh statistics alone do."""
+    """A small ResNet cut to half its channels: prune_step names the channels it removed (the batch norms' affine
+    weights show which survived), and fitting each unit to the uncut model brings the logits on images it never saw
+    several times closer to the uncut model's than fresh statistics alone do."""
     from prunelab.prune import build_pruner, prune_step
     from prunelab.reconstruct import kept_out_channels, reconstruct, units
     cfg = make_config("tiny", {"batch_size": 32, "augmentation": "none", "pruning_ratio": 0.5, "round_to": 0})
@@ -669,7 +670,7 @@ def test_reconstruction_refits_a_cut_resnet_to_the_model_before_the_cut():
                 bn.weight.uniform_(0.5, 1.5)
                 bn.bias.normal_(0, 0.2)
     reestimate_batchnorm(model, train, trainer, 256, seed=0)
-    uncut = __import__("copy").deepcopy(model).eval()
+    uncut = copy.deepcopy(model).eval()
     removed = prune_step(build_pruner(model, cfg, 0.5, iterative_steps=1, image_size=16, num_classes=10), model)
     assert units(model) == ["conv1", "bn1", "blocks.0", "blocks.1", "fc"]
     for name, bn in model.named_modules():

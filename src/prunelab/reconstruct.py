@@ -16,12 +16,14 @@ norm, each residual block, and the classifier. For each unit, in order:
   network computes in eval mode, as deployed.
 
 If in the end the pruned network's logits on the held-out images are no closer to those of the model before the cut
-than the cut left them, the whole reconstruction is undone. The targets of all units come from one forward pass of the model before the cut (only the kept channels are stored);
-each unit's input from a pass of the pruned network that stops at it. Units whose output the cut left as it was (error
-below 1e-6), that run more than once per forward pass, or take or return other than one tensor (such as a block that
-concatenates branches, where the kept channels are not those of one layer) are left alone. Training images only,
-mirrored at random where training mirrors, no other augmentation. Forward passes in the run's autocast precision (bf16 where the CPU has it:
-1.4-1.6x faster than fp32 at the same start accuracy, RESULTS 7.34), targets and losses in fp32.
+than the cut left them, the whole reconstruction is undone. The targets of all units come from one forward pass of
+the model before the cut (only the kept channels are stored); each unit's input from a pass of the pruned network
+that stops at it. Units whose output the cut left as it was (error below 1e-6), that run more than once per forward
+pass, or take or return other than one tensor (such as a block that concatenates branches, where the kept channels
+are not those of one layer) are left alone. Training images only, mirrored at random where training mirrors, no
+other augmentation. Forward passes in the run's autocast precision (bf16 where the CPU has it: 1.4-1.6x faster than
+fp32 at the same start accuracy, RESULTS 7.34; fp32 instead of fp16, which would need a gradient scaler), targets and
+losses in fp32.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from torch import nn
 
 from .data import Split, augment_batch, eval_batches
 from .distributed import log
+from .train import batch_norms, fresh_statistics
 
 # what the dense targets of all units may hold together, in bytes; fewer images are used where they would not fit
 TARGET_BYTES = 2 << 30
@@ -75,9 +78,7 @@ def kept_out_channels(model: nn.Module, removed: dict[str, list[int]], unit: str
         width = next((getattr(module, a) for a in ("out_channels", "num_features", "out_features")
                       if isinstance(getattr(module, a, None), int)), None)
         if gone is not None and width == after_channels and before_channels - len(set(gone)) == after_channels:
-            keep = sorted(set(range(before_channels)) - set(gone))
-            if len(keep) == after_channels:
-                return torch.tensor(keep)
+            return torch.tensor(sorted(set(range(before_channels)) - set(gone)))
     return None
 
 
@@ -143,31 +144,25 @@ def _fitting_mode(unit: nn.Module) -> None:
     """Batch norms in train mode (normalising by the batch, as the re-estimate afterwards will describe), everything
     else in eval mode: no dropout or stochastic depth while a unit is fitted to a deterministic target."""
     unit.eval()
-    for m in unit.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.train()
+    for m in batch_norms(unit):
+        m.train()
 
 
 def _refresh_statistics(unit: nn.Module, inputs: torch.Tensor, amp: torch.dtype | None = None) -> None:
-    """The unit's batch-norm running statistics re-estimated from its `inputs` (a plain average over batches), and the
-    unit put in eval mode: the next unit's input is then what the fitted unit computes in eval mode."""
-    norms = [m for m in unit.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
+    """The unit's batch-norm running statistics re-estimated from its `inputs` (train.fresh_statistics, in equal
+    batches), and the unit put in eval mode: the next unit's input is then what the fitted unit computes in eval
+    mode."""
     _fitting_mode(unit)
     try:
-        with torch.no_grad(), _autocast(inputs, amp):
-            for chunk in torch.tensor_split(inputs, max(1, len(inputs) // BATCH)):  # equal batches: equal weights
+        with fresh_statistics(unit), torch.no_grad(), _autocast(inputs, amp):
+            for chunk in torch.tensor_split(inputs, max(1, len(inputs) // BATCH)):
                 unit(chunk)
     finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
         unit.eval()
 
 
-def _relative_error(unit: nn.Module, inputs: torch.Tensor, target: torch.Tensor, amp: torch.dtype | None = None) -> float:
+def _relative_error(unit: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
+                    amp: torch.dtype | None = None) -> float:
     with torch.no_grad(), _autocast(inputs, amp):
         err = sum(F.mse_loss(unit(inputs[i:i + 256]).float(), target[i:i + 256], reduction="sum")
                   for i in range(0, len(inputs), 256))
@@ -183,7 +178,8 @@ def _logits(model: nn.Module, x: torch.Tensor, amp: torch.dtype | None = None) -
     return out
 
 
-def _logits_error(model: nn.Module, x: torch.Tensor, reference: torch.Tensor, amp: torch.dtype | None = None) -> float:
+def _logits_error(model: nn.Module, x: torch.Tensor, reference: torch.Tensor,
+                  amp: torch.dtype | None = None) -> float:
     return float(F.mse_loss(_logits(model, x, amp), reference) / reference.pow(2).mean().clamp_min(1e-12))
 
 
@@ -225,7 +221,7 @@ def reconstruct(before: nn.Module, pruned: nn.Module, removed: dict[str, list[in
         else:
             keep[name] = k.to(device)
     per_image = sum(shapes_after[n][0].numel() for n in keep) * 4
-    n = min(images, len(split), max(2, TARGET_BYTES // max(1, per_image)))
+    n = min(images, len(split), TARGET_BYTES // max(1, per_image))
     if n < 2 * CHECK_SHARE or not keep:
         log("reconstruction: skipped (" + (f"fewer than {2 * CHECK_SHARE} images, or their feature maps pass "
                                            f"{TARGET_BYTES >> 30} GiB" if n < 2 * CHECK_SHARE else "no unit to fit")

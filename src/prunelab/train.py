@@ -410,6 +410,27 @@ def score(model: nn.Module, split: Split, normalizer: Normalizer, batch_size: in
 
 
 @torch.no_grad()
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch-norm layers of `model` that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def fresh_statistics(model: nn.Module):
+    """Inside: the running statistics of every batch norm of `model` start afresh and average the batches that pass
+    in train mode equally (momentum None); each layer's own momentum is restored on the way out."""
+    norms = batch_norms(model)
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+
 def reestimate_batchnorm(model: nn.Module, split: Split, trainer: Trainer, images: int, seed: int) -> int:
     """Reset the running statistics of every batch-norm layer and estimate them anew from `images` training images
     of `split` (drawn with `seed`; all of them if fewer), augmented as training augments them (the trainer's crop,
@@ -419,28 +440,23 @@ def reestimate_batchnorm(model: nn.Module, split: Split, trainer: Trainer, image
     candidate. Augmented, because the layers after each batch norm were trained on the statistics of augmented
     batches: statistics of the clean images cost a 4x model 1.1 points after 2 epochs (83.33% against 84.46%,
     RESULTS 7.17). Returns the images used (0 when the model has no batch norm)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms or images <= 0:
+    if not batch_norms(model) or images <= 0:
         return 0
     n = min(images, len(split))
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
     part = split.subset(idx.to(split.labels.device))
-    momenta = [m.momentum for m in norms]
     was_training = model.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches
     model.train()
     generator = torch.Generator().manual_seed(seed)
     try:
-        for images_u8, _ in eval_batches(part, trainer.batch_size):
-            x = trainer.network_input(augment_batch(images_u8, trainer.augmentation, trainer.crop_padding_px,
-                                                    trainer.flip, generator), generator)
-            with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
-                model(x)
+        with fresh_statistics(model):
+            for images_u8, _ in eval_batches(part, trainer.batch_size):
+                x = trainer.network_input(augment_batch(images_u8, trainer.augmentation, trainer.crop_padding_px,
+                                                        trainer.flip, generator), generator)
+                with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype,
+                                    enabled=trainer.amp_dtype is not None):
+                    model(x)
     finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
         model.train(was_training)
     distributed.sync_buffers(model)  # under DDP: every rank ends with rank 0's statistics
     return n
@@ -455,8 +471,7 @@ def stage_bn_images(model: nn.Module, configured: int) -> int:
     ones (RESULTS 8). With the default momentum they follow the cosine schedule's quiet end, and nothing changes."""
     if configured:
         return configured
-    lagging = any(m.momentum is None or m.momentum < 0.1 for m in model.modules()
-                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats)
+    lagging = any(m.momentum is None or m.momentum < 0.1 for m in batch_norms(model))
     return STAGE_BN_IMAGES if lagging else 0
 
 
