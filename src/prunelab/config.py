@@ -226,8 +226,8 @@ class Config:
     reconstruct_images: int = _f(0, "after every pruning step (and its batch-norm re-estimate), fit each unit of the "
                                     "pruned model (stem, block, classifier) to reproduce, on the channels kept, the "
                                     "outputs of the model before the step, from up to this many training images "
-                                    "(of the step's: early_images where set; fewer where their feature maps would "
-                                    "pass 2 GiB), each unit's batch-norm statistics re-estimated after its fit "
+                                    "(drawn from all of them, not only early_images; fewer where their feature maps "
+                                    "would pass 2 GiB), each unit's batch-norm statistics re-estimated after its fit "
                                     "(0 = off; RESULTS 7.34)")
     reconstruct_steps: int = _f(300, "with reconstruct_images: Adam steps of 128 images per unit")
     finetune_epochs_per_step: int = _f(1, "fine-tune epochs after each pruning step (0 = none)")

@@ -625,9 +625,9 @@ class _Stages:
             reestimate_batchnorm(model, self.early, self.trainer, cfg.bn_reestimate_images, seed=cfg.seed * 7919 + k)
             fresh = {"accuracy_stale_bn": before}
             before = fresh["accuracy_before_finetune"] = self._accuracy(model, self.test)
-        if uncut is not None:  # refit to the model before the cut, on this stage's training images
+        if uncut is not None:  # refit to the model before the cut, from all training images (no labels read; the cost is the image count)
             fresh["accuracy_before_reconstruction"] = before
-            fresh["reconstruction"] = reconstruct(uncut, model, removed, self.early, self.trainer.normalizer,
+            fresh["reconstruction"] = reconstruct(uncut, model, removed, self.train, self.trainer.normalizer,
                                                   cfg.reconstruct_images, cfg.reconstruct_steps, seed=cfg.seed * 7919 + k,
                                                   amp=self.trainer.amp_dtype, flip=self.trainer.flip)
             del uncut
