@@ -63,7 +63,11 @@ def test_a_run_without_two_blocks_meets_its_target_with_the_widths_searched_for_
     assert results["final"]["macs"] <= 20e6
     assert not any(name.startswith(("layer3.1.", "layer4.1.")) for name in search["widths"])
     assert results["search"]["final_widths"] == search["widths"]
-    assert "blocks layer3.1 layer4.1 removed" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "blocks layer3.1 layer4.1 removed" in report
+    # the advice to reconstruct follows the last cut's fresh accuracy (2 epochs follow it: a short fine-tune)
+    broken = results["steps"][-1]["accuracy_before_finetune"] < 2 / 10
+    assert ("**Tip: reconstruction.**" in report) == broken, results["steps"][-1]
     dense, _ = prunelab.modelfile.load(run_dir / "checkpoints" / "dense.json")
     assert not isinstance(dense.layer3[1], torch.nn.Identity)  # the dense stage keeps every block
 

@@ -646,6 +646,9 @@ class _Stages:
                if "reconstruction" in fresh else "")
             + f"{before:.4f} -> {row['accuracy']:.4f}  "
             f"{row['params'] / 1e6:.3f} M params  {row['macs'] / 1e6:.1f} M MACs  ({row['seconds']:.0f} s)")
+        if k == self.n and (tip := report.reconstruction_tip(row, len(self.data_info["classes"]),
+                                                              cfg.finetune_epochs_per_step + cfg.final_finetune_epochs)):
+            log(f"step {k}/{self.n}: tip: {tip}")
 
     def final(self, model, pruner) -> None:
         cfg = self.cfg

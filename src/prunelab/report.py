@@ -40,6 +40,8 @@ def build_results(run_dir: str | Path) -> dict:
     targets = [{"stage": r["stage"], **r["distill_targets"]} for r in [*steps, final] if "distill_targets" in r]
     data = {k: dense.get(k) for k in ("data", "train_images", "val_images", "test_images", "train_images_available",
                                       "test_images_available", "test_fingerprint")}
+    if dense.get("classes"):
+        data["classes"] = len(dense["classes"])
     return {
         "name": config["name"], "config": config,
         "pruning_ratio": dense.get("pruning_ratio", config["pruning_ratio"]),  # found for a target, or the config's
@@ -343,6 +345,25 @@ def validation_seen(dense: dict, trained_here: bool) -> str:
             "it without this split (the same --val-size and --val-seed, or --seed)")
 
 
+NEAR_CHANCE = 2  # a cut that leaves a model below this many times chance accuracy, with fresh statistics, broke it
+SHORT_FINETUNE = 3  # epochs after the last cut up to which a reconstruction beat one more epoch (RESULTS 7.35)
+
+
+def reconstruction_tip(step: dict, classes: int, epochs_after: int) -> str:
+    """Advice where the last cut (`step`, its row; fresh batch-norm statistics, no reconstruction) left the model below
+    NEAR_CHANCE times chance and at most SHORT_FINETUNE epochs of fine-tune follow it: there a reconstruction first beat
+    one more epoch in the same time, where over 10 epochs it tied (a MobileNetV3 cut to 4x fewer MACs, RESULTS 7.35).
+    "" otherwise."""
+    fresh = step.get("accuracy_before_finetune")
+    if ("accuracy_stale_bn" not in step or "reconstruction" in step or fresh is None or classes < 2
+            or fresh >= NEAR_CHANCE / classes or epochs_after > SHORT_FINETUNE):
+        return ""
+    return (f"the last cut left the model at {100 * fresh:.2f}% with fresh batch-norm statistics (chance: "
+            f"{100 / classes:.2f}%), and {counted(epochs_after, 'epoch')} of fine-tune follow it. Where a cut breaks a "
+            "model this far and the fine-tune is short, refitting each block to the model before the cut first "
+            "(--reconstruct-images 2560, about an epoch's time) did better than one more epoch (RESULTS 7.35)")
+
+
 def key_results_markdown(results: dict) -> str:
     """The seed's Key Results table: original, pruned, change."""
     d, f = results["dense"], results["final"]
@@ -417,6 +438,10 @@ def report_markdown(results: dict) -> str:
     seen = validation_seen(results["dense"], trained_here=any(e["phase"] == "dense" for e in results["epochs"]))
     if seen:
         parts += ["", f"**Warning: validation accuracy above test accuracy.** {seen[0].upper()}{seen[1:]}."]
+    tip = reconstruction_tip(results["steps"][-1], results["data"].get("classes") or 0,
+                             cfg["finetune_epochs_per_step"] + cfg["final_finetune_epochs"]) if results["steps"] else ""
+    if tip:
+        parts += ["", f"**Tip: reconstruction.** {tip[0].upper()}{tip[1:]}."]
     teacher = results["dense"].get("teacher")
     if teacher:
         parts += ["", f"**Teacher:** the fine-tunes distil from {teacher['file']}, {100 * teacher['accuracy']:.2f}% on "
