@@ -352,6 +352,7 @@ class _Stages:
         self.distill = None  # a Distillation for the fine-tunes (the dense model is the teacher)
         self.targets_made = {}  # how the cached distillation targets came, for the row of the stage that made them
         self.step_accuracy = None  # test accuracy of the model as the last finished pruning step left it
+        self.dense_accuracy = None  # test accuracy of the dense model (for the advice after the last cut)
 
     def _machine(self) -> dict:
         """What the numbers were measured on, and the precision the run trained in (cfg.precision resolved)."""
@@ -553,6 +554,7 @@ class _Stages:
                **({"val_accuracy": self._accuracy(model, self.val)} if self.val is not None else {}),
                **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": self._machine()}
         self._save(model, 0, [], row)
+        self.dense_accuracy = row["accuracy"]
         log(f"dense: test acc {row['accuracy']:.4f}" + (f", val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else "")
             + f", {row['params'] / 1e6:.2f} M params, {row['macs'] / 1e6:.1f} M MACs")
         seen = report.validation_seen(row, trained_here=baseline is None)
@@ -590,6 +592,7 @@ class _Stages:
                                      named=self.cfg.model)
         self.pruning_ratio = desc["metrics"]["pruning_ratio"]
         self.group_ratios = desc["metrics"].get("group_ratios")  # (a filled budget; a search's come from search.json)
+        self.dense_accuracy = desc["metrics"].get("accuracy")
         return self._prepare_model(model)
 
     def set_teacher(self, model) -> None:
@@ -646,8 +649,8 @@ class _Stages:
                if "reconstruction" in fresh else "")
             + f"{before:.4f} -> {row['accuracy']:.4f}  "
             f"{row['params'] / 1e6:.3f} M params  {row['macs'] / 1e6:.1f} M MACs  ({row['seconds']:.0f} s)")
-        if k == self.n and (tip := report.reconstruction_tip(row, len(self.data_info["classes"]),
-                                                              cfg.finetune_epochs_per_step + cfg.final_finetune_epochs)):
+        if k == self.n and self.dense_accuracy is not None and (tip := report.reconstruction_tip(
+                row, self.dense_accuracy, len(self.data_info["classes"]), report.epochs_after_last_cut(to_dict(cfg)))):
             log(f"step {k}/{self.n}: tip: {tip}")
 
     def final(self, model, pruner) -> None:

@@ -345,23 +345,32 @@ def validation_seen(dense: dict, trained_here: bool) -> str:
             "it without this split (the same --val-size and --val-seed, or --seed)")
 
 
-NEAR_CHANCE = 2  # a cut that leaves a model below this many times chance accuracy, with fresh statistics, broke it
-SHORT_FINETUNE = 3  # epochs after the last cut up to which a reconstruction beat one more epoch (RESULTS 7.35)
+NEAR_CHANCE = 0.1  # a cut that leaves a model this share of the way from chance to its dense accuracy, or less, broke it
+SHORT_FINETUNE = 2  # epochs after the last cut up to which a reconstruction beat one more epoch (RESULTS 7.35)
 
 
-def reconstruction_tip(step: dict, classes: int, epochs_after: int) -> str:
-    """Advice where the last cut (`step`, its row; fresh batch-norm statistics, no reconstruction) left the model below
-    NEAR_CHANCE times chance and at most SHORT_FINETUNE epochs of fine-tune follow it: there a reconstruction first beat
-    one more epoch in the same time, where over 10 epochs it tied (a MobileNetV3 cut to 4x fewer MACs, RESULTS 7.35).
-    "" otherwise."""
-    fresh = step.get("accuracy_before_finetune")
-    if ("accuracy_stale_bn" not in step or "reconstruction" in step or fresh is None or classes < 2
-            or fresh >= NEAR_CHANCE / classes or epochs_after > SHORT_FINETUNE):
+def reconstruction_tip(step: dict, dense_accuracy: float, classes: int, epochs_after: int) -> str:
+    """Advice where the last cut (`step`, its row: fresh batch-norm statistics, no reconstruction) left the model at
+    most NEAR_CHANCE of the way from chance (1 / `classes`) to the dense model's accuracy, and at most SHORT_FINETUNE
+    epochs over the whole training split follow it: there a reconstruction first beat one more epoch in the same time
+    (a MobileNetV3 cut to 4x fewer MACs, 0.06 of the way; cuts at 0.45 and 0.52 tied, and over 10 epochs it tied: RESULTS
+    7.35). "" otherwise, and where the dense model is not 10 points above chance."""
+    fresh, chance = step.get("accuracy_before_finetune"), 1 / classes if classes >= 2 else None
+    if ("accuracy_stale_bn" not in step or "reconstruction" in step or fresh is None or chance is None
+            or dense_accuracy - chance < 0.1 or fresh - chance > NEAR_CHANCE * (dense_accuracy - chance)
+            or epochs_after > SHORT_FINETUNE):
         return ""
     return (f"the last cut left the model at {100 * fresh:.2f}% with fresh batch-norm statistics (chance: "
-            f"{100 / classes:.2f}%), and {counted(epochs_after, 'epoch')} of fine-tune follow it. Where a cut breaks a "
-            "model this far and the fine-tune is short, refitting each block to the model before the cut first "
-            "(--reconstruct-images 2560, about an epoch's time) did better than one more epoch (RESULTS 7.35)")
+            f"{100 * chance:.2f}%, the dense model {100 * dense_accuracy:.2f}%), and "
+            f"{counted(epochs_after, 'epoch')} of fine-tune follow it. Where a cut breaks a model this far and the "
+            "fine-tune is this short, refitting each unit (stem, block, classifier) to the model before the cut first "
+            "did better than one more epoch in the same time (--reconstruct-images 2560; RESULTS 7.35)")
+
+
+def epochs_after_last_cut(cfg: dict) -> int:
+    """Epochs over the whole training split after the last cut: the final fine-tune's, and the last step's own where
+    it trains on all images (not on early_images)."""
+    return cfg["final_finetune_epochs"] + (0 if cfg.get("early_images") else cfg["finetune_epochs_per_step"])
 
 
 def key_results_markdown(results: dict) -> str:
@@ -438,8 +447,8 @@ def report_markdown(results: dict) -> str:
     seen = validation_seen(results["dense"], trained_here=any(e["phase"] == "dense" for e in results["epochs"]))
     if seen:
         parts += ["", f"**Warning: validation accuracy above test accuracy.** {seen[0].upper()}{seen[1:]}."]
-    tip = reconstruction_tip(results["steps"][-1], results["data"].get("classes") or 0,
-                             cfg["finetune_epochs_per_step"] + cfg["final_finetune_epochs"]) if results["steps"] else ""
+    tip = reconstruction_tip(results["steps"][-1], results["dense"]["accuracy"], results["data"].get("classes") or 0,
+                             epochs_after_last_cut(cfg)) if results["steps"] else ""
     if tip:
         parts += ["", f"**Tip: reconstruction.** {tip[0].upper()}{tip[1:]}."]
     teacher = results["dense"].get("teacher")
@@ -640,6 +649,8 @@ def render(run_dir: str | Path, results: dict | None = None) -> None:
             row["latency"] = latency_records(row)
         results.setdefault("budget_vs_seed", budget_differences(results["config"], results["data"]))
         results.setdefault("layer_widths", _layer_widths(rd))
+        if "classes" not in results["data"] and rd.model_file().is_file():
+            results["data"]["classes"] = modelfile.describe(rd.model_file())[0].get("num_classes")
         results["controls"] = control_rows(rd.path)  # controls added after the run finished
     plot(results, rd.results_plot)
     plot_curves(results, rd.curves_plot)
