@@ -628,7 +628,7 @@ class _Stages:
             reestimate_batchnorm(model, self.early, self.trainer, cfg.bn_reestimate_images, seed=cfg.seed * 7919 + k)
             fresh = {"accuracy_stale_bn": before}
             before = fresh["accuracy_before_finetune"] = self._accuracy(model, self.test)
-        if uncut is not None:  # refit to the model before the cut, from all training images (no labels read; the cost is the image count)
+        if uncut is not None:  # refit to the model before the cut, on images drawn from all training ones (no labels)
             fresh["accuracy_before_reconstruction"] = before
             fresh["reconstruction"] = reconstruct(uncut, model, removed, self.train, self.trainer.normalizer,
                                                   cfg.reconstruct_images, cfg.reconstruct_steps, seed=cfg.seed * 7919 + k,
