@@ -74,6 +74,10 @@ def test_fresh_batchnorm_statistics_recover_the_accuracy_that_stale_ones_lose():
     used = reestimate_batchnorm(model, train, trainer, 64, seed=0)
     assert used == 64 and stale < 0.5 and score(model, val, trainer.normalizer, 60)["accuracy"] == 1.0
     assert torch.equal(model.a.weight, TwoBranches().a.weight)  # statistics only: weights untouched
+    grad_enabled = []
+    model.register_forward_hook(lambda m, args, out: grad_enabled.append(torch.is_grad_enabled()))
+    reestimate_batchnorm(model, train, trainer, 64, seed=0)
+    assert grad_enabled and not any(grad_enabled)  # forward passes only: no autograd graph to build and keep
 
 
 def test_fresh_statistics_describe_augmented_batches_as_training_sees_them():

@@ -409,7 +409,6 @@ def score(model: nn.Module, split: Split, normalizer: Normalizer, batch_size: in
     return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
-@torch.no_grad()
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The batch-norm layers of `model` that keep running statistics."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -431,6 +430,7 @@ def fresh_statistics(model: nn.Module):
             m.momentum = momentum
 
 
+@torch.no_grad()
 def reestimate_batchnorm(model: nn.Module, split: Split, trainer: Trainer, images: int, seed: int) -> int:
     """Reset the running statistics of every batch-norm layer and estimate them anew from `images` training images
     of `split` (drawn with `seed`; all of them if fewer), augmented as training augments them (the trainer's crop,
