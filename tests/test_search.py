@@ -664,18 +664,28 @@ def test_the_report_advises_a_reconstruction_only_where_the_cut_broke_the_model_
     advice."""
     from prunelab.report import epochs_after_last_cut, reconstruction_tip
     broken = {"accuracy_stale_bn": 0.10, "accuracy_before_finetune": 0.1403}  # MobileNetV3 at 4x (7.35)
-    tip = reconstruction_tip(broken, 0.7697, 10, 2)
+    dense = {"accuracy": 0.7697}
+    tip = reconstruction_tip(broken, dense, 10, 2)
     assert "14.03%" in tip and "chance: 10.00%" in tip and "--reconstruct-images" in tip and "2 epochs" in tip
-    assert reconstruction_tip(broken, 0.7697, 10, 0)  # no fine-tune at all: the reconstruction is all there is
-    assert reconstruction_tip(broken, 0.7697, 10, 10) == ""  # over 10 epochs it tied
-    assert reconstruction_tip({**broken, "accuracy_before_finetune": 0.4468}, 0.7697, 10, 2) == ""  # 2x: a tie
-    assert reconstruction_tip({**broken, "reconstruction": {}}, 0.7697, 10, 2) == ""  # already reconstructed
-    assert reconstruction_tip({"accuracy_before_finetune": 0.1403}, 0.7697, 10, 2) == ""  # stale statistics
-    assert reconstruction_tip(broken, 0.7697, 100, 2) == ""  # 14% is far above chance among 100 classes
-    assert reconstruction_tip(broken, 0.15, 10, 2) == ""  # a dense model near chance itself: nothing to tell
+    assert "no validation split" in tip  # where the run has none, the test images are all there is, and it says so
+    assert reconstruction_tip(broken, dense, 10, 0)  # no fine-tune at all: the reconstruction is all there is
+    assert reconstruction_tip(broken, dense, 10, 10) == ""  # over 10 epochs it tied
+    assert reconstruction_tip({**broken, "accuracy_before_finetune": 0.4468}, dense, 10, 2) == ""  # 2x: a tie
+    assert reconstruction_tip({**broken, "reconstruction": {}}, dense, 10, 2) == ""  # already reconstructed
+    assert reconstruction_tip({"accuracy_before_finetune": 0.1403}, dense, 10, 2) == ""  # stale statistics
+    assert reconstruction_tip(broken, dense, 100, 2) == ""  # 14% is far above chance among 100 classes
+    assert reconstruction_tip(broken, {"accuracy": 0.15}, 10, 2) == ""  # a dense model near chance itself
     two = {"accuracy_stale_bn": 0.5, "accuracy_before_finetune": 0.95}
-    assert reconstruction_tip(two, 0.97, 2, 2) == ""  # two classes: 95% is no broken model
-    assert reconstruction_tip({**two, "accuracy_before_finetune": 0.52}, 0.97, 2, 2)
+    assert reconstruction_tip(two, {"accuracy": 0.97}, 2, 2) == ""  # two classes: 95% is no broken model
+    assert reconstruction_tip({**two, "accuracy_before_finetune": 0.52}, {"accuracy": 0.97}, 2, 2)
+    # advice that chooses a recipe reads the validation split where there is one: the test figures do not decide
+    on_val = {**dense, "val_accuracy": 0.80}
+    fine_on_val = {**broken, "val_accuracy_before_finetune": 0.50}
+    assert reconstruction_tip(fine_on_val, on_val, 10, 2) == ""  # broken on the test images, not on the validation split
+    broken_on_val = {**broken, "accuracy_before_finetune": 0.50, "val_accuracy_before_finetune": 0.12}
+    tip = reconstruction_tip(broken_on_val, on_val, 10, 2)
+    assert "12.00% on the validation split" in tip and "the dense model 80.00%" in tip and "50.00%" not in tip
+    assert reconstruction_tip(broken_on_val, dense, 10, 2) == ""  # no dense validation figure: the test pair decides
     # the last step's own epochs count where they train on all images, not on early_images
     assert epochs_after_last_cut({"final_finetune_epochs": 2, "finetune_epochs_per_step": 1, "early_images": 0}) == 3
     assert epochs_after_last_cut({"final_finetune_epochs": 2, "finetune_epochs_per_step": 1, "early_images": 2560}) == 2

@@ -352,7 +352,7 @@ class _Stages:
         self.distill = None  # a Distillation for the fine-tunes (the dense model is the teacher)
         self.targets_made = {}  # how the cached distillation targets came, for the row of the stage that made them
         self.step_accuracy = None  # test accuracy of the model as the last finished pruning step left it
-        self.dense_accuracy = None  # test accuracy of the dense model (for the advice after the last cut)
+        self.dense_scores = None  # the dense model's test and validation accuracy (for the advice after the last cut)
 
     def _machine(self) -> dict:
         """What the numbers were measured on, and the precision the run trained in (cfg.precision resolved)."""
@@ -554,7 +554,7 @@ class _Stages:
                **({"val_accuracy": self._accuracy(model, self.val)} if self.val is not None else {}),
                **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": self._machine()}
         self._save(model, 0, [], row)
-        self.dense_accuracy = row["accuracy"]
+        self.dense_scores = {key: row[key] for key in ("accuracy", "val_accuracy") if key in row}
         log(f"dense: test acc {row['accuracy']:.4f}" + (f", val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else "")
             + f", {row['params'] / 1e6:.2f} M params, {row['macs'] / 1e6:.1f} M MACs")
         seen = report.validation_seen(row, trained_here=baseline is None)
@@ -592,7 +592,7 @@ class _Stages:
                                      named=self.cfg.model)
         self.pruning_ratio = desc["metrics"]["pruning_ratio"]
         self.group_ratios = desc["metrics"].get("group_ratios")  # (a filled budget; a search's come from search.json)
-        self.dense_accuracy = desc["metrics"].get("accuracy")
+        self.dense_scores = {key: desc["metrics"][key] for key in ("accuracy", "val_accuracy") if key in desc["metrics"]}
         return self._prepare_model(model)
 
     def set_teacher(self, model) -> None:
@@ -628,6 +628,8 @@ class _Stages:
             reestimate_batchnorm(model, self.early, self.trainer, cfg.bn_reestimate_images, seed=cfg.seed * 7919 + k)
             fresh = {"accuracy_stale_bn": before}
             before = fresh["accuracy_before_finetune"] = self._accuracy(model, self.test)
+            if k == self.n and self.val is not None and uncut is None:  # what the advice below reads (no test set)
+                fresh["val_accuracy_before_finetune"] = self._accuracy(model, self.val)
         if uncut is not None:  # refit to the model before the cut, on images drawn from all training ones (no labels)
             fresh["accuracy_before_reconstruction"] = before
             fresh["reconstruction"] = reconstruct(uncut, model, removed, self.train, self.trainer.normalizer,
@@ -649,8 +651,8 @@ class _Stages:
                if "reconstruction" in fresh else "")
             + f"{before:.4f} -> {row['accuracy']:.4f}  "
             f"{row['params'] / 1e6:.3f} M params  {row['macs'] / 1e6:.1f} M MACs  ({row['seconds']:.0f} s)")
-        if k == self.n and self.dense_accuracy is not None and (tip := report.reconstruction_tip(
-                row, self.dense_accuracy, len(self.data_info["classes"]), report.epochs_after_last_cut(to_dict(cfg)))):
+        if k == self.n and self.dense_scores and (tip := report.reconstruction_tip(
+                row, self.dense_scores, len(self.data_info["classes"]), report.epochs_after_last_cut(to_dict(cfg)))):
             log(f"step {k}/{self.n}: tip: {tip}")
 
     def final(self, model, pruner) -> None:

@@ -349,20 +349,26 @@ NEAR_CHANCE = 0.1  # a cut that leaves a model this share of the way from chance
 SHORT_FINETUNE = 2  # epochs after the last cut up to which a reconstruction was measured against one more (RESULTS 7.35)
 
 
-def reconstruction_tip(step: dict, dense_accuracy: float, classes: int, epochs_after: int) -> str:
+def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int) -> str:
     """Advice where the last cut (`step`, its row: fresh batch-norm statistics, no reconstruction) left the model at
-    most NEAR_CHANCE of the way from chance (1 / `classes`) to the dense model's accuracy, and at most SHORT_FINETUNE
-    epochs over the whole training split follow it: there a reconstruction first did as well as one more epoch in the
-    same time or better (+1.37 for ResNet-18 cut to the seed's size, 0.03 of the way; +1.06 for a MobileNetV3 at 4x and
-    +0.11 for ResNet-18 at 48x, both 0.06; at 0.12 +0.23, at 0.45 and 0.52 ties, and over 10 epochs a tie: RESULTS
-    7.35). "" otherwise, and where the dense model is not 10 points above chance."""
-    fresh, chance = step.get("accuracy_before_finetune"), 1 / classes if classes >= 2 else None
-    if ("accuracy_stale_bn" not in step or "reconstruction" in step or fresh is None or chance is None
-            or dense_accuracy - chance < 0.1 or fresh - chance > NEAR_CHANCE * (dense_accuracy - chance)
+    most NEAR_CHANCE of the way from chance (1 / `classes`) to the dense model's accuracy (`dense`, its row), and at
+    most SHORT_FINETUNE epochs over the whole training split follow it: there a reconstruction first did as well as
+    one more epoch in the same time or better (+1.37 for ResNet-18 cut to the seed's size, 0.03 of the way; +1.06 for a
+    MobileNetV3 at 4x and +0.11 for ResNet-18 at 48x, both 0.06; at 0.12 +0.23, at 0.45 and 0.52 ties, and over 10
+    epochs a tie: RESULTS 7.35). The advice chooses a recipe, so it reads the validation split where the run has one
+    (both rows then carry val_accuracy), the test set only where there is nothing else. "" otherwise, and where the
+    dense model is not 10 points above chance."""
+    on_val = "val_accuracy_before_finetune" in step and "val_accuracy" in dense
+    fresh = step.get("val_accuracy_before_finetune" if on_val else "accuracy_before_finetune")
+    before = dense.get("val_accuracy" if on_val else "accuracy")
+    chance = 1 / classes if classes >= 2 else None
+    if ("accuracy_stale_bn" not in step or "reconstruction" in step or fresh is None or before is None
+            or chance is None or before - chance < 0.1 or fresh - chance > NEAR_CHANCE * (before - chance)
             or epochs_after > SHORT_FINETUNE):
         return ""
-    return (f"the last cut left the model at {100 * fresh:.2f}% with fresh batch-norm statistics (chance: "
-            f"{100 * chance:.2f}%, the dense model {100 * dense_accuracy:.2f}%), and "
+    split = "the validation split" if on_val else "the test images (the run has no validation split)"
+    return (f"the last cut left the model at {100 * fresh:.2f}% on {split} with fresh batch-norm statistics "
+            f"(chance: {100 * chance:.2f}%, the dense model {100 * before:.2f}%), and "
             f"{counted(epochs_after, 'epoch')} of fine-tune follow it. Where a cut breaks a model this far and the "
             "fine-tune is this short, refitting each unit (stem, block, classifier) to the model before the cut first "
             "did as well as one more epoch in the same time, and up to 1.4 points better (--reconstruct-images 2560; "
@@ -449,7 +455,7 @@ def report_markdown(results: dict) -> str:
     seen = validation_seen(results["dense"], trained_here=any(e["phase"] == "dense" for e in results["epochs"]))
     if seen:
         parts += ["", f"**Warning: validation accuracy above test accuracy.** {seen[0].upper()}{seen[1:]}."]
-    tip = reconstruction_tip(results["steps"][-1], results["dense"]["accuracy"], results["data"].get("classes") or 0,
+    tip = reconstruction_tip(results["steps"][-1], results["dense"], results["data"].get("classes") or 0,
                              epochs_after_last_cut(cfg)) if results["steps"] else ""
     if tip:
         parts += ["", f"**Tip: reconstruction.** {tip[0].upper()}{tip[1:]}."]
