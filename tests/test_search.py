@@ -661,34 +661,48 @@ class SmallResNet(nn.Module):
 def test_the_report_advises_a_reconstruction_only_where_the_cut_broke_the_model_and_the_fine_tune_is_short():
     """RESULTS 7.35: where fresh statistics leave a cut model near chance, a reconstruction beat one more epoch of a
     short fine-tune; nearer the dense model it tied, over 10 epochs it tied, and a run that reconstructs needs no
-    advice."""
-    from prunelab.report import epochs_after_last_cut, reconstruction_tip
+    advice. RESULTS 7.36: at a low rate the plain epochs were held back, so there the advice names the rate too."""
+    from prunelab.report import finetune_after_last_cut, reconstruction_tip
+
+    def tip_at(step, dense, classes, epochs, lr=0.04):  # (at 0.04 the advice leaves the rate out: see below)
+        return reconstruction_tip(step, dense, classes, epochs, lr, "--final-finetune-lr")
+
     broken = {"accuracy_stale_bn": 0.10, "accuracy_before_finetune": 0.1403}  # MobileNetV3 at 4x (7.35)
     dense = {"accuracy": 0.7697}
-    tip = reconstruction_tip(broken, dense, 10, 2)
+    tip = tip_at(broken, dense, 10, 2)
     assert "14.03%" in tip and "chance: 10.00%" in tip and "--reconstruct-images" in tip and "2 epochs" in tip
     assert "no validation split" in tip  # where the run has none, the test images are all there is, and it says so
-    assert reconstruction_tip(broken, dense, 10, 0)  # no fine-tune at all: the reconstruction is all there is
-    assert reconstruction_tip(broken, dense, 10, 10) == ""  # over 10 epochs it tied
-    assert reconstruction_tip({**broken, "accuracy_before_finetune": 0.4468}, dense, 10, 2) == ""  # 2x: a tie
-    assert reconstruction_tip({**broken, "reconstruction": {}}, dense, 10, 2) == ""  # already reconstructed
-    assert reconstruction_tip({"accuracy_before_finetune": 0.1403}, dense, 10, 2) == ""  # stale statistics
-    assert reconstruction_tip(broken, dense, 100, 2) == ""  # 14% is far above chance among 100 classes
-    assert reconstruction_tip(broken, {"accuracy": 0.15}, 10, 2) == ""  # a dense model near chance itself
+    assert tip_at(broken, dense, 10, 0)  # no fine-tune at all: the reconstruction is all there is
+    assert tip_at(broken, dense, 10, 10) == ""  # over 10 epochs it tied
+    assert tip_at({**broken, "accuracy_before_finetune": 0.4468}, dense, 10, 2) == ""  # 2x: a tie
+    assert tip_at({**broken, "reconstruction": {}}, dense, 10, 2) == ""  # already reconstructed
+    assert tip_at({"accuracy_before_finetune": 0.1403}, dense, 10, 2) == ""  # stale statistics
+    assert tip_at(broken, dense, 100, 2) == ""  # 14% is far above chance among 100 classes
+    assert tip_at(broken, {"accuracy": 0.15}, 10, 2) == ""  # a dense model near chance itself
     two = {"accuracy_stale_bn": 0.5, "accuracy_before_finetune": 0.95}
-    assert reconstruction_tip(two, {"accuracy": 0.97}, 2, 2) == ""  # two classes: 95% is no broken model
-    assert reconstruction_tip({**two, "accuracy_before_finetune": 0.52}, {"accuracy": 0.97}, 2, 2)
+    assert tip_at(two, {"accuracy": 0.97}, 2, 2) == ""  # two classes: 95% is no broken model
+    assert tip_at({**two, "accuracy_before_finetune": 0.52}, {"accuracy": 0.97}, 2, 2)
     # advice that chooses a recipe reads the validation split where there is one: the test figures do not decide
     on_val = {**dense, "val_accuracy": 0.80}
     fine_on_val = {**broken, "val_accuracy_before_finetune": 0.50}
-    assert reconstruction_tip(fine_on_val, on_val, 10, 2) == ""  # broken on the test images, not on the validation split
+    assert tip_at(fine_on_val, on_val, 10, 2) == ""  # broken on the test images, not on the validation split
     broken_on_val = {**broken, "accuracy_before_finetune": 0.50, "val_accuracy_before_finetune": 0.12}
-    tip = reconstruction_tip(broken_on_val, on_val, 10, 2)
+    tip = tip_at(broken_on_val, on_val, 10, 2)
     assert "12.00% on the validation split" in tip and "the dense model 80.00%" in tip and "50.00%" not in tip
-    assert reconstruction_tip(broken_on_val, dense, 10, 2) == ""  # no dense validation figure: the test pair decides
-    # the last step's own epochs count where they train on all images, not on early_images
-    assert epochs_after_last_cut({"final_finetune_epochs": 2, "finetune_epochs_per_step": 1, "early_images": 0}) == 3
-    assert epochs_after_last_cut({"final_finetune_epochs": 2, "finetune_epochs_per_step": 1, "early_images": 2560}) == 2
+    assert tip_at(broken_on_val, dense, 10, 2) == ""  # no dense validation figure: the test pair decides
+    # below the rate at which the MobileNetV3's plain epochs caught up (7.36), the advice names the rate and its flag
+    assert "runs at lr 0.04" not in tip and "--final-finetune-lr" not in tip
+    low = tip_at(broken, dense, 10, 2, lr=0.01)
+    assert "runs at lr 0.01" in low and "--final-finetune-lr 0.04" in low and "RESULTS 7.36" in low
+    assert "runs at lr" not in tip_at(broken, dense, 10, 0, lr=0.01)  # no fine-tune: no rate to change
+    # the last step's own epochs count where they train on all images, not on early_images; the rate named is the
+    # final fine-tune's where it has epochs, else the steps' own
+    assert finetune_after_last_cut({"final_finetune_epochs": 2, "finetune_epochs_per_step": 1, "early_images": 0,
+                                    "final_finetune_lr": 0.02, "finetune_lr": 0.1}) == (3, 0.02, "--final-finetune-lr")
+    assert finetune_after_last_cut({"final_finetune_epochs": 2, "finetune_epochs_per_step": 1, "early_images": 2560,
+                                    "final_finetune_lr": 0, "finetune_lr": 0.01}) == (2, 0.01, "--final-finetune-lr")
+    assert finetune_after_last_cut({"final_finetune_epochs": 0, "finetune_epochs_per_step": 1, "early_images": 0,
+                                    "final_finetune_lr": 0.02, "finetune_lr": 0.1}) == (1, 0.1, "--finetune-lr")
 
 
 def test_reconstruction_refits_a_cut_resnet_to_the_model_before_the_cut():

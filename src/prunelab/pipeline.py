@@ -652,7 +652,7 @@ class _Stages:
             + f"{before:.4f} -> {row['accuracy']:.4f}  "
             f"{row['params'] / 1e6:.3f} M params  {row['macs'] / 1e6:.1f} M MACs  ({row['seconds']:.0f} s)")
         if k == self.n and self.dense_scores and (tip := report.reconstruction_tip(
-                row, self.dense_scores, len(self.data_info["classes"]), report.epochs_after_last_cut(to_dict(cfg)))):
+                row, self.dense_scores, len(self.data_info["classes"]), *report.finetune_after_last_cut(to_dict(cfg)))):
             log(f"step {k}/{self.n}: tip: {tip}")
 
     def final(self, model, pruner) -> None:

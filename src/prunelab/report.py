@@ -349,15 +349,20 @@ NEAR_CHANCE = 0.1  # a cut that leaves a model this share of the way from chance
 SHORT_FINETUNE = 2  # epochs after the last cut up to which a reconstruction was measured against one more (RESULTS 7.35)
 
 
-def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int) -> str:
+HIGHER_LR = 0.04  # the final rate at which a briefly trained MobileNetV3 gained 2.4 points over 0.01 (RESULTS 7.36)
+
+
+def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int, lr: float, lr_flag: str) -> str:
     """Advice where the last cut (`step`, its row: fresh batch-norm statistics, no reconstruction) left the model at
     most NEAR_CHANCE of the way from chance (1 / `classes`) to the dense model's accuracy (`dense`, its row), and at
-    most SHORT_FINETUNE epochs over the whole training split follow it: there a reconstruction first did as well as
-    one more epoch in the same time or better (+1.37 for ResNet-18 cut to the seed's size, 0.03 of the way; +1.06 for a
-    MobileNetV3 at 4x and +0.11 for ResNet-18 at 48x, both 0.06; at 0.12 +0.23, at 0.45 and 0.52 ties, and over 10
-    epochs a tie: RESULTS 7.35). The advice chooses a recipe, so it reads the validation split where the run has one
-    (both rows then carry val_accuracy), the test set only where there is nothing else. "" otherwise, and where the
-    dense model is not 10 points above chance."""
+    most SHORT_FINETUNE epochs over the whole training split follow it at rate `lr` (set by `lr_flag`). There a
+    reconstruction first did as well as one more epoch in the same time or better at the trained presets' rate 0.01 (+1.37 for
+    ResNet-18 cut to the seed's size, 0.03 of the way; +1.06 for a MobileNetV3 at 4x and +0.11 for ResNet-18 at 48x,
+    both 0.06; at 0.12 +0.23, at 0.45 and 0.52 ties, and over 10 epochs a tie: RESULTS 7.35); at the rate each recipe
+    did best with, +0.4 and +1.3 on ResNet-18 at 105x and a tie on the MobileNetV3, whose plain epochs gained 2.4
+    points at HIGHER_LR (7.36): so below HIGHER_LR the advice names the rate too. It chooses a recipe, so it reads
+    the validation split where the run has one (both rows then carry val_accuracy), the test set only where there is
+    nothing else. "" otherwise, and where the dense model is not 10 points above chance."""
     on_val = "val_accuracy_before_finetune" in step and "val_accuracy" in dense
     fresh = step.get("val_accuracy_before_finetune" if on_val else "accuracy_before_finetune")
     before = dense.get("val_accuracy" if on_val else "accuracy")
@@ -367,18 +372,26 @@ def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int)
             or epochs_after > SHORT_FINETUNE):
         return ""
     split = "the validation split" if on_val else "the test images (the run has no validation split)"
+    rate = (f"; and the rate matters as much: the fine-tune runs at lr {lr:g}, and a briefly trained MobileNetV3 "
+            f"gained 2.4 points from 3 epochs at {HIGHER_LR:g} instead of 0.01, where the reconstruction then only tied "
+            f"(try {lr_flag} {HIGHER_LR:g} and compare on the validation split; RESULTS 7.36)"
+            if epochs_after and lr < HIGHER_LR else "")
     return (f"the last cut left the model at {100 * fresh:.2f}% on {split} with fresh batch-norm statistics "
             f"(chance: {100 * chance:.2f}%, the dense model {100 * before:.2f}%), and "
             f"{counted(epochs_after, 'epoch')} of fine-tune follow it. Where a cut breaks a model this far and the "
             "fine-tune is this short, refitting each unit (stem, block, classifier) to the model before the cut first "
-            "did as well as one more epoch in the same time, and up to 1.4 points better (--reconstruct-images 2560; "
-            "RESULTS 7.35)")
+            "(--reconstruct-images 2560) did as well as one more epoch in the same time, and on ResNet-18 cut to the "
+            f"seed's size 0.4-1.4 points better (RESULTS 7.35, 7.36){rate}")
 
 
-def epochs_after_last_cut(cfg: dict) -> int:
-    """Epochs over the whole training split after the last cut: the final fine-tune's, and the last step's own where
-    it trains on all images (not on early_images)."""
-    return cfg["final_finetune_epochs"] + (0 if cfg.get("early_images") else cfg["finetune_epochs_per_step"])
+def finetune_after_last_cut(cfg: dict) -> tuple[int, float, str]:
+    """Epochs over the whole training split after the last cut (the final fine-tune's, and the last step's own where
+    it trains on all images, not on early_images), the rate of most of them and the flag that sets it (the final
+    fine-tune's, where it has epochs)."""
+    step_epochs = 0 if cfg.get("early_images") else cfg["finetune_epochs_per_step"]
+    if cfg["final_finetune_epochs"]:
+        return cfg["final_finetune_epochs"] + step_epochs, final_lr(cfg), "--final-finetune-lr"
+    return step_epochs, cfg.get("finetune_lr", 0.1), "--finetune-lr"
 
 
 def key_results_markdown(results: dict) -> str:
@@ -456,7 +469,7 @@ def report_markdown(results: dict) -> str:
     if seen:
         parts += ["", f"**Warning: validation accuracy above test accuracy.** {seen[0].upper()}{seen[1:]}."]
     tip = reconstruction_tip(results["steps"][-1], results["dense"], results["data"].get("classes") or 0,
-                             epochs_after_last_cut(cfg)) if results["steps"] else ""
+                             *finetune_after_last_cut(cfg)) if results["steps"] else ""
     if tip:
         parts += ["", f"**Tip: reconstruction.** {tip[0].upper()}{tip[1:]}."]
     teacher = results["dense"].get("teacher")
