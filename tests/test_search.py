@@ -671,7 +671,7 @@ def test_the_report_advises_a_reconstruction_only_where_the_cut_broke_the_model_
     dense = {"accuracy": 0.7697}
     tip = tip_at(broken, dense, 10, 2)
     assert "14.03%" in tip and "chance: 10.00%" in tip and "--reconstruct-images" in tip and "2 epochs" in tip
-    assert "no validation split" in tip  # where the run has none, the test images are all there is, and it says so
+    assert "no validation figure" in tip  # where the run has none, the test images are all there is, and it says so
     assert tip_at(broken, dense, 10, 0)  # no fine-tune at all: the reconstruction is all there is
     assert tip_at(broken, dense, 10, 10) == ""  # over 10 epochs it tied
     assert tip_at({**broken, "accuracy_before_finetune": 0.4468}, dense, 10, 2) == ""  # 2x: a tie
