@@ -671,7 +671,7 @@ def test_the_report_advises_a_reconstruction_only_where_the_cut_broke_the_model_
     dense = {"accuracy": 0.7697}
     tip = tip_at(broken, dense, 10, 2)
     assert "14.03%" in tip and "chance: 10.00%" in tip and "--reconstruct-images" in tip and "2 epochs" in tip
-    assert "no validation figure" in tip  # where the run has none, the test images are all there is, and it says so
+    assert "no validation figures" in tip  # where the run has none, the test images are all there is, and it says so
     assert tip_at(broken, dense, 10, 0)  # no fine-tune at all: the reconstruction is all there is
     assert tip_at(broken, dense, 10, 10) == ""  # over 10 epochs it tied
     assert tip_at({**broken, "accuracy_before_finetune": 0.4468}, dense, 10, 2) == ""  # 2x: a tie
@@ -695,6 +695,8 @@ def test_the_report_advises_a_reconstruction_only_where_the_cut_broke_the_model_
     low = tip_at(broken, dense, 10, 2, lr=0.01)
     assert "runs at lr 0.01" in low and "--final-finetune-lr 0.04" in low and "RESULTS 7.36" in low
     assert "runs at lr" not in tip_at(broken, dense, 10, 0, lr=0.01)  # no fine-tune: no rate to change
+    assert tip_at(broken, dense, 10, 2, lr=0.1) == ""  # at a high rate the reconstruction lost 3.4 points (7.36)
+    assert tip_at(broken, dense, 10, 0, lr=0.1)  # (without a fine-tune the rate plays no part)
     # the last step's own epochs count where they train on all images, not on early_images; the rate named is the
     # final fine-tune's where it has epochs, else the steps' own
     assert finetune_after_last_cut({"final_finetune_epochs": 2, "finetune_epochs_per_step": 1, "early_images": 0,

@@ -360,7 +360,8 @@ def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int,
     ResNet-18 cut to the seed's size, 0.03 of the way; +1.06 for a MobileNetV3 at 4x and +0.11 for ResNet-18 at 48x,
     both 0.06; at 0.12 +0.23, at 0.45 and 0.52 ties, and over 10 epochs a tie: RESULTS 7.35); at the rate each recipe
     did best with, +0.4 and +1.3 on ResNet-18 at 105x and a tie on the MobileNetV3, whose plain epochs gained 2.4
-    points at HIGHER_LR (7.36): so below HIGHER_LR the advice names the rate too. It chooses a recipe, so it reads
+    points at HIGHER_LR (7.36): so below HIGHER_LR the advice names the rate too; above it the reconstruction lost
+    (ResNet-18 at 105x, lr 0.1: -3.4 points against a plain epoch), so there is no advice. It chooses a recipe, so it reads
     the validation split where the run has one (both rows then carry val_accuracy), the test set only where there is
     nothing else. "" otherwise, and where the dense model is not 10 points above chance."""
     on_val = "val_accuracy_before_finetune" in step and "val_accuracy" in dense
@@ -369,9 +370,9 @@ def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int,
     chance = 1 / classes if classes >= 2 else None
     if ("accuracy_stale_bn" not in step or "reconstruction" in step or fresh is None or before is None
             or chance is None or before - chance < 0.1 or fresh - chance > NEAR_CHANCE * (before - chance)
-            or epochs_after > SHORT_FINETUNE):
+            or epochs_after > SHORT_FINETUNE or (epochs_after and lr > HIGHER_LR)):
         return ""
-    split = "the validation split" if on_val else "the test images (the run has no validation figure after the cut)"
+    split = "the validation split" if on_val else "the test images (no validation figures for this run)"
     rate = (f"; and the rate matters as much: the fine-tune runs at lr {lr:g}, and a briefly trained MobileNetV3 "
             f"gained 2.4 points from 3 epochs at {HIGHER_LR:g} instead of 0.01, where the reconstruction then only tied "
             f"(try {lr_flag} {HIGHER_LR:g} and compare on the validation split; RESULTS 7.36)"
@@ -386,8 +387,8 @@ def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int,
 
 def finetune_after_last_cut(cfg: dict) -> tuple[int, float, str]:
     """Epochs over the whole training split after the last cut (the final fine-tune's, and the last step's own where
-    it trains on all images, not on early_images), the rate of most of them and the flag that sets it (the final
-    fine-tune's, where it has epochs)."""
+    it trains on all images, not on early_images), and the rate the advice names with the flag that sets it: the
+    final fine-tune's where it has epochs, else the steps'."""
     step_epochs = 0 if cfg.get("early_images") else cfg["finetune_epochs_per_step"]
     if cfg["final_finetune_epochs"]:
         return cfg["final_finetune_epochs"] + step_epochs, final_lr(cfg), "--final-finetune-lr"
