@@ -8,7 +8,7 @@ import torch
 
 import prunelab
 from conftest import cli
-from prunelab.config import make_config
+from prunelab.config import final_lr, make_config
 from prunelab.models import build_model, check_drop_blocks, drop_blocks, droppable_blocks
 from prunelab.prune import count_macs_params, layer_widths
 
@@ -73,8 +73,12 @@ def test_a_run_without_two_blocks_meets_its_target_with_the_widths_searched_for_
     built["dense"]["val_accuracy"] = 0.8
     built["steps"][-1]["val_accuracy_before_finetune"] = 0.11
     built["steps"][-1]["accuracy_before_finetune"] = 0.5
-    assert ("**Tip: reconstruction.** The last cut left the model at 11.00% on the validation split"
-            in prunelab.report.report_markdown(built))
+    assert built["config"]["final_finetune_epochs"] and final_lr(built["config"]) > 0.04  # tiny's rate: no advice
+    assert "Tip: reconstruction" not in prunelab.report.report_markdown(built)
+    built["config"]["final_finetune_lr"] = 0.01  # at the trained presets' rate, the advice, naming it
+    report = prunelab.report.report_markdown(built)
+    assert "**Tip: reconstruction.** The last cut left the model at 11.00% on the validation split" in report
+    assert "runs at lr 0.01" in report and "--final-finetune-lr 0.04" in report
     built["steps"][-1]["val_accuracy_before_finetune"] = 0.5
     built["steps"][-1]["accuracy_before_finetune"] = 0.11
     assert "Tip: reconstruction" not in prunelab.report.report_markdown(built)
