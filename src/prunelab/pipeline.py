@@ -352,7 +352,7 @@ class _Stages:
         self.distill = None  # a Distillation for the fine-tunes (the dense model is the teacher)
         self.targets_made = {}  # how the cached distillation targets came, for the row of the stage that made them
         self.step_accuracy = None  # test accuracy of the model as the last finished pruning step left it
-        self.dense_scores = None  # the dense model's test and validation accuracy (for the advice after the last cut)
+        self.dense_row = None  # the dense stage's metrics row (the advice after the last cut reads its accuracies)
 
     def _machine(self) -> dict:
         """What the numbers were measured on, and the precision the run trained in (cfg.precision resolved)."""
@@ -554,7 +554,7 @@ class _Stages:
                **({"val_accuracy": self._accuracy(model, self.val)} if self.val is not None else {}),
                **self._measure(model), "seconds": time.perf_counter() - start, **self.data_info, "machine": self._machine()}
         self._save(model, 0, [], row)
-        self.dense_scores = {key: row[key] for key in ("accuracy", "val_accuracy") if key in row}
+        self.dense_row = row
         log(f"dense: test acc {row['accuracy']:.4f}" + (f", val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else "")
             + f", {row['params'] / 1e6:.2f} M params, {row['macs'] / 1e6:.1f} M MACs")
         seen = report.validation_seen(row, trained_here=baseline is None)
@@ -592,7 +592,7 @@ class _Stages:
                                      named=self.cfg.model)
         self.pruning_ratio = desc["metrics"]["pruning_ratio"]
         self.group_ratios = desc["metrics"].get("group_ratios")  # (a filled budget; a search's come from search.json)
-        self.dense_scores = {key: desc["metrics"][key] for key in ("accuracy", "val_accuracy") if key in desc["metrics"]}
+        self.dense_row = desc["metrics"]
         return self._prepare_model(model)
 
     def set_teacher(self, model) -> None:
@@ -651,8 +651,8 @@ class _Stages:
                if "reconstruction" in fresh else "")
             + f"{before:.4f} -> {row['accuracy']:.4f}  "
             f"{row['params'] / 1e6:.3f} M params  {row['macs'] / 1e6:.1f} M MACs  ({row['seconds']:.0f} s)")
-        if k == self.n and self.dense_scores and (tip := report.reconstruction_tip(
-                row, self.dense_scores, len(self.data_info["classes"]), *report.finetune_after_last_cut(to_dict(cfg)))):
+        if k == self.n and self.dense_row and (tip := report.reconstruction_tip(
+                row, self.dense_row, len(self.data_info["classes"]), *report.finetune_after_last_cut(to_dict(cfg)))):
             log(f"step {k}/{self.n}: tip: {tip}")
 
     def final(self, model, pruner) -> None:

@@ -355,21 +355,18 @@ HIGHER_LR = 0.04  # the final rate at which a briefly trained MobileNetV3 gained
 def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int, lr: float, lr_flag: str) -> str:
     """Advice where the last cut (`step`, its row: fresh batch-norm statistics, no reconstruction) left the model at
     most NEAR_CHANCE of the way from chance (1 / `classes`) to the dense model's accuracy (`dense`, its row), and at
-    most SHORT_FINETUNE epochs over the whole training split follow it at rate `lr` (set by `lr_flag`). There a
-    reconstruction first did as well as one more epoch in the same time or better at the trained presets' rate 0.01 (+1.37 for
-    ResNet-18 cut to the seed's size, 0.03 of the way; +1.06 for a MobileNetV3 at 4x and +0.11 for ResNet-18 at 48x,
-    both 0.06; at 0.12 +0.23, at 0.45 and 0.52 ties, and over 10 epochs a tie: RESULTS 7.35); at the rate each recipe
-    did best with, +0.4 and +1.3 on ResNet-18 at 105x and a tie on the MobileNetV3, whose plain epochs gained 2.4
-    points at HIGHER_LR (7.36): so below HIGHER_LR the advice names the rate too; above it the reconstruction lost
-    (ResNet-18 at 105x, lr 0.1: -3.4 points against a plain epoch), so there is no advice. It chooses a recipe, so it reads
-    the validation split where the run has one (both rows then carry val_accuracy), the test set only where there is
-    nothing else. "" otherwise, and where the dense model is not 10 points above chance."""
+    most SHORT_FINETUNE epochs over the whole training split follow it at rate `lr` (set by `lr_flag`). There, at the
+    presets' rate 0.01, a reconstruction first did as well as one more epoch in the same time or better (RESULTS 7.35);
+    at each recipe's best rate it led on ResNet-18 at 105x and tied on a MobileNetV3 whose plain epochs gained 2.4
+    points at HIGHER_LR, and at 0.1 it lost 3.4 points (7.36): so below HIGHER_LR the advice names the rate too, and
+    above it there is none. It chooses a recipe, so it reads the validation split where both rows carry one, the test
+    set only where there is nothing else. "" otherwise, and where the dense model is not 10 points above chance."""
     on_val = "val_accuracy_before_finetune" in step and "val_accuracy" in dense
     fresh = step.get("val_accuracy_before_finetune" if on_val else "accuracy_before_finetune")
-    before = dense.get("val_accuracy" if on_val else "accuracy")
+    dense_acc = dense.get("val_accuracy" if on_val else "accuracy")
     chance = 1 / classes if classes >= 2 else None
-    if ("accuracy_stale_bn" not in step or "reconstruction" in step or fresh is None or before is None
-            or chance is None or before - chance < 0.1 or fresh - chance > NEAR_CHANCE * (before - chance)
+    if ("accuracy_stale_bn" not in step or "reconstruction" in step or fresh is None or dense_acc is None
+            or chance is None or dense_acc - chance < 0.1 or fresh - chance > NEAR_CHANCE * (dense_acc - chance)
             or epochs_after > SHORT_FINETUNE or (epochs_after and lr > HIGHER_LR)):
         return ""
     split = "the validation split" if on_val else "the test images (no validation figures for this run)"
@@ -378,7 +375,7 @@ def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int,
             f"(try {lr_flag} {HIGHER_LR:g} and compare on the validation split; RESULTS 7.36)"
             if epochs_after and lr < HIGHER_LR else "")
     return (f"the last cut left the model at {100 * fresh:.2f}% on {split} with fresh batch-norm statistics "
-            f"(chance: {100 * chance:.2f}%, the dense model {100 * before:.2f}%), and "
+            f"(chance: {100 * chance:.2f}%, the dense model {100 * dense_acc:.2f}%), and "
             f"{counted(epochs_after, 'epoch')} of fine-tune follow it. Where a cut breaks a model this far and the "
             "fine-tune is this short, refitting each unit (stem, block, classifier) to the model before the cut first "
             "(--reconstruct-images 2560) did as well as one more epoch in the same time, and on ResNet-18 cut to the "
