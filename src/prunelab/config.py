@@ -234,6 +234,11 @@ class Config:
     final_finetune_epochs: int = _f(10, "fine-tune epochs after the last step (cosine over them)")
     final_finetune_lr: float = _f(0.0, "SGD learning rate of the final fine-tune (0 = finetune_lr); the short fine-tunes "
                                        "between steps keep finetune_lr")
+    lr_probe: list = _f([], "choose the final fine-tune's learning rate among these (e.g. 0.01 0.02 0.04) by a short "
+                            "fine-tune at each, scored on the validation split (needs val_size); it replaces "
+                            "final_finetune_lr, and its time counts in the run's")
+    lr_probe_images: int = _f(10000, "with lr_probe: training images in each rate's short fine-tune (one pass, cosine "
+                                     "to 0)")
     distill: bool = _f(False, "fine-tune with knowledge distillation from the dense model (soft targets + hard labels)")
     distill_cached: bool = _f(False, "with distill: compute the dense model's outputs once per training image (mean over "
                                      "the image and its mirror) instead of on every augmented batch; far cheaper, "
@@ -430,7 +435,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
                 raise ValueError
             if name in ("mean", "std") and len(value) == 1 and str(value[0]) in (*NORMALIZATIONS, "auto", "pretrained"):
                 return [str(value[0])]
-            inner = type(default[0]) if default else (int if name == "seeds" else str)
+            inner = type(default[0]) if default else {"seeds": int, "lr_probe": float}.get(name, str)
             return [inner(v) for v in value]
         if kind is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -610,6 +615,14 @@ def validate(cfg: Config) -> None:
     need(cfg.reconstruct_images == 0 or cfg.reconstruct_images >= 16, "reconstruct_images must be 0 (off) or at least "
          f"16 (one in 8 judges each unit's fit), got {cfg.reconstruct_images}")
     need(cfg.reconstruct_steps >= 1, f"reconstruct_steps must be at least 1, got {cfg.reconstruct_steps}")
+    if cfg.lr_probe:
+        need(len(cfg.lr_probe) >= 2 and all(r > 0 for r in cfg.lr_probe), "lr_probe needs two or more learning rates "
+             f"above 0 to choose among, got {' '.join(f'{r:g}' for r in cfg.lr_probe)}; e.g. --lr-probe 0.01 0.02 0.04")
+        need(cfg.val_size > 0, "lr_probe scores each rate on the validation split, and this run has none; add "
+             "--val-size 5000 (images carved from the training images)")
+        need(cfg.final_finetune_epochs > 0, "lr_probe chooses the final fine-tune's rate, and final_finetune_epochs is "
+             "0; give the final fine-tune epochs or drop --lr-probe")
+        need(cfg.lr_probe_images >= 1, f"lr_probe_images must be at least 1, got {cfg.lr_probe_images}")
     need(cfg.round_to >= 0, f"round_to must be 0 or more, got {cfg.round_to}")
     need(cfg.taylor_batches >= 1, f"taylor_batches must be at least 1, got {cfg.taylor_batches}")
     need(cfg.train_subset >= 0 and cfg.test_subset >= 0 and cfg.val_size >= 0,

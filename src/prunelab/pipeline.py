@@ -38,8 +38,8 @@ from .rundir import SEARCH_STAGE, SPARSE_STAGE, RunDir, TensorBoardLog, create, 
 from .runtimes import latency, missing
 from .targets import (SEARCH_VERSION, check_targets, fill_budget, fills_budget, ratio_for_latency, ratio_for_target,
                       row_version, search_widths)
-from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, reestimate_batchnorm, resolve_device,
-                    score, stage_bn_images, teacher_targets, torch_threads)
+from .train import (Distillation, Trainer, autocast_dtype, fit, prepare_model, probe_rates, reestimate_batchnorm,
+                    resolve_device, score, stage_bn_images, teacher_targets, torch_threads)
 
 
 def run(cfg: Config | None = None, resume_dir: str | Path | None = None, model: torch.nn.Module | None = None) -> Path:
@@ -661,10 +661,12 @@ class _Stages:
         # the final fine-tune starts from the last step's result, whose accuracy was just measured (or, on resume,
         # is in its checkpoint): every rank knows it, so no evaluation is repeated
         before = self.step_accuracy if self.step_accuracy is not None else self._accuracy(model, self.test)
-        log(f"final fine-tune: {report.counted(cfg.final_finetune_epochs, 'epoch')}")
-        self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, final_lr(cfg),
-                  split=self.train)
-        row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n),
+        probed = self.probe_final_lr(model) if cfg.lr_probe else {}
+        lr = probed.get("chosen", final_lr(cfg))
+        log(f"final fine-tune: {report.counted(cfg.final_finetune_epochs, 'epoch')} at lr {lr:g}")
+        self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, lr, split=self.train)
+        row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n), "lr": lr,
+               **({"lr_probe": {k: v for k, v in probed.items() if k not in ("event", "stage")}} if probed else {}),
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start, "machine": self._machine(),
                **self._take_targets_made()}
@@ -672,6 +674,29 @@ class _Stages:
             row["target_latency"] = self._latency_achieved(model)
         self._save(model, self.n + 1, history(pruner), row)
         log(f"final: test acc {row['accuracy']:.4f}")
+
+    def probe_final_lr(self, model) -> dict:
+        """The final fine-tune's rate chosen among cfg.lr_probe (train.probe_rates on the validation split): its row,
+        written to metrics.jsonl once, so that a resumed final fine-tune reads it back instead of probing again."""
+        cfg = self.cfg
+        done = [r for r in read_jsonl(self.rd.metrics) if r.get("event") == "lr_probe" and r.get("stage") == self.n + 1]
+        if done:
+            return done[-1]
+        start = time.perf_counter()
+        images = min(cfg.lr_probe_images, len(self.train))
+        log(f"lr probe: one pass over {images:,} training images at each of {' '.join(f'{r:g}' for r in cfg.lr_probe)}, "
+            "scored on the validation split")
+        accuracies = probe_rates(model, self.train, self.val, cfg.lr_probe, images, trainer=self.trainer,
+                                 seed=cfg.seed * 7919 + 1009, distill=self._distillation(),
+                                 bn_images=stage_bn_images(model, cfg.bn_reestimate_images))
+        best = max(range(len(accuracies)), key=lambda i: accuracies[i])  # (the first of equals: the lowest rate given first)
+        row = {"event": "lr_probe", "stage": self.n + 1, "rates": list(cfg.lr_probe), "val_accuracy": accuracies,
+               "chosen": cfg.lr_probe[best], "images": images, "seconds": time.perf_counter() - start}
+        if distributed.WORLD.main:
+            self.rd.append_metrics(row)
+        log("lr probe: " + "  ".join(f"{r:g}: {100 * a:.2f}%" for r, a in zip(cfg.lr_probe, accuracies))
+            + f"  -> lr {row['chosen']:g}  ({row['seconds']:.0f} s)")
+        return row
 
     def _latency_achieved(self, model, rounds: int = 3) -> dict:
         """What the latency target came to: the final `model` timed in the target's runtime and batch size; for a

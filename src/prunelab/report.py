@@ -287,7 +287,9 @@ def recipe_sentence(cfg: Config | dict, pruning_ratio: float | None = None) -> s
             + (f"each cut's units refitted to the model before it on up to {c['reconstruct_images']:,} images "
                f"({c.get('reconstruct_steps', 300)} steps each); " if c.get("reconstruct_images") else "")
             + f"{counted(c['finetune_epochs_per_step'], 'fine-tune epoch')} per step{early} (lr {c.get('finetune_lr', 0.1)}), "
-            f"{counted(c['final_finetune_epochs'], 'final epoch')} (lr {final_lr(c)}); batch {c['batch_size']}, {per_unit}"
+            f"{counted(c['final_finetune_epochs'], 'final epoch')} (lr "
+            + (f"chosen among {', '.join(f'{r:g}' for r in c['lr_probe'])} on the validation split"
+               if c.get("lr_probe") else f"{final_lr(c)}") + f"); batch {c['batch_size']}, {per_unit}"
             + (f"; cutout {c['cutout_px']} px" if c.get("cutout_px") else "")
             + (f"; distillation T={c['distill_temperature']} w={c['distill_weight']}" if c.get("distill") else "")
             + (f" from teacher {c['teacher']}" if c.get("teacher") else "")
@@ -370,10 +372,13 @@ def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int,
             or epochs_after > SHORT_FINETUNE or (epochs_after and lr > HIGHER_LR)):
         return ""
     split = "the validation split" if on_val else "the test images (no validation figures for this run)"
-    rate = (f"; and the rate matters as much: the fine-tune runs at lr {lr:g}, and a briefly trained MobileNetV3 "
-            f"gained 2.4 points from 3 epochs at {HIGHER_LR:g} instead of 0.01, where the reconstruction then only tied "
-            f"(try {lr_flag} {HIGHER_LR:g} and compare on the validation split; RESULTS 7.36)"
-            if epochs_after and lr < HIGHER_LR else "")
+    probed = lr_flag == "--lr-probe"  # (then `lr` is the highest rate the probe may choose)
+    rate = (f"; and the rate matters as much: the fine-tune runs at lr {'at most ' if probed else ''}{lr:g}, and a "
+            f"briefly trained MobileNetV3 gained 2.4 points from 3 epochs at {HIGHER_LR:g} instead of 0.01, where the "
+            "reconstruction then only tied ("
+            + (f"add {HIGHER_LR:g} to {lr_flag}" if probed else
+               f"try {lr_flag} {HIGHER_LR:g}, or let --lr-probe 0.01 0.02 {HIGHER_LR:g} choose on the validation split")
+            + "; RESULTS 7.36, 7.37)" if epochs_after and lr < HIGHER_LR else "")
     return (f"the last cut left the model at {100 * fresh:.2f}% on {split} with fresh batch-norm statistics "
             f"(chance: {100 * chance:.2f}%, the dense model {100 * dense_acc:.2f}%), and "
             f"{counted(epochs_after, 'epoch')} of fine-tune follow it. Where a cut breaks a model this far and the "
@@ -385,8 +390,10 @@ def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int,
 def finetune_after_last_cut(cfg: dict) -> tuple[int, float, str]:
     """Epochs over the whole training split after the last cut (the final fine-tune's, and the last step's own where
     it trains on all images, not on early_images), and the rate the advice names with the flag that sets it: the
-    final fine-tune's where it has epochs, else the steps'."""
+    final fine-tune's where it has epochs (with lr_probe, the highest it may choose), else the steps'."""
     step_epochs = 0 if cfg.get("early_images") else cfg["finetune_epochs_per_step"]
+    if cfg["final_finetune_epochs"] and cfg.get("lr_probe"):
+        return cfg["final_finetune_epochs"] + step_epochs, max(cfg["lr_probe"]), "--lr-probe"
     if cfg["final_finetune_epochs"]:
         return cfg["final_finetune_epochs"] + step_epochs, final_lr(cfg), "--final-finetune-lr"
     return step_epochs, cfg.get("finetune_lr", 0.1), "--finetune-lr"
@@ -474,6 +481,13 @@ def report_markdown(results: dict) -> str:
     if teacher:
         parts += ["", f"**Teacher:** the fine-tunes distil from {teacher['file']}, {100 * teacher['accuracy']:.2f}% on "
                   f"these test images (the dense model: {100 * results['dense']['accuracy']:.2f}%)."]
+    probe = results["final"].get("lr_probe")
+    if probe:
+        parts += ["", f"**Learning rate:** the final fine-tune ran at **{probe['chosen']:g}**, the best on the "
+                  f"validation split after one pass over {probe['images']:,} training images at each rate ("
+                  + ", ".join(f"{r:g}: {100 * a:.2f}%" for r, a in zip(probe["rates"], probe["val_accuracy"]))
+                  + f"; {probe['seconds']:.0f} s, counted in the final fine-tune's time). So short a fine-tune favours "
+                  "low rates over the whole fine-tune's best (RESULTS 7.37)."]
     t = results["final"].get("target_latency")
     if t and t.get("target_speedup"):
         search = results["dense"].get("latency_search") or (results.get("search") or {}).get("chosen") or {}

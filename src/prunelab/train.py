@@ -4,6 +4,8 @@ needs besides them)."""
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .config import Config
 
-from .errors import PrunelabError
+from .errors import PrunelabError, TrainingDiverged
 from .files import exclusive, write_atomic
 from .data import (InputSpec, Normalizer, Split, apply_views, augment_batch, augmentation_for, batches_per_epoch,
                    cutout, eval_batches, resolve_normalization, train_batches, view_padding)
@@ -377,7 +379,7 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
             mean_loss, accuracy, images = totals[0].item() / totals[2].item(), totals[1].item() / totals[2].item(), totals[2].item()
             if not math.isfinite(mean_loss):
                 bar.close()
-                raise PrunelabError(f"{desc}: the loss became {mean_loss} at batch {i + 1}; lower the learning rate "
+                raise TrainingDiverged(f"{desc}: the loss became {mean_loss} at batch {i + 1}; lower the learning rate "
                                     "(--lr/--finetune-lr) or use --precision fp32")
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{accuracy:.3f}",
                             img_s=f"{images / (time.perf_counter() - start):.0f}")
@@ -386,6 +388,34 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
     seconds = time.perf_counter() - start
     return {"loss": mean_loss, "train_accuracy": accuracy, "lr": lr, "images_per_s": images / seconds,
             "seconds": seconds}
+
+
+def probe_rates(model: nn.Module, split: Split, val: Split, rates: list[float], images: int, *, trainer: Trainer,
+                seed: int, distill: Distillation | None = None, bn_images: int = 0) -> list[float]:
+    """The validation accuracy that each of `rates` reaches in a short fine-tune of its own: a copy of `model` trained
+    for one pass over `images` images of `split` (drawn with `seed`, the same for every rate) with the cosine schedule
+    stepped per batch from the rate to 0, so that each copy ends annealed as the whole fine-tune does; its batch-norm
+    statistics then re-estimated on `bn_images` of them, and scored on `val`, never the test set. A rate whose loss
+    diverges scores 0. `distill`: as fit's (cached targets are taken for the drawn images). `model` is not changed.
+    A short fine-tune favours low rates over the whole fine-tune's best (short-horizon bias), less so the more images
+    it has: RESULTS 7.37 measures how far."""
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:images]
+    sub = split.subset(idx.to(split.labels.device))
+    if distill is not None and distill.targets is not None:
+        distill = distill.subset(idx)
+    probe_trainer = dataclasses.replace(trainer, lr_per_batch=True, seed=seed)
+    accuracies = []
+    for rate in rates:
+        copied = copy.deepcopy(model)
+        try:
+            fit(copied, sub, 1, rate, trainer=probe_trainer, stage=0, phase=f"lr probe {rate:g}", distill=distill,
+                bn_images=bn_images)
+            accuracies.append(score(copied, val, trainer.normalizer, trainer.eval_batch_size)["accuracy"])
+        except TrainingDiverged:
+            log(f"  lr probe {rate:g}: the loss diverged; this rate scores 0")
+            accuracies.append(0.0)
+        del copied
+    return accuracies
 
 
 @torch.inference_mode()
