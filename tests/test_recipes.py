@@ -543,3 +543,94 @@ def test_cutout_blanks_one_clipped_square_per_image_and_changes_training_only_wh
 
     assert epoch(0) == epoch(0) and epoch(8) != epoch(0)
     assert "; cutout 8 px" in recipe_sentence(to_dict(make_config("tiny", {"cutout_px": 8})))
+
+
+def _brightness_task(n: int, seed: int) -> Split:
+    """Two classes told apart by the mean of the red channel: a small network learns it in one pass at a sensible
+    rate, not at a tiny one."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    images = torch.randint(0, 128, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+    images[:, 0] += (labels * 127).to(torch.uint8)[:, None, None]
+    return Split(images, labels)
+
+
+def test_the_lr_probe_scores_each_rate_on_the_split_it_is_given_and_a_diverging_rate_scores_zero():
+    from prunelab.train import probe_rates
+    cfg = make_config("tiny", {"precision": "fp32", "channels_last": False, "batch_size": 32, "progress": False,
+                               "augmentation": "none"})
+    trainer = Trainer.from_config(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    before = copy.deepcopy(net.state_dict())
+    train, val = _brightness_task(512, 0), _brightness_task(256, 1)
+    tiny, right, huge = probe_rates(net, train, val, [1e-6, 0.1, 1e30], 512, trainer=trainer, seed=0, bn_images=256)
+    assert huge == 0.0  # its loss became NaN: no error, no score
+    assert right > 0.9 and tiny < 0.7  # the rate that learns wins; one that barely moves stays near chance
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), before.values()))  # the model is untouched
+    # the scores are on the split handed in as `val`: the same probe scored on another split gives other figures
+    flipped = Split(val.images, 1 - val.labels)
+    assert probe_rates(net, train, flipped, [0.1], 512, trainer=trainer, seed=0, bn_images=256)[0] < 0.1
+
+
+def test_a_run_with_an_lr_probe_fine_tunes_at_the_rate_it_chose_and_a_resume_reads_that_rate_back(tmp_path,
+                                                                                                  monkeypatch):
+    import prunelab.pipeline as pipeline
+    from prunelab.files import read_jsonl
+    seen = []
+    real = pipeline.probe_rates
+
+    def spy(model, split, val, *args, **kwargs):  # (the real probe, with the splits it was handed noted)
+        seen.append((len(split), len(val)))
+        return real(model, split, val, *args, **kwargs)
+    monkeypatch.setattr(pipeline, "probe_rates", spy)
+    args = ["run", "--preset", "tiny", "--val-size", "64", "--final-finetune-epochs", "2", "--lr-probe", "0.01", "0.05",
+            "--lr-probe-images", "96", "--no-export-onnx", "--latency-batch-sizes", "1", "--no-progress",
+            "--out-dir", tmp_path, "--name", "p"]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    run = tmp_path / "p"
+    res = json.loads((run / "results.json").read_text())
+    probe = res["final"]["lr_probe"]
+    assert seen == [(192, 64)]  # training images to learn from, the validation split to score on (not the 64 test)
+    assert probe["rates"] == [0.01, 0.05] and probe["images"] == 96 and len(probe["val_accuracy"]) == 2
+    assert probe["chosen"] == probe["rates"][max(range(2), key=lambda i: probe["val_accuracy"][i])]
+    final_epochs = [e for e in res["epochs"] if e["phase"] == "final fine-tune"]
+    assert res["final"]["lr"] == probe["chosen"]
+    # tiny steps the cosine per epoch: the first of two epochs runs at the rate itself
+    assert final_epochs[0]["lr"] == pytest.approx(probe["chosen"])
+    report = (run / "report.md").read_text()
+    assert f"ran at **{probe['chosen']:g}**" in report and "chosen among 0.01, 0.05 on the validation split" in report
+
+    # a run stopped after its probe: it resumes at the rate the probe chose (here altered to the other candidate,
+    # to tell a rate read back from one probed again), and does not probe again
+    other = 0.01 if probe["chosen"] == 0.05 else 0.05
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("stage") != 3 or r["event"] == "lr_probe"]
+    for r in rows:
+        if r["event"] == "lr_probe":
+            r["chosen"] = other
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for f in ("results.json", "report.md", "checkpoints/final.json", "checkpoints/final.safetensors"):
+        (run / f).unlink()
+    seen.clear()
+    code, out, err = cli("run", "--resume", run, "--no-progress")
+    assert code == 0, err
+    assert seen == [] and "lr probe:" not in out + err
+    res = json.loads((run / "results.json").read_text())
+    assert res["final"]["lr"] == other == res["final"]["lr_probe"]["chosen"]
+    assert [e["lr"] for e in res["epochs"] if e["phase"] == "final fine-tune"][0] == pytest.approx(other)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr-probe", "0.01", "0.02"], "--val-size 5000"),
+    (["--lr-probe", "0.01", "--val-size", "64"], "two or more learning rates"),
+    (["--lr-probe", "0.01", "-0.02", "--val-size", "64"], "two or more learning rates above 0"),
+    (["--lr-probe", "0.01", "0.02", "--val-size", "64", "--final-finetune-epochs", "0"], "final_finetune_epochs is 0"),
+    (["--lr-probe", "0.01", "0.02", "--val-size", "64", "--lr-probe-images", "0"], "lr_probe_images must be"),
+    (["--lr-probe", "0.01", "fast", "--val-size", "64"], "'lr_probe' must be a list"),
+])
+def test_an_lr_probe_that_cannot_work_is_refused_before_anything_is_written(tmp_path, args, message):
+    code, out, err = cli("run", "--preset", "tiny", *args, "--out-dir", tmp_path, "--name", "bad")
+    assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()

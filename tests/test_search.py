@@ -705,6 +705,12 @@ def test_the_report_advises_a_reconstruction_only_where_the_cut_broke_the_model_
                                     "final_finetune_lr": 0, "finetune_lr": 0.01}) == (2, 0.01, "--final-finetune-lr")
     assert finetune_after_last_cut({"final_finetune_epochs": 0, "finetune_epochs_per_step": 1, "early_images": 0,
                                     "final_finetune_lr": 0.02, "finetune_lr": 0.1}) == (1, 0.1, "--finetune-lr")
+    # with an lr probe, the rate named is the highest it may choose, and the advice is to let it choose higher
+    assert finetune_after_last_cut({"final_finetune_epochs": 2, "finetune_epochs_per_step": 0, "early_images": 0,
+                                    "final_finetune_lr": 0.01, "lr_probe": [0.005, 0.02, 0.01]}) == (2, 0.02, "--lr-probe")
+    probed = reconstruction_tip(broken, dense, 10, 2, 0.02, "--lr-probe")
+    assert "runs at lr at most 0.02" in probed and "add 0.04 to --lr-probe" in probed
+    assert "--lr-probe 0.01 0.02 0.04 choose" in low  # without one, the advice offers it
 
 
 def test_reconstruction_refits_a_cut_resnet_to_the_model_before_the_cut():
