@@ -75,7 +75,7 @@ def main(argv=None) -> None:
                   + f"  -> {best:g}  ({rows[-1]['seconds']:.0f} s)", flush=True)
     if args.json:
         write_json(args.json, {"run": str(args.run), "checkpoint": which, "val_before": start,
-                               "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "),
+                               "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip("\t: "),
                                "rows": [{**r, "val": {str(k): v for k, v in r["val"].items()}} for r in rows]})
 
 

@@ -237,8 +237,8 @@ class Config:
     lr_probe: list = _f([], "choose the final fine-tune's learning rate among these (e.g. 0.01 0.02 0.04) by a short "
                             "fine-tune at each, scored on the validation split (needs val_size); it replaces "
                             "final_finetune_lr, and its time counts in the run's")
-    lr_probe_images: int = _f(10000, "with lr_probe: training images in each rate's short fine-tune (one pass, cosine "
-                                     "to 0)")
+    lr_probe_images: int = _f(20000, "with lr_probe: training images in each rate's short fine-tune (one pass, cosine "
+                                     "to 0); fewer favour lower rates more (RESULTS 7.37)")
     distill: bool = _f(False, "fine-tune with knowledge distillation from the dense model (soft targets + hard labels)")
     distill_cached: bool = _f(False, "with distill: compute the dense model's outputs once per training image (mean over "
                                      "the image and its mirror) instead of on every augmented batch; far cheaper, "
