@@ -689,7 +689,7 @@ class _Stages:
         accuracies = probe_rates(model, self.train, self.val, cfg.lr_probe, images, trainer=self.trainer,
                                  seed=cfg.seed * 7919 + 1009, distill=self._distillation(),
                                  bn_images=stage_bn_images(model, cfg.bn_reestimate_images))
-        best = max(range(len(accuracies)), key=lambda i: accuracies[i])  # (the first of equals: the lowest rate given first)
+        best = max(range(len(accuracies)), key=lambda i: accuracies[i])  # (of equal scores, the rate given first)
         row = {"event": "lr_probe", "stage": self.n + 1, "rates": list(cfg.lr_probe), "val_accuracy": accuracies,
                "chosen": cfg.lr_probe[best], "images": images, "seconds": time.perf_counter() - start}
         if distributed.WORLD.main:

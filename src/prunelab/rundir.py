@@ -157,8 +157,9 @@ class RunDir:
     def prepare_resume(self, done: int, n_steps: int) -> None:
         """Make the log agree with the checkpoints before a resume: drop lines of stages after the last finished one
         (`done`, or sparse training when its checkpoint exists and `done` is the dense stage): they run again,
-        except epochs kept by a mid-stage checkpoint and the final fine-tune's lr probe (its rate is kept). Put back any summary line of a finished stage that a crash
-        kept from being written (it is stored in the stage's checkpoint too)."""
+        except epochs kept by a mid-stage checkpoint and the final fine-tune's lr probe (its rate is kept). Put back
+        any summary line of a finished stage that a crash kept from being written (it is stored in the stage's
+        checkpoint too)."""
         finished = [s for s in range(done + 1)]
         if done == 0 and self.model_file("sparse").is_file():
             finished.append(SPARSE_STAGE)
