@@ -1,5 +1,5 @@
 #!/bin/bash
-# --lr-probe end to end (RESULTS 7.37), second round: F = ResNet-18 10x with --preset trained (10 epochs);: MobileNetV3 4x (M), ResNet-18 105x (R), ResNet-18 10x distilled (T),
+# --lr-probe end to end (RESULTS 7.37), second round: F = ResNet-18 10x with --preset trained (10 epochs); M = MobileNetV3 4x; (R, T as in chain128.sh)
 # trained-short, a queue (jobs129.txt), two workers at one thread each; code 05458e5 (worktree /work/wt129)
 cd /work/wt129
 export PYTHONPATH=/work/wt129/src
