@@ -592,7 +592,7 @@ def test_a_run_with_an_lr_probe_fine_tunes_at_the_rate_it_chose_and_a_resume_rea
     assert code == 0, err
     run = tmp_path / "p"
     res = json.loads((run / "results.json").read_text())
-    probe = res["final"]["lr_probe"]
+    probe = res["lr_probe"]
     assert seen == [(192, 64)]  # training images to learn from, the validation split to score on (not the 64 test)
     assert probe["rates"] == [0.01, 0.05] and probe["images"] == 96 and len(probe["val_accuracy"]) == 2
     assert probe["chosen"] == probe["rates"][max(range(2), key=lambda i: probe["val_accuracy"][i])]
@@ -603,10 +603,10 @@ def test_a_run_with_an_lr_probe_fine_tunes_at_the_rate_it_chose_and_a_resume_rea
     report = (run / "report.md").read_text()
     assert f"ran at **{probe['chosen']:g}**" in report and "chosen among 0.01, 0.05 on the validation split" in report
 
-    # a run stopped after its probe: it resumes at the rate the probe chose (here altered to the other candidate,
-    # to tell a rate read back from one probed again), and does not probe again
+    # a run killed in its final fine-tune, after the probe: it resumes at the rate the probe chose (here altered to
+    # the other candidate, to tell a rate read back from one probed again), and does not probe again
     other = 0.01 if probe["chosen"] == 0.05 else 0.05
-    rows = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("stage") != 3 or r["event"] == "lr_probe"]
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["event"] != "final"]  # (its epoch lines stay: dropped)
     for r in rows:
         if r["event"] == "lr_probe":
             r["chosen"] = other
@@ -618,7 +618,7 @@ def test_a_run_with_an_lr_probe_fine_tunes_at_the_rate_it_chose_and_a_resume_rea
     assert code == 0, err
     assert seen == [] and "lr probe:" not in out + err
     res = json.loads((run / "results.json").read_text())
-    assert res["final"]["lr"] == other == res["final"]["lr_probe"]["chosen"]
+    assert res["final"]["lr"] == other == res["lr_probe"]["chosen"]
     assert [e["lr"] for e in res["epochs"] if e["phase"] == "final fine-tune"][0] == pytest.approx(other)
 
 

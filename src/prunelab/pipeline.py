@@ -666,7 +666,6 @@ class _Stages:
         log(f"final fine-tune: {report.counted(cfg.final_finetune_epochs, 'epoch')} at lr {lr:g}")
         self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, lr, split=self.train)
         row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n), "lr": lr,
-               **({"lr_probe": {k: v for k, v in probed.items() if k not in ("event", "stage")}} if probed else {}),
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start, "machine": self._machine(),
                **self._take_targets_made()}
@@ -677,9 +676,10 @@ class _Stages:
 
     def probe_final_lr(self, model) -> dict:
         """The final fine-tune's rate chosen among cfg.lr_probe (train.probe_rates on the validation split): its row,
-        written to metrics.jsonl once, so that a resumed final fine-tune reads it back instead of probing again."""
+        written to metrics.jsonl once under the stage of the model it scored (the last step's), so that a resume
+        keeps it with that stage's lines and the final fine-tune reads the rate back instead of probing again."""
         cfg = self.cfg
-        done = [r for r in read_jsonl(self.rd.metrics) if r.get("event") == "lr_probe" and r.get("stage") == self.n + 1]
+        done = [r for r in read_jsonl(self.rd.metrics) if r.get("event") == "lr_probe" and r.get("stage") == self.n]
         if done:
             return done[-1]
         start = time.perf_counter()
@@ -690,7 +690,7 @@ class _Stages:
                                  seed=cfg.seed * 7919 + 1009, distill=self._distillation(),
                                  bn_images=stage_bn_images(model, cfg.bn_reestimate_images))
         best = max(range(len(accuracies)), key=lambda i: accuracies[i])  # (of equal scores, the rate given first)
-        row = {"event": "lr_probe", "stage": self.n + 1, "rates": list(cfg.lr_probe), "val_accuracy": accuracies,
+        row = {"event": "lr_probe", "stage": self.n, "rates": list(cfg.lr_probe), "val_accuracy": accuracies,
                "chosen": cfg.lr_probe[best], "images": images, "seconds": time.perf_counter() - start}
         if distributed.WORLD.main:
             self.rd.append_metrics(row)

@@ -35,6 +35,7 @@ def build_results(run_dir: str | Path) -> dict:
     steps = sorted((r for r in rows if r["event"] == "step"), key=lambda r: r["step"])
     sparse = next((r for r in rows if r["event"] == "sparse"), None)
     epochs = [r for r in rows if r["event"] == "epoch"]
+    probe = next((r for r in rows if r["event"] == "lr_probe"), None)
     search = json.loads(rd.search.read_text()) if rd.search.is_file() else None
     widths = _layer_widths(rd)
     targets = [{"stage": r["stage"], **r["distill_targets"]} for r in [*steps, final] if "distill_targets" in r]
@@ -57,6 +58,7 @@ def build_results(run_dir: str | Path) -> dict:
                         + (sparse["seconds"] if sparse else 0) + sum(s["seconds"] for s in steps) + final["seconds"]},
         **({"search": _search_summary(search, widths)} if search else {}),
         **({"distill_targets": targets} if targets else {}),
+        **({"lr_probe": {k: v for k, v in probe.items() if k not in ("event", "stage")}} if probe else {}),
         "layer_widths": widths,
         "epochs": [{k: e[k] for k in ("stage", "phase", "epoch", "images", "loss", "train_accuracy", "val_accuracy", "lr",
                                       "images_per_s", "seconds") if k in e} for e in epochs],
@@ -392,9 +394,9 @@ def finetune_after_last_cut(cfg: dict) -> tuple[int, float, str]:
     it trains on all images, not on early_images), and the rate the advice names with the flag that sets it: the
     final fine-tune's where it has epochs (with lr_probe, the highest it may choose), else the steps'."""
     step_epochs = 0 if cfg.get("early_images") else cfg["finetune_epochs_per_step"]
-    if cfg["final_finetune_epochs"] and cfg.get("lr_probe"):
-        return cfg["final_finetune_epochs"] + step_epochs, max(cfg["lr_probe"]), "--lr-probe"
     if cfg["final_finetune_epochs"]:
+        if cfg.get("lr_probe"):
+            return cfg["final_finetune_epochs"] + step_epochs, max(cfg["lr_probe"]), "--lr-probe"
         return cfg["final_finetune_epochs"] + step_epochs, final_lr(cfg), "--final-finetune-lr"
     return step_epochs, cfg.get("finetune_lr", 0.1), "--finetune-lr"
 
@@ -481,7 +483,7 @@ def report_markdown(results: dict) -> str:
     if teacher:
         parts += ["", f"**Teacher:** the fine-tunes distil from {teacher['file']}, {100 * teacher['accuracy']:.2f}% on "
                   f"these test images (the dense model: {100 * results['dense']['accuracy']:.2f}%)."]
-    probe = results["final"].get("lr_probe")
+    probe = results.get("lr_probe")
     if probe:
         parts += ["", f"**Learning rate:** the final fine-tune ran at **{probe['chosen']:g}**, the best on the "
                   f"validation split after one pass over {probe['images']:,} training images at each rate ("

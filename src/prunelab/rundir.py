@@ -3,7 +3,7 @@ module that knows where a run's files lie.
 
     config.json        the resolved config (written once, when the run starts)
     metrics.jsonl      one line per epoch ("event": "epoch") and per finished stage ("dense", "sparse", "step",
-                       "final"); "lr_probe": the final fine-tune's rate, chosen (lr_probe)
+                       "final"); "lr_probe": the final fine-tune's rate, chosen (under the last step's stage)
     checkpoints/       dense, sparse, step_XX, final: model files (see modelfile.py); partial.safetensors mid-stage
     results.json       the summary (written last: its presence means the run is complete)
     report.md, results.png, curves.png, filters.png, model.onnx, tensorboard/
@@ -157,9 +157,8 @@ class RunDir:
     def prepare_resume(self, done: int, n_steps: int) -> None:
         """Make the log agree with the checkpoints before a resume: drop lines of stages after the last finished one
         (`done`, or sparse training when its checkpoint exists and `done` is the dense stage): they run again,
-        except epochs kept by a mid-stage checkpoint and the final fine-tune's lr probe (its rate is kept). Put back
-        any summary line of a finished stage that a crash kept from being written (it is stored in the stage's
-        checkpoint too)."""
+        except epochs kept by a mid-stage checkpoint. Put back any summary line of a finished stage that a crash
+        kept from being written (it is stored in the stage's checkpoint too)."""
         finished = [s for s in range(done + 1)]
         if done == 0 and self.model_file("sparse").is_file():
             finished.append(SPARSE_STAGE)
@@ -169,8 +168,7 @@ class RunDir:
             self.partial.unlink()
             partial = None
         rows = [r for r in read_jsonl(self.metrics) if stage_order(r.get("stage", 0)) <= last
-                or (partial and r["event"] == "epoch" and r["stage"] == partial[0] and r["epoch"] <= partial[1])
-                or r["event"] == "lr_probe"]  # (written after the last step finished: it scored that step's model)
+                or (partial and r["event"] == "epoch" and r["stage"] == partial[0] and r["epoch"] <= partial[1])]
         have = {r["stage"] for r in rows if r["event"] in SUMMARY_EVENTS}
         for stage in finished:
             if stage not in have:

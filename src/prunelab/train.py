@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import hashlib
 import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -403,7 +402,7 @@ def probe_rates(model: nn.Module, split: Split, val: Split, rates: list[float], 
     sub = split.subset(idx.to(split.labels.device))
     if distill is not None and distill.targets is not None:
         distill = distill.subset(idx)
-    probe_trainer = dataclasses.replace(trainer, lr_per_batch=True, seed=seed)
+    probe_trainer = replace(trainer, lr_per_batch=True, seed=seed)
     accuracies = []
     for rate in rates:
         copied = copy.deepcopy(model)
