@@ -359,8 +359,9 @@ HIGHER_LR = 0.04  # the final rate at which a briefly trained MobileNetV3 gained
 def reconstruction_tip(step: dict, dense: dict, classes: int, epochs_after: int, lr: float, lr_flag: str) -> str:
     """Advice where the last cut (`step`, its row: fresh batch-norm statistics, no reconstruction) left the model at
     most NEAR_CHANCE of the way from chance (1 / `classes`) to the dense model's accuracy (`dense`, its row), and at
-    most SHORT_FINETUNE epochs over the whole training split follow it at rate `lr` (set by `lr_flag`). There, at the
-    presets' rate 0.01, a reconstruction first did as well as one more epoch in the same time or better (RESULTS 7.35);
+    most SHORT_FINETUNE epochs over the whole training split follow it at rate `lr` (set by `lr_flag`). There, at
+    rate 0.01 (the trained presets' until RESULTS 7.38), a reconstruction first did as well as one more epoch in the
+    same time or better (RESULTS 7.35);
     at each recipe's best rate it led on ResNet-18 at 105x and tied on a MobileNetV3 whose plain epochs gained 2.4
     points at HIGHER_LR, and at 0.1 it lost 3.4 points (7.36): so below HIGHER_LR the advice names the rate too, and
     above it there is none. It chooses a recipe, so it reads the validation split where both rows carry one, the test
