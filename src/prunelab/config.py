@@ -329,9 +329,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the target with fresh batch-norm statistics, then 10 epochs on all training images at a low lr (a high one
     # undoes what the cut kept: RESULTS 7.3). 0.02, not 7.6's 0.01: on the converged ResNet-18 fixture it never did
     # worse on the test set, from 2x to 105x, after 2 epochs or 10 (+0.7 at 2x over 10 epochs), and a MobileNetV3
-    # trained for 8 epochs only gained 1.4-1.9 points from it (0.04: +2.4; RESULTS 7.36, 7.38); --lr-probe chooses
-    # per model (7.37). Scored on every test image (RESULTS 7.6). Give a --target-macs, --target-params,
-    # --target-latency-ms or --target-speedup; without one, half the channels of every layer go.
+    # trained for 8 epochs only gained 1.4-1.9 points from it after 2-3 epochs, 0.3 over 10 (0.04: +2.4 and +1.0;
+    # RESULTS 7.36, 7.38); --lr-probe chooses per model (7.37). Scored on every test image (RESULTS 7.6). Give a
+    # --target-macs, --target-params, --target-latency-ms or --target-speedup; without one, half the channels of every
+    # layer go.
     # As 7.6 measured it: without fill_budget, the batch-norm statistics re-estimated on the first 2,560 images of
     # the shuffled training set (early_images: nothing else here trains on them), and controls on as many images at
     # lr 0.1 (at the fine-tune's 0.01 a scratch control is a straw man: RESULTS 7.3).
