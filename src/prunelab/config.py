@@ -328,25 +328,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A model already trained on this data (--baseline), pruned where pruning pays (2x to 10x fewer MACs): one cut to
     # the target with fresh batch-norm statistics, then 10 epochs on all training images at a low lr (a high one
     # undoes what the cut kept: RESULTS 7.3). 0.02, not 7.6's 0.01: on the converged ResNet-18 fixture it never did
-    # worse on the test set, from 2x to 105x, after 2 epochs or 10 (+0.7 at 2x over 10 epochs), and a MobileNetV3
-    # trained for 8 epochs only gained 1.4-1.9 points from it after 2-3 epochs, 0.3 over 10 (0.04: +2.4 and +1.0;
-    # RESULTS 7.36, 7.38); --lr-probe chooses per model (7.37). Scored on every test image (RESULTS 7.6). Give a
-    # --target-macs, --target-params, --target-latency-ms or --target-speedup; without one, half the channels of every
-    # layer go.
+    # worse on the test set, and a briefly trained MobileNetV3 gained from it (RESULTS 7.36, 7.38); --lr-probe
+    # chooses per model (7.37). Scored on every test image (RESULTS 7.6). Give a --target-macs, --target-params,
+    # --target-latency-ms or --target-speedup; without one, half the channels of every layer go.
     # As 7.6 measured it: without fill_budget, the batch-norm statistics re-estimated on the first 2,560 images of
     # the shuffled training set (early_images: nothing else here trains on them), and controls on as many images at
-    # lr 0.1 (at the fine-tune's 0.01 a scratch control is a straw man: RESULTS 7.3).
+    # lr 0.1 (at the fine-tune's low lr a scratch control is a straw man: RESULTS 7.3).
     "trained": _TRAINED,
-    # trained in minutes: 2 final epochs, without the crop augmentation (flips only). In 2 epochs the crop costs
-    # the pruned model more than it regularises: at 10x fewer MACs 84.54% against 83.67% on the validation split (two
-    # seeds each), and at 4 epochs still (+0.62, one seed); over 10 epochs the crop wins (RESULTS 7.20), so
-    # `trained` keeps it.
+    # trained in minutes: 2 final epochs, without the crop augmentation (flips only): in 2 or 4 epochs the crop costs
+    # the pruned model more than it regularises; over 10 epochs the crop wins (RESULTS 7.20), so `trained` keeps it.
     "trained-short": {**_TRAINED, "final_finetune_epochs": 2, "augmentation": "none"},
     # trained-short with 4 epochs distilled from the dense model (or --teacher) on each training image and its mirror,
     # the teacher's outputs computed once and kept in the cache for every later seed and target (RESULTS 7.22): at
-    # 10x fewer MACs 85.02% over three seeds, within a point of the dense 85.75% where 4 plain epochs stay 1.6 below;
-    # at 4x a tie with 4 plain epochs (RESULTS 7.23, 7.24). The first run from a dense model pays the teacher's two
-    # passes per image.
+    # 10x fewer MACs within a point of the dense model where 4 plain epochs are not; at 4x a tie with 4 plain epochs
+    # (RESULTS 7.23, 7.24). The first run from a dense model pays the teacher's two passes per image.
     "trained-distilled": {**_TRAINED, "final_finetune_epochs": 4, "augmentation": "none", "distill": True,
                           "distill_cached": True, "distill_views": 2},
     # Transfer learning from --pretrained or --init-from weights (RESULTS 8): a short dense fine-tune (on the one
