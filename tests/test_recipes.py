@@ -585,7 +585,7 @@ def test_a_run_with_an_lr_probe_fine_tunes_at_the_rate_it_chose_and_a_resume_rea
         seen.append((len(split), len(val)))
         return real(model, split, val, *args, **kwargs)
     monkeypatch.setattr(pipeline, "probe_rates", spy)
-    args = ["run", "--preset", "tiny", "--val-size", "64", "--final-finetune-epochs", "2", "--lr-probe", "0.01", "0.05",
+    args = ["run", "--preset", "tiny", "--val-size", "48", "--final-finetune-epochs", "2", "--lr-probe", "0.01", "0.05",
             "--lr-probe-images", "96", "--no-export-onnx", "--latency-batch-sizes", "1", "--no-progress",
             "--out-dir", tmp_path, "--name", "p"]
     code, out, err = cli(*args)
@@ -593,7 +593,7 @@ def test_a_run_with_an_lr_probe_fine_tunes_at_the_rate_it_chose_and_a_resume_rea
     run = tmp_path / "p"
     res = json.loads((run / "results.json").read_text())
     probe = res["lr_probe"]
-    assert seen == [(192, 64)]  # training images to learn from, the validation split to score on (not the 64 test)
+    assert seen == [(208, 48)]  # training images to learn from, the validation split to score on (not the 64 test)
     assert probe["rates"] == [0.01, 0.05] and probe["images"] == 96 and len(probe["val_accuracy"]) == 2
     assert probe["chosen"] == probe["rates"][max(range(2), key=lambda i: probe["val_accuracy"][i])]
     final_epochs = [e for e in res["epochs"] if e["phase"] == "final fine-tune"]
@@ -622,12 +622,49 @@ def test_a_run_with_an_lr_probe_fine_tunes_at_the_rate_it_chose_and_a_resume_rea
     assert [e["lr"] for e in res["epochs"] if e["phase"] == "final fine-tune"][0] == pytest.approx(other)
 
 
+def test_the_probe_leaves_the_fine_tune_s_random_draws_alone_a_run_given_its_rate_trains_the_same_weights(tmp_path):
+    """The probe's short fine-tunes draw dropout masks from the global generator; the final fine-tune is seeded after
+    it, so a run that probed and one given the chosen rate directly end with the same weights."""
+    import prunelab
+    from safetensors.torch import load_file
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Dropout(0.5),
+                                   torch.nn.Linear(16, 10))
+    common = {"out_dir": str(tmp_path), "val_size": 48, "progress": False, "export_onnx": False,
+              "measure_latency_every_step": False, "precision": "fp32"}
+    probed = prunelab.run(make_config("tiny", {**common, "name": "probed", "lr_probe": [0.01, 0.05],
+                                               "lr_probe_images": 96}), model=net())
+    chosen = json.loads((probed / "results.json").read_text())["lr_probe"]["chosen"]
+    given = prunelab.run(make_config("tiny", {**common, "name": "given", "final_finetune_lr": chosen}), model=net())
+    a, b = (load_file(r / "checkpoints" / "final.safetensors") for r in (probed, given))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_probe_whose_rates_diverge_stops_the_run_with_advice_on_the_probe(tmp_path):
+    from prunelab.files import read_jsonl
+    code, out, err = cli("run", "--preset", "tiny", "--val-size", "48", "--lr-probe", "1e30", "1e35", "--lr-probe-images",
+                         "96", "--no-export-onnx", "--no-progress", "--out-dir", tmp_path, "--name", "d")
+    assert code != 0 and "every --lr-probe rate (1e+30 1e+35) diverged" in err and "give lower rates" in err
+    assert not any(r["event"] == "lr_probe" for r in read_jsonl(tmp_path / "d" / "metrics.jsonl"))
+    assert not (tmp_path / "d" / "results.json").exists()
+    # rates that survive the probe's short pass and diverge over the whole fine-tune: the advice names the probe
+    code, out, err = cli("run", "--preset", "tiny", "--val-size", "48", "--lr-probe", "1e5", "1e6", "--lr-probe-images",
+                         "96", "--no-export-onnx", "--no-progress", "--out-dir", tmp_path, "--name", "d2")
+    assert code != 0 and "the loss became" in err and "start the run again with lower --lr-probe rates" in err, err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--lr-probe", "0.01", "0.02"], "--val-size 5000"),
-    (["--lr-probe", "0.01", "--val-size", "64"], "two or more learning rates"),
-    (["--lr-probe", "0.01", "-0.02", "--val-size", "64"], "two or more learning rates above 0"),
+    (["--lr-probe", "0.01", "--val-size", "64"], "two or more different learning rates"),
+    (["--lr-probe", "0.01", "0.01", "--val-size", "64"], "two or more different learning rates"),
+    (["--lr-probe", "0.01", "-0.02", "--val-size", "64"], "two or more different learning rates above 0"),
     (["--lr-probe", "0.01", "0.02", "--val-size", "64", "--final-finetune-epochs", "0"], "final_finetune_epochs is 0"),
     (["--lr-probe", "0.01", "0.02", "--val-size", "64", "--lr-probe-images", "0"], "lr_probe_images must be"),
+    (["--lr-probe", "0.01", "0.02", "--val-size", "64", "--lr-probe-images", "32"], "at least one batch (64 images"),
     (["--lr-probe", "0.01", "fast", "--val-size", "64"], "'lr_probe' must be a list"),
 ])
 def test_an_lr_probe_that_cannot_work_is_refused_before_anything_is_written(tmp_path, args, message):

@@ -87,9 +87,10 @@ class Config:
     baseline_images: int = _f(0, "training images the --baseline was trained on (its epochs x its training images, "
                                  "e.g. 500000 for 10 epochs of 50,000): the scratch-long control's budget adds them "
                                  "to the fine-tune's (a run that trains its dense model counts its own)", runtime=True)
-    control_lr: float = _f(0.0, "the scratch control's SGD learning rate (0 = the final fine-tune's, final_finetune_lr or "
-                                "finetune_lr: the control trains the small network at the lr the pruned one is "
-                                "fine-tuned with; its warm-up is warmup_epochs)",
+    control_lr: float = _f(0.0, "the scratch control's SGD learning rate (0 = the rate the final fine-tune ran at: "
+                                "final_finetune_lr or finetune_lr, or what lr_probe chose; the control trains the "
+                                "small network at the lr the pruned one is fine-tuned with; its warm-up is "
+                                "warmup_epochs)",
                            runtime=True)
     seeds: list = _f([], "repeat the run once per seed (runs <name>/s<seed>/) and report mean ± std; the dense "
                          "--baseline, when given, is shared", runtime=True)
@@ -613,13 +614,15 @@ def validate(cfg: Config) -> None:
          f"16 (one in 8 judges each unit's fit), got {cfg.reconstruct_images}")
     need(cfg.reconstruct_steps >= 1, f"reconstruct_steps must be at least 1, got {cfg.reconstruct_steps}")
     if cfg.lr_probe:
-        need(len(cfg.lr_probe) >= 2 and all(r > 0 for r in cfg.lr_probe), "lr_probe needs two or more learning rates "
-             f"above 0 to choose among, got {' '.join(f'{r:g}' for r in cfg.lr_probe)}; e.g. --lr-probe 0.01 0.02 0.04")
+        need(len(set(cfg.lr_probe)) >= 2 and len(set(cfg.lr_probe)) == len(cfg.lr_probe)
+             and all(r > 0 for r in cfg.lr_probe), "lr_probe needs two or more different learning rates above 0 to "
+             f"choose among, got {' '.join(f'{r:g}' for r in cfg.lr_probe)}; e.g. --lr-probe 0.01 0.02 0.04")
         need(cfg.val_size > 0, "lr_probe scores each rate on the validation split, and this run has none; add "
              "--val-size 5000 (images carved from the training images)")
         need(cfg.final_finetune_epochs > 0, "lr_probe chooses the final fine-tune's rate, and final_finetune_epochs is "
              "0; give the final fine-tune epochs or drop --lr-probe")
-        need(cfg.lr_probe_images >= 1, f"lr_probe_images must be at least 1, got {cfg.lr_probe_images}")
+        need(cfg.lr_probe_images >= cfg.batch_size, f"lr_probe_images must be at least one batch ({cfg.batch_size} "
+             f"images, batch_size), got {cfg.lr_probe_images}; the default is 20000")
     need(cfg.round_to >= 0, f"round_to must be 0 or more, got {cfg.round_to}")
     need(cfg.taylor_batches >= 1, f"taylor_batches must be at least 1, got {cfg.taylor_batches}")
     need(cfg.train_subset >= 0 and cfg.test_subset >= 0 and cfg.val_size >= 0,

@@ -97,14 +97,24 @@ def random_criterion(rd: RunDir, cfg: Config, model: torch.nn.Module | None = No
 
 def _budget(rd: RunDir) -> tuple[float, int, int]:
     """Training seconds and training images of the run's prune-and-fine-tune phase (every epoch after the
-    dense stage, sparse training included; pruning itself, evaluation and latency measurement excluded), and the
-    training images of its dense stage (its own epochs; a --baseline's are not in the run)."""
+    dense stage, sparse training included, and every reconstruction after a cut: both train the pruned model's
+    weights; pruning itself, evaluation and latency measurement excluded, and so are the width search and the lr
+    probe, which choose and do not train the final model: their time is in the run's wall time), and the training
+    images of its dense stage (its own epochs; a --baseline's are not in the run)."""
     rows = read_jsonl(rd.metrics)
     n_train = next(r["train_images"] for r in rows if r["event"] == "dense")
     epochs = [r for r in rows if r["event"] == "epoch" and r["stage"] != 0]  # sparse training: -1
     dense = [r for r in rows if r["event"] == "epoch" and r["stage"] == 0]
-    return (sum(r["seconds"] for r in epochs), sum(r.get("images", n_train) for r in epochs),
+    refits = [r["reconstruction"] for r in rows if r["event"] == "step" and "reconstruction" in r]
+    return (sum(r["seconds"] for r in epochs) + sum(r["seconds"] for r in refits),
+            sum(r.get("images", n_train) for r in epochs) + sum(r["images"] for r in refits),
             sum(r.get("images", n_train) for r in dense))
+
+
+def _run_lr(rd: RunDir, cfg: Config) -> float:
+    """The rate the run's final fine-tune ran at (what --lr-probe chose, where it probed), else the configured one."""
+    finals = [r for r in read_jsonl(rd.metrics) if r["event"] == "final"]
+    return finals[-1].get("lr") or final_lr(cfg) if finals else final_lr(cfg)
 
 
 def started_distilling(crd: RunDir) -> str:
@@ -174,7 +184,7 @@ def scratch(rd: RunDir, cfg: Config, data: Data | None, budget: str = "time",
             per_epoch = seconds_per_epoch(model, train, trainer, distill=distill)
             epochs = epochs_for(seconds, per_epoch)
         plan = {"budget": budget, "budget_seconds": seconds, "budget_images": images, "epochs": epochs,
-                "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or final_lr(cfg),
+                "measured_seconds_per_epoch": per_epoch, "lr": cfg.control_lr or _run_lr(rd, cfg),
                 "distilled": distilled}
         if not crd.config.is_file():
             create(control)

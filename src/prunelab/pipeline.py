@@ -27,7 +27,7 @@ from .data import (Data, Split, cache_root, distinct_views, draw_views, eval_bat
                    memory_budget_bytes)
 from .files import append_jsonl, read_jsonl, write_json, write_text
 from .distributed import log
-from .errors import PrunelabError
+from .errors import PrunelabError, TrainingDiverged
 from .export import export_onnx
 from .measurement import (busy_warning, file_size_bytes, latency_devices, load_mark, machine, measure_model,
                           other_cores)
@@ -619,6 +619,7 @@ class _Stages:
         cfg = self.cfg
         start = time.perf_counter()
         torch.manual_seed(cfg.seed * 1000 + k)  # random importance draws from the global generator
+        model.zero_grad(set_to_none=True)  # (the last fine-tune's gradients: not copied below, nor kept)
         uncut = copy.deepcopy(model) if cfg.reconstruct_images else None
         removed = prune_step(pruner, model, self._gradient_batches() if cfg.importance == "taylor" else None)
         self._prepare_model(model)
@@ -661,13 +662,25 @@ class _Stages:
         # the final fine-tune starts from the last step's result, whose accuracy was just measured (or, on resume,
         # is in its checkpoint): every rank knows it, so no evaluation is repeated
         before = self.step_accuracy if self.step_accuracy is not None else self._accuracy(model, self.test)
+        probing = time.perf_counter()
         probed = self.probe_final_lr(model) if cfg.lr_probe else {}
         lr = probed.get("chosen", final_lr(cfg))
+        # the probe's time counts once, as it was measured (on a resume its row is read back in no time)
+        probe_seconds = probed.get("seconds", 0.0) - (time.perf_counter() - probing)
+        # the fine-tune draws (dropout, stochastic depth) from the global generator: seeded here, so that a run
+        # resumed after the probe, or one given the probe's rate directly, trains as an uninterrupted one does
+        torch.manual_seed(cfg.seed * 1000 + self.n + 1)
         log(f"final fine-tune: {report.counted(cfg.final_finetune_epochs, 'epoch')} at lr {lr:g}")
-        self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, lr, split=self.train)
+        try:
+            self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, lr, split=self.train)
+        except TrainingDiverged as e:  # (train's advice names the early stages' rates)
+            fix = (f"the rate --lr-probe chose ({lr:g}) is too high for the whole fine-tune; start the run again with "
+                   "lower --lr-probe rates" if probed else
+                   f"lower --final-finetune-lr (it ran at {lr:g}) or use --precision fp32")
+            raise TrainingDiverged(f"{str(e).split(';')[0]}; {fix}") from None
         row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n), "lr": lr,
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
-               **self._measure(model), "seconds": time.perf_counter() - start, "machine": self._machine(),
+               **self._measure(model), "seconds": time.perf_counter() - start + probe_seconds, "machine": self._machine(),
                **self._take_targets_made()}
         if latency_targeted(cfg) and distributed.WORLD.main:
             row["target_latency"] = self._latency_achieved(model)
@@ -689,6 +702,9 @@ class _Stages:
         accuracies = probe_rates(model, self.train, self.val, cfg.lr_probe, images, trainer=self.trainer,
                                  seed=cfg.seed * 7919 + 1009, distill=self._distillation(),
                                  bn_images=stage_bn_images(model, cfg.bn_reestimate_images))
+        if not any(accuracies):  # (before the row is written: a resume would read back a rate that diverged)
+            raise PrunelabError(f"every --lr-probe rate ({' '.join(f'{r:g}' for r in cfg.lr_probe)}) diverged in "
+                                "the probe's fine-tune; give lower rates, e.g. --lr-probe 0.001 0.003 0.01")
         best = max(range(len(accuracies)), key=lambda i: accuracies[i])  # (of equal scores, the rate given first)
         row = {"event": "lr_probe", "stage": self.n, "rates": list(cfg.lr_probe), "val_accuracy": accuracies,
                "chosen": cfg.lr_probe[best], "images": images, "seconds": time.perf_counter() - start}
