@@ -69,16 +69,17 @@ def test_controls_add_rows_to_the_report_with_the_same_architecture_and_budget(t
 
 def test_the_scratch_control_trains_at_the_rate_the_lr_probe_chose_and_counts_the_reconstruction(tmp_path):
     run_dir = prunelab.run(_cfg(tmp_path, name="p", final_finetune_lr=0.5, lr_probe=[0.01, 0.05], lr_probe_images=96,
-                                val_size=48, reconstruct_images=32, reconstruct_steps=2))
+                                val_size=48, reconstruct_images=32, reconstruct_steps=2, control_budget="images"))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     chosen = next(r["chosen"] for r in rows if r["event"] == "lr_probe")
     refits = [r["reconstruction"] for r in rows if r["event"] == "step"]
     assert len(refits) == 2 and all(r["images"] == 32 for r in refits)
     epochs = [r for r in rows if r["event"] == "epoch" and r["stage"] != 0]
     n_train = next(r["train_images"] for r in rows if r["event"] == "dense")
-    code, out, err = cli("control", run_dir, "--kind", "scratch", "--budget", "images")
+    code, out, err = cli("control", run_dir, "--kind", "scratch")  # (the run's control_budget: images)
     assert code == 0, err
     plan = json.loads((run_dir / "controls" / "scratch" / "plan.json").read_text())
+    assert plan["budget"] == "images"
     # the rate the final fine-tune ran at (not final_finetune_lr, which the probe replaced)
     assert plan["lr"] == chosen != 0.5 and _first_epoch_lr(run_dir / "controls" / "scratch") == pytest.approx(chosen)
     # the phase's training: its epochs and the reconstructions, which train the pruned model's weights too

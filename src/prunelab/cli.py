@@ -72,9 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "results.json and results.png of the run gain a row per control.")
     p.add_argument("run_dir")
     p.add_argument("--kind", nargs="+", default=["scratch"], choices=CONTROLS)
-    p.add_argument("--budget", default="time", choices=CONTROL_BUDGETS,
+    p.add_argument("--budget", default=None, choices=CONTROL_BUDGETS,
                    help="the scratch control's training: the run's prune-and-fine-tune training seconds (time) or "
-                        "as many training images (images)")
+                        "as many training images (images) (default: the run's control_budget, as `run --controls` "
+                        "uses it: images for the trained presets, else time)")
     p.add_argument("--baseline-images", type=int, default=None,
                    help="for scratch-long after a --baseline run: the images the baseline trained on (its epochs x "
                         "training images)")

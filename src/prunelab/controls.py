@@ -1,9 +1,10 @@
 """The controls a careful reader of a pruning result asks for: runs of the same flow, added to a finished run.
 
 - **scratch**: the final pruned architecture, re-initialised at random and trained on the same data with the
-  same augmentation, for the same training wall time as the run's prune-and-fine-tune phase (`budget time`,
-  the default) or for as many training images (`budget images`), at the final fine-tune's learning rate
-  (`final_finetune_lr`, else `finetune_lr`; or `control_lr`). Liu et al., "Rethinking the Value of
+  same augmentation, for the same training wall time as the run's prune-and-fine-tune phase (`budget time`)
+  or for as many training images (`budget images`; the run's `control_budget` unless asked otherwise), at the
+  rate the final fine-tune ran at (`final_finetune_lr`, else `finetune_lr`, or what `lr_probe` chose; or
+  `control_lr`). Liu et al., "Rethinking the Value of
   Network Pruning" (ICLR 2019). When the run distilled, the control distils from the same teacher (its --teacher,
   else the run's dense model) in the same way, unless asked not to (`distill=False`): a teacher helps a network
   from scratch too, and only a control that has it says what the pruning itself bought. Trains through train.fit
@@ -43,23 +44,25 @@ from .train import (Distillation, Trainer, fit, make_optimizer, prepare_model, r
 
 
 def run_controls(run_dir: str | Path, kinds, runtime: Config | None = None, model: torch.nn.Module | None = None,
-                 budget: str = "time", distill: bool = True) -> list[dict]:
+                 budget: str | None = None, distill: bool = True) -> list[dict]:
     """Run the controls `kinds` of a finished run (skipping finished ones), then refresh the run's report;
     returns their result rows. `runtime`: a config whose runtime settings (device, threads, ...) the controls
-    use. `model`: the dense nn.Module, for a run made from one (as prunelab.run(model=...) needed it).
+    use. `model`: the dense nn.Module, for a run made from one (as prunelab.run(model=...) needed it). `budget`:
+    the scratch control's, time or images (None: the run's control_budget, after `runtime`'s).
     `distill`: the scratch controls of a run that distilled distil too (False: they train on the labels alone)."""
     for kind in kinds:
         if kind not in CONTROLS:
             raise PrunelabError(f"unknown control '{kind}'; choose from: {', '.join(CONTROLS)}")
-    if budget not in CONTROL_BUDGETS:
-        raise PrunelabError(f"unknown control budget '{budget}'; choose from: {', '.join(CONTROL_BUDGETS)}")
     rd, cfg = open_existing(run_dir)
-    if not rd.results.is_file():
-        raise PrunelabError(f"a control needs a finished run with a pruned model, and {rd.path} has not finished; "
-                            f"finish it with `prunelab run --resume {rd.path}`")
     if runtime is not None:
         cfg = dataclasses.replace(cfg, **{k: v for k, v in runtime_settings(runtime).items()
                                           if k not in ("name", "out_dir")})
+    budget = budget or cfg.control_budget
+    if budget not in CONTROL_BUDGETS:
+        raise PrunelabError(f"unknown control budget '{budget}'; choose from: {', '.join(CONTROL_BUDGETS)}")
+    if not rd.results.is_file():
+        raise PrunelabError(f"a control needs a finished run with a pruned model, and {rd.path} has not finished; "
+                            f"finish it with `prunelab run --resume {rd.path}`")
     if "scratch-long" in kinds and not rd.control("scratch-long").finished and cfg.baseline and not cfg.baseline_images:
         raise PrunelabError(LONG_NEEDS_IMAGES)
     data = None
