@@ -655,6 +655,10 @@ def test_a_probe_whose_rates_diverge_stops_the_run_with_advice_on_the_probe(tmp_
     code, out, err = cli("run", "--preset", "tiny", "--val-size", "48", "--lr-probe", "1e5", "1e6", "--lr-probe-images",
                          "96", "--no-export-onnx", "--no-progress", "--out-dir", tmp_path, "--name", "d2")
     assert code != 0 and "the loss became" in err and "start the run again with lower --lr-probe rates" in err, err
+    # without a probe, the advice names the final fine-tune's own setting (not the early stages' --lr/--finetune-lr)
+    code, out, err = cli("run", "--preset", "tiny", "--final-finetune-lr", "1e30", "--no-export-onnx", "--no-progress",
+                         "--out-dir", tmp_path, "--name", "d3")
+    assert code != 0 and "final fine-tune" in err and "lower --final-finetune-lr (it ran at 1e+30)" in err, err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -116,8 +116,8 @@ def _budget(rd: RunDir) -> tuple[float, int, int]:
 
 def _run_lr(rd: RunDir, cfg: Config) -> float:
     """The rate the run's final fine-tune ran at (what --lr-probe chose, where it probed), else the configured one."""
-    finals = [r for r in read_jsonl(rd.metrics) if r["event"] == "final"]
-    return finals[-1].get("lr") or final_lr(cfg) if finals else final_lr(cfg)
+    ran = [r["lr"] for r in read_jsonl(rd.metrics) if r["event"] == "final" and r.get("lr")]
+    return ran[-1] if ran else final_lr(cfg)
 
 
 def started_distilling(crd: RunDir) -> str:

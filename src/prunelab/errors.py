@@ -6,4 +6,9 @@ class PrunelabError(Exception):
 
 
 class TrainingDiverged(PrunelabError):
-    """The training loss became infinite or NaN (a rate too high for the model, or fp16 overflow)."""
+    """The training loss became infinite or NaN (a rate too high for the model, or fp16 overflow). `what`: where it
+    happened; `advice`: what to change (a caller that knows which setting set the rate raises it again with its own)."""
+
+    def __init__(self, what: str, advice: str = "lower the learning rate (--lr/--finetune-lr) or use --precision fp32"):
+        super().__init__(f"{what}; {advice}")
+        self.what = what

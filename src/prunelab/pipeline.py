@@ -673,11 +673,10 @@ class _Stages:
         log(f"final fine-tune: {report.counted(cfg.final_finetune_epochs, 'epoch')} at lr {lr:g}")
         try:
             self._fit(model, self.n + 1, "final fine-tune", cfg.final_finetune_epochs, lr, split=self.train)
-        except TrainingDiverged as e:  # (train's advice names the early stages' rates)
-            fix = (f"the rate --lr-probe chose ({lr:g}) is too high for the whole fine-tune; start the run again with "
-                   "lower --lr-probe rates" if probed else
-                   f"lower --final-finetune-lr (it ran at {lr:g}) or use --precision fp32")
-            raise TrainingDiverged(f"{str(e).split(';')[0]}; {fix}") from None
+        except TrainingDiverged as e:  # (its default advice names the early stages' rates)
+            raise TrainingDiverged(e.what, f"the rate --lr-probe chose ({lr:g}) is too high for the whole fine-tune; "
+                                   "start the run again with lower --lr-probe rates" if probed else
+                                   f"lower --final-finetune-lr (it ran at {lr:g}) or use --precision fp32") from None
         row = {"event": "final", "stage": self.n + 1, "ratio": step_ratio(pruner, self.n), "lr": lr,
                "accuracy_before_finetune": before, "accuracy": self._accuracy(model, self.test),
                **self._measure(model), "seconds": time.perf_counter() - start + probe_seconds, "machine": self._machine(),

@@ -378,8 +378,7 @@ def train_epoch(model: nn.Module, split: Split, optimizer: torch.optim.Optimizer
             mean_loss, accuracy, images = totals[0].item() / totals[2].item(), totals[1].item() / totals[2].item(), totals[2].item()
             if not math.isfinite(mean_loss):
                 bar.close()
-                raise TrainingDiverged(f"{desc}: the loss became {mean_loss} at batch {i + 1}; lower the learning "
-                                       "rate (--lr/--finetune-lr) or use --precision fp32")
+                raise TrainingDiverged(f"{desc}: the loss became {mean_loss} at batch {i + 1}")
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{accuracy:.3f}",
                             img_s=f"{images / (time.perf_counter() - start):.0f}")
     bar.close()
