@@ -124,6 +124,26 @@ def test_validation_split_and_subsets_are_disjoint_and_sized(tmp_path):
     assert not train_rows & {tuple(x.flatten().tolist()) for x in data.val.images}
 
 
+def test_a_subset_holds_its_rows_without_a_copy_and_gives_the_same_batches_and_cache_key_as_a_copy():
+    # a probe's 20,000 images, a validation split or a rank's shard would otherwise copy gigabytes at 224 px
+    from prunelab.data import Split, eval_batches
+    from prunelab.train import Trainer, targets_key
+    g = torch.Generator().manual_seed(0)
+    whole = Split(torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g), torch.arange(40) % 10)
+    sub = whole.subset(torch.tensor([7, 3, 30, 12, 5])).subset(torch.tensor([4, 0, 2]))  # rows 5, 7, 30
+    assert sub.source.untyped_storage().data_ptr() == whole.images.untyped_storage().data_ptr()
+    assert sub.to("cpu") is sub
+    copied = Split(whole.images[[5, 7, 30]].clone(), whole.labels[[5, 7, 30]].clone())
+    assert torch.equal(sub.images, copied.images) and torch.equal(sub.labels, copied.labels)
+    for (a, la), (b, lb) in zip(eval_batches(sub, 2), eval_batches(copied, 2)):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    trainer = Trainer.from_config(make_config("tiny", {"precision": "fp32"}), torch.device("cpu"))
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
+    assert targets_key(teacher, sub, trainer, None) == targets_key(teacher, copied, trainer, None)
+    assert targets_key(teacher, sub, trainer, None) != targets_key(teacher, whole.subset(torch.tensor([7, 5, 30])),
+                                                                   trainer, None)
+
+
 def test_a_validation_seed_gives_every_seed_one_validation_split_and_the_seed_s_own_by_default(tmp_path):
     """--val-seed S: seeds 0 and 1 validate on the same images (those a dense model trained with --val-seed S left
     out) and still train in their own order; without it each seed draws its own split; --val-seed S with --seed S is
