@@ -122,6 +122,10 @@ def test_validation_split_and_subsets_are_disjoint_and_sized(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 5)
     train_rows = {tuple(x.flatten().tolist()) for x in data.train.images}
     assert not train_rows & {tuple(x.flatten().tolist()) for x in data.val.images}
+    # a subset drawn at load is a copy of its own: the 100 images it left out are not kept alive
+    assert [len(s.source) for s in (data.train, data.val, data.test)] == [30, 10, 5]
+    carved = load_data(cfg_for(tmp_path, val_size=10))  # the validation carve alone: both views of one tensor
+    assert len(carved.train.source) == 100 and carved.train.source is carved.val.source
 
 
 def test_a_subset_holds_its_rows_without_a_copy_and_gives_the_same_batches_and_cache_key_as_a_copy():

@@ -500,16 +500,23 @@ def load_data(cfg: Config) -> Data:
         if cfg.val_seed >= 0:
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.val_seed))
         val, train = train.subset(perm[:cfg.val_size]), train.subset(perm[cfg.val_size:])
-    if cfg.train_subset and cfg.train_subset < len(train):
-        train = train.subset(torch.randperm(len(train), generator=g)[:cfg.train_subset])
+    if cfg.train_subset and cfg.train_subset < len(train):  # a part of the images: copied, the rest let go
+        train = _compact(train.subset(torch.randperm(len(train), generator=g)[:cfg.train_subset]))
+        val = _compact(val) if val is not None else None
     if cfg.test_subset and cfg.test_subset < len(test):  # not with the seed: seeds are compared on the same images
-        test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:cfg.test_subset])
+        test = _compact(test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[
+            :cfg.test_subset]))
     stats = channel_stats(train) if ["auto"] in (cfg.mean, cfg.std) else None
     weights = pretrained_normalization(cfg.model, cfg.pretrained) if cfg.pretrained else None
     inputs = InputSpec(train.side, tuple(resolve_normalization(cfg.mean, 0, stats, weights)),
                        tuple(resolve_normalization(cfg.std, 1, stats, weights)), tuple(classes))
     return Data(train=train, val=val, test=test, classes=classes, source=source, train_available=train_available,
                 test_available=test_available, inputs=inputs)
+
+
+def _compact(split):
+    """An in-memory subset as a split of its own (a copy of its rows), so that the images it left out can be freed."""
+    return Split(split.images, split.labels) if isinstance(split, Split) and split.rows is not None else split
 
 
 def fingerprint(split) -> str:
