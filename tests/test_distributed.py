@@ -86,3 +86,15 @@ def test_torchrun_resume_continues_a_cut_run_to_the_same_result(tmp_path):
     assert resumed["final"]["accuracy"] == whole["final"]["accuracy"]
     assert resumed["final"]["params"] == whole["final"]["params"]
     assert "resuming after step_01" in r.stdout
+
+
+def test_torchrun_with_the_lr_probe_and_reconstruction_ends_with_ranks_that_agree(tmp_path):
+    # the reconstruction runs on rank 0's images and is broadcast; the probe scores each rate on the validation split
+    # reduced over both shards: ranks that chose differently would fail the check every checkpoint makes
+    r = torchrun("-m", "prunelab", "run", "--preset", "tiny", "--no-progress", "--out-dir", tmp_path, "--name", "p",
+                 "--num-threads", "1", "--no-export-onnx", "--iterative-steps", "1", "--val-size", "64",
+                 "--lr-probe", "0.05", "0.2", "--lr-probe-images", "64", "--reconstruct-images", "64")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert res["lr_probe"]["chosen"] in (0.05, 0.2) and res["steps"][0]["reconstruction"]["images"] == 64
+    assert r.stdout.count("lr probe: 0.05") == 1  # one rank reports
