@@ -139,11 +139,20 @@ def test_a_subset_holds_its_rows_without_a_copy_and_gives_the_same_batches_and_c
     assert sub.to("cpu") is sub
     copied = Split(whole.images[[5, 7, 30]].clone(), whole.labels[[5, 7, 30]].clone())
     assert torch.equal(sub.images, copied.images) and torch.equal(sub.labels, copied.labels)
+    mask = torch.zeros(5, dtype=torch.bool)
+    mask[[0, 2]] = True
+    assert torch.equal(whole.subset(torch.tensor([7, 3, 30, 12, 5])).subset(mask).images, whole.images[[7, 30]])
     for (a, la), (b, lb) in zip(eval_batches(sub, 2), eval_batches(copied, 2)):
         assert torch.equal(a, b) and torch.equal(la, lb)
     trainer = Trainer.from_config(make_config("tiny", {"precision": "fp32"}), torch.device("cpu"))
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
     assert targets_key(teacher, sub, trainer, None) == targets_key(teacher, copied, trainer, None)
+    import hashlib
+    from prunelab.train import _hash_split, _hash_tensor
+    by_rows, whole_tensor = hashlib.sha256(), hashlib.sha256()  # the key keeps the bytes it had when subsets copied
+    _hash_split(by_rows, sub)
+    _hash_tensor(whole_tensor, copied.images)
+    assert by_rows.hexdigest() == whole_tensor.hexdigest()
     assert targets_key(teacher, sub, trainer, None) != targets_key(teacher, whole.subset(torch.tensor([7, 5, 30])),
                                                                    trainer, None)
 

@@ -58,11 +58,15 @@ class Split:
     def _rows(self, idx):
         return idx if self.rows is None else self.rows[idx]
 
-    def subset(self, idx: torch.Tensor) -> "Split":
-        idx = idx.to(self.labels.device)
+    def subset(self, idx) -> "Split":
+        """The images at `idx` (indices, or a boolean mask over the split), in that order; no copy of the images."""
+        idx = torch.as_tensor(idx, device=self.labels.device)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().squeeze(1)
         return Split(self.source, self.labels[idx], self._rows(idx))
 
     def to(self, device) -> "Split":
+        """On `device`: this split itself where it is there already (a Split is never changed in place)."""
         if self.source.device == torch.empty(0, device=device).device:
             return self
         return Split(self.images.to(device), self.labels.to(device))  # a subset moves its own rows only

@@ -240,6 +240,13 @@ def _hash_tensor(h, t: torch.Tensor, chunk: int = 1 << 26) -> None:
         h.update(raw[i:i + chunk].cpu().numpy())
 
 
+def _hash_split(h, split: Split) -> None:
+    """What _hash_tensor(h, split.images) adds, without gathering a subset's rows into one copy: 64 MB at a time."""
+    h.update(f"{split.source.dtype}{(len(split),) + tuple(split.source.shape[1:])}".encode())
+    for part, _ in eval_batches(split, max(1, (1 << 26) // max(1, split.source[:1].numel()))):
+        h.update(part.contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
+
+
 def targets_key(teacher: nn.Module, split, trainer: Trainer, views: torch.Tensor | None) -> str:
     """SHA-256 of everything a teacher's cached outputs depend on: its architecture and every weight and
     buffer, the images in their order (or, streamed, their files), the normalisation, the views (or the
@@ -248,10 +255,8 @@ def targets_key(teacher: nn.Module, split, trainer: Trainer, views: torch.Tensor
     for name, t in teacher.state_dict().items():
         h.update(name.encode())
         _hash_tensor(h, t)
-    if isinstance(split, Split):  # a subset's rows 64 MB at a time: the bytes of split.images, without the copy
-        h.update(f"{split.source.dtype}{(len(split),) + tuple(split.source.shape[1:])}".encode())
-        for part, _ in eval_batches(split, max(1, (1 << 26) // max(1, split.source[:1].numel()))):
-            h.update(part.contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
+    if isinstance(split, Split):
+        _hash_split(h, split)
     else:  # FileSplit: the files, as data.read_image_folder_split keys its cache
         h.update(f"files size={split.size}".encode())
         for f in split.files:
