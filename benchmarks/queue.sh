@@ -9,7 +9,8 @@ JOBS=${1:?usage: queue.sh JOBS [WORKERS]}; WORKERS=${2:-2}
 [ -f "$JOBS" ] || { echo "queue.sh: no jobs file $JOBS" >&2; exit 2; }
 pop() { flock "$JOBS.lock" bash -c 'head -n 1 "$1"; sed -i 1d "$1"' _ "$JOBS"; }
 worker() {
-  while line=$(pop) && [ -n "$line" ] || [ -s "$JOBS" ]; do
+  while [ -s "$JOBS" ]; do
+    line=$(pop)
     case "$line" in ''|'#'*) continue;; esac
     echo "$(date -u +%FT%TZ) worker $1: $line"
     bash -c "$line"; rc=$?

@@ -232,19 +232,25 @@ def view_targets(teacher: nn.Module, split: Split, trainer: Trainer, views: torc
 TARGETS_FORMAT = "prunelab teacher targets"
 
 
+def _hash_parts(h, dtype: torch.dtype, shape: tuple, parts) -> None:
+    """Type, shape, then the bytes of each tensor of `parts` in order, into hashlib object `h`: a tensor's bytes
+    arrive a piece at a time, so no host copy of a whole data set is made."""
+    h.update(f"{dtype}{tuple(shape)}".encode())
+    for part in parts:
+        h.update(part.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
+
+
 def _hash_tensor(h, t: torch.Tensor, chunk: int = 1 << 26) -> None:
-    """Type, shape and bytes of `t` into hashlib object `h`, 64 MB at a time (no host copy of a whole data set)."""
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    """`t` into `h`, 64 MB at a time."""
     raw = t.detach().reshape(-1).view(torch.uint8)
-    for i in range(0, len(raw), chunk):
-        h.update(raw[i:i + chunk].cpu().numpy())
+    _hash_parts(h, t.dtype, t.shape, (raw[i:i + chunk] for i in range(0, len(raw), chunk)))
 
 
 def _hash_split(h, split: Split) -> None:
     """What _hash_tensor(h, split.images) adds, without gathering a subset's rows into one copy: 64 MB at a time."""
-    h.update(f"{split.source.dtype}{(len(split),) + tuple(split.source.shape[1:])}".encode())
-    for part, _ in eval_batches(split, max(1, (1 << 26) // max(1, split.source[:1].numel()))):
-        h.update(part.contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
+    rows = max(1, (1 << 26) // max(1, split.source[:1].numel()))
+    _hash_parts(h, split.source.dtype, (len(split),) + tuple(split.source.shape[1:]),
+                (images for images, _ in eval_batches(split, rows)))
 
 
 def targets_key(teacher: nn.Module, split, trainer: Trainer, views: torch.Tensor | None) -> str:
